@@ -1,0 +1,27 @@
+"""Agents: pykka actors with typed handlers, deadlines and a context."""
+
+from actors._agent import Agent, handler
+from actors._context import Context
+from actors._lifecycle import ExitLink, ExitReason
+from actors._ref import AgentRef, LocalAgentRef, TypeRef
+from actors._reply import Reply
+from actors._runtime import AgentDefaults, Directory, EventBus, Runtime
+from actors._timers import TimerHandle, Timers
+
+__all__ = [
+    "Agent",
+    "AgentDefaults",
+    "AgentRef",
+    "Context",
+    "Directory",
+    "EventBus",
+    "ExitLink",
+    "ExitReason",
+    "LocalAgentRef",
+    "Reply",
+    "Runtime",
+    "TimerHandle",
+    "Timers",
+    "TypeRef",
+    "handler",
+]

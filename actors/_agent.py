@@ -1,0 +1,281 @@
+"""The Agent base: a pykka actor whose handlers are registered by type annotation."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import time
+import types
+import typing
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
+
+import pykka
+from pykka._envelope import Envelope
+
+from actors._call import Call
+from actors._context import Context
+from actors._lifecycle import NORMAL, ExitLink, ExitReason
+from actors._mailbox import Mailbox
+from actors._ref import LocalAgentRef
+from messages import (
+    AgentDefinitionError,
+    AgentError,
+    AgentStopped,
+    BadRequest,
+    ExitKind,
+    InternalError,
+    RequestTimeout,
+)
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from actors._runtime import Runtime
+
+logger: Final = logging.getLogger("actorfleet.agent")
+
+F = TypeVar("F", bound=Callable[..., Any])
+Handler = Callable[[Any, Any, Context], Any]
+
+_HANDLER_MARK: Final = "__actorfleet_handles__"
+_instance_counter = itertools.count(1)
+
+
+def handler(fn: F) -> F:
+    """Mark an agent method as the handler for the type of its message argument.
+
+    The method's signature is `(self, msg: T, ctx: Context) -> Reply`; `T` may
+    be a union, in which case the method handles each member.
+    """
+    setattr(fn, _HANDLER_MARK, True)
+    return fn
+
+
+def _message_types(cls: type, name: str, fn: Callable[..., Any]) -> tuple[type, ...]:
+    params = list(inspect.signature(fn).parameters)
+    if len(params) != 3:  # noqa: PLR2004 - self, msg, ctx
+        msg = f"{cls.__name__}.{name} must take (self, msg, ctx)"
+        raise AgentDefinitionError(msg)
+    try:
+        hints = typing.get_type_hints(fn)
+    except NameError as exc:
+        msg = f"cannot resolve the annotations of {cls.__name__}.{name}: {exc}"
+        raise AgentDefinitionError(msg) from exc
+    annotation = hints.get(params[1])
+    if annotation is None:
+        msg = f"{cls.__name__}.{name}: annotate the message argument with its type"
+        raise AgentDefinitionError(msg)
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        members = typing.get_args(annotation)
+    else:
+        members = (annotation,)
+    for member in members:
+        if not isinstance(member, type):
+            msg = f"{cls.__name__}.{name}: {member!r} is not a message class"
+            raise AgentDefinitionError(msg)
+    return members
+
+
+def _default_type_name(cls: type) -> str:
+    name = cls.__name__
+    return (name.removesuffix("Agent") or name).lower()
+
+
+class Agent(pykka.ThreadingActor):
+    """Base class for agents: typed handlers, deadlines, supervision, kill.
+
+    Subclasses declare handlers with `@handler`; requests whose type has no
+    handler get a `BadRequest` error and the agent carries on. A handler that
+    raises an `AgentError` answers with it; any other exception crashes the
+    agent: the caller gets `InternalError`, queued callers `AgentStopped`,
+    and the supervisor restarts it.
+
+    Start agents with `spawn`, which returns a `LocalAgentRef`.
+
+    Attributes:
+        agent_type: The name callers address (defaults to the class name
+            without an `Agent` suffix, lower-cased).
+    """
+
+    agent_type: ClassVar[str] = "agent"
+    handlers: ClassVar[dict[type, Handler]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "agent_type" not in cls.__dict__:
+            cls.agent_type = _default_type_name(cls)
+        found: dict[type, Handler] = {}
+        for base in reversed(cls.__mro__[1:]):
+            found.update(getattr(base, "handlers", {}))
+        for name, member in cls.__dict__.items():
+            if callable(member) and getattr(member, _HANDLER_MARK, False):
+                for message_type in _message_types(cls, name, member):
+                    found[message_type] = member
+        cls.handlers = found
+
+    def __init__(self, runtime: Runtime, *, instance: str | None = None) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.name = f"{self.agent_type}/{instance or next(_instance_counter)}"
+        self.exit_link = ExitLink()
+        self.mailbox.reject = self._reject_late
+        self.ref = LocalAgentRef(self)
+        self._margin = runtime.defaults.hung_margin
+        self._busy: tuple[Call, float] | None = None
+        self._watched = False
+        self._dead = itertools.count()
+
+    @staticmethod
+    def _create_actor_inbox() -> Mailbox:
+        return Mailbox()
+
+    @property
+    def mailbox(self) -> Mailbox:
+        """The agent's inbox."""
+        return self.actor_inbox  # type: ignore[return-value]
+
+    @property
+    def exit_reason(self) -> ExitReason | None:
+        """Why the agent stopped, once it has."""
+        return self.exit_link.reason
+
+    @classmethod
+    def spawn(cls, runtime: Runtime, *args: Any, **kwargs: Any) -> LocalAgentRef:
+        """Start an agent and return its reference.
+
+        The agent joins the runtime's directory at once, so asks addressed
+        to its type may reach it as soon as this returns.
+        """
+        agent = cls(runtime, *args, **kwargs)
+        pykka.ActorRegistry.register(agent.actor_ref)
+        runtime.directory.register(agent)
+        agent._start_actor_loop()  # noqa: SLF001 - what pykka's start() does
+        return agent.ref
+
+    def on_receive(self, message: Any) -> Any:
+        """Dispatch a request or tell; anything else is pykka's business."""
+        if type(message) is Call:
+            self._dispatch(message)
+            return None
+        if message is None:  # the mailbox's wake-up after close
+            return None
+        return super().on_receive(message)
+
+    def _dispatch(self, call: Call) -> None:
+        reply = call.reply
+        meta = call.meta
+        if meta.deadline <= time.time():
+            if reply is not None:
+                reply.fail(RequestTimeout(f"deadline passed before {self.name} took the request"))
+            return
+        payload = call.payload
+        handle = self.handlers.get(type(payload))
+        if handle is None:
+            if reply is not None:
+                reply.fail(
+                    BadRequest(f"{self.agent_type} does not handle {type(payload).__name__}")
+                )
+            return
+        self._busy = (call, meta.deadline + self._margin)
+        if not self._watched:
+            self._watch(meta.deadline + self._margin)
+        try:
+            result = handle(self, payload, Context(self, meta))
+        except AgentError as error:
+            if reply is not None:
+                reply.fail(error)
+        except Exception as exc:  # noqa: BLE001 - a crash, reported to the supervisor
+            logger.error("agent %s crashed", self.name, exc_info=exc)
+            self._busy = None
+            self._die(ExitReason(ExitKind.CRASHED, f"{type(exc).__name__}: {exc}"))
+            if reply is not None:
+                reply.fail(InternalError(f"{self.name} failed handling {type(payload).__name__}"))
+        else:
+            if reply is not None:
+                reply.set(result)
+        finally:
+            self._busy = None
+
+    def _watch(self, expiry: float) -> None:
+        self._watched = True
+        self.runtime.timers.call_later(expiry - time.time(), self._check_hung)
+
+    def _check_hung(self) -> None:
+        # Runs on the timer thread. The handler thread sets _busy then reads
+        # _watched; this sets _watched then reads _busy: one of them always
+        # sees the other's write, so a busy agent is never left unwatched.
+        self._watched = False
+        busy = self._busy
+        if busy is None or self.mailbox.closed:
+            return
+        call, expiry = busy
+        if expiry > time.time():
+            self._watch(expiry)
+            return
+        logger.error("agent %s is hung handling %s", self.name, type(call.payload).__name__)
+        self._die(ExitReason(ExitKind.HUNG, f"handler overran its deadline by {self._margin} s"))
+
+    def kill(self) -> None:
+        """Kill the agent now, from any thread.
+
+        Queued and in-flight requests fail at once with `AgentStopped`, the
+        supervisor is told, and the actor thread exits as soon as the running
+        handler (if any) returns.
+        """
+        self._die(ExitReason(ExitKind.KILLED))
+
+    def request_stop(self) -> bool:
+        """Ask for a graceful stop after what is queued; False if already dead."""
+        try:
+            self.stop()
+        except pykka.ActorDeadError:
+            return False
+        return True
+
+    def _die(self, reason: ExitReason) -> None:
+        if next(self._dead):
+            return
+        self.actor_stopped.set()
+        pykka.ActorRegistry.unregister(self.actor_ref)
+        self.runtime.directory.unregister(self)
+        queued = self.mailbox.close()
+        error = AgentStopped(self.name, str(reason.kind))
+        busy = self._busy
+        if busy is not None and busy[0].reply is not None:
+            busy[0].reply.fail(error)
+        for envelope in queued:
+            _reject(envelope, error)
+        self.exit_link.exit(reason)
+
+    def _reject_late(self, envelope: Envelope[Any] | Call) -> None:
+        # A put that lost the race with close(): answer it now.
+        if type(envelope) is not Call and envelope.reply_to is None:
+            raise pykka.ActorDeadError(f"{self.name} is dead")
+        _reject(envelope, AgentStopped(self.name, str(self.exit_reason or "stopped")))
+
+    def _actor_loop_teardown(self) -> None:
+        self._die(NORMAL)
+
+    def _handle_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        super()._handle_failure(exception_type, exception_value, traceback)
+        self._die(ExitReason(ExitKind.CRASHED, f"{exception_type}: {exception_value}"))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+def _reject(envelope: Envelope[Any] | Call, error: AgentError) -> None:
+    if type(envelope) is Call:
+        if envelope.reply is not None:
+            envelope.reply.fail(error)
+    elif envelope.reply_to is not None:
+        envelope.reply_to.set_exception(
+            (pykka.ActorDeadError, pykka.ActorDeadError(str(error)), None)
+        )

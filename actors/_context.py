@@ -1,0 +1,80 @@
+"""Context: an agent's one door to the world while it handles a message."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from actors._ref import AgentRef, TypeRef
+
+if TYPE_CHECKING:
+    from actors._agent import Agent
+    from actors._reply import Reply
+    from actors._runtime import Runtime
+    from messages import Metadata
+
+
+class Context:
+    """What a handler may use: the request's metadata and budget, and other agents.
+
+    Asks made through the context inherit the request's deadline (never a
+    later one), priority and trace, and name the request as their cause, so
+    a chain of agents shares one budget.
+    """
+
+    __slots__ = ("_agent", "metadata")
+
+    def __init__(self, agent: Agent, metadata: Metadata) -> None:
+        self._agent = agent
+        self.metadata = metadata
+
+    @property
+    def agent(self) -> str:
+        """The handling agent's `type/instance` name."""
+        return self._agent.name
+
+    @property
+    def runtime(self) -> Runtime:
+        """The node's shared services."""
+        return self._agent.runtime
+
+    @property
+    def deadline(self) -> float:
+        """The request's absolute deadline (epoch seconds)."""
+        return self.metadata.deadline
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (negative once it has passed)."""
+        return self.metadata.deadline - time.time()
+
+    def ask_async(
+        self, target: str | AgentRef, message: Any, *, timeout: float | None = None
+    ) -> Reply[Any]:
+        """Ask another agent without waiting; see `ask`."""
+        return self._resolve(target).ask_async(
+            message,
+            timeout=timeout,
+            deadline=self.metadata.deadline,
+            priority=self.metadata.priority,
+            correlation_id=self.metadata.id,
+            sender=self._agent.name,
+        )
+
+    def ask(self, target: str | AgentRef, message: Any, *, timeout: float | None = None) -> Any:
+        """Ask another agent (by type or reference) and wait for its reply.
+
+        The ask's deadline is this request's deadline, or `timeout` seconds
+        from now if that is sooner.
+        """
+        return self.ask_async(target, message, timeout=timeout).get()
+
+    def tell(self, target: str | AgentRef, message: Any) -> None:
+        """Send a message to another agent without waiting for a reply."""
+        self._resolve(target).tell(
+            message, priority=self.metadata.priority, sender=self._agent.name
+        )
+
+    def _resolve(self, target: str | AgentRef) -> AgentRef:
+        if isinstance(target, str):
+            return TypeRef(self._agent.runtime, target)
+        return target

@@ -1,0 +1,261 @@
+"""References to agents: the one API for asking and telling, local or remote."""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any, Protocol
+
+from actors._call import Call, make_metadata
+from actors._lifecycle import ExitListener
+from actors._reply import Reply
+from messages import AgentStopped, Priority, Unavailable
+
+if TYPE_CHECKING:
+    from actors._agent import Agent
+    from actors._runtime import Runtime
+
+
+class AgentRef(Protocol):
+    """What callers hold to talk to an agent, wherever it runs.
+
+    `ask` blocks until the reply or the deadline; `ask_async` returns a
+    `Reply` to wait on; `tell` sends without a reply. Failures are raised as
+    `messages.AgentError` subclasses, the same whether the agent is local or
+    remote.
+    """
+
+    @property
+    def name(self) -> str:
+        """What the reference points at (`type` or `type/instance`)."""
+        ...
+
+    def ask_async(
+        self,
+        message: Any,
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        priority: Priority | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        sender: str | None = None,
+    ) -> Reply[Any]:
+        """Send a request and return its pending reply."""
+        ...
+
+    def ask(
+        self,
+        message: Any,
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        priority: Priority | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        sender: str | None = None,
+    ) -> Any:
+        """Send a request and wait for its reply until its deadline."""
+        ...
+
+    def tell(
+        self,
+        message: Any,
+        *,
+        priority: Priority | None = None,
+        message_id: str | None = None,
+        sender: str | None = None,
+    ) -> None:
+        """Send a message that gets no reply."""
+        ...
+
+
+class _RefBase:
+    """Shared ask/tell plumbing; subclasses say how a call is delivered."""
+
+    __slots__ = ("_runtime",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def _deliver(self, call: Call) -> bool:
+        """Put `call` in a mailbox; False if no live agent took it."""
+        raise NotImplementedError
+
+    def _undeliverable(self) -> Unavailable:
+        raise NotImplementedError
+
+    def ask_async(
+        self,
+        message: Any,
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        priority: Priority | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        sender: str | None = None,
+    ) -> Reply[Any]:
+        """Send a request and return its pending reply."""
+        meta = make_metadata(
+            default_timeout=self._runtime.defaults.ask_timeout,
+            timeout=timeout,
+            deadline=deadline,
+            priority=priority,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            sender=sender,
+        )
+        reply: Reply[Any] = Reply(meta.deadline)
+        if not self._deliver(Call(message, meta, reply)):
+            reply.fail(self._undeliverable())
+        return reply
+
+    def ask(
+        self,
+        message: Any,
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        priority: Priority | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        sender: str | None = None,
+    ) -> Any:
+        """Send a request and wait for its reply until its deadline.
+
+        Raises:
+            messages.RequestTimeout: If the deadline passes first.
+            messages.AgentError: Whatever typed error the agent answered with.
+        """
+        reply = self.ask_async(
+            message,
+            timeout=timeout,
+            deadline=deadline,
+            priority=priority,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            sender=sender,
+        )
+        return reply.get()
+
+    def tell(
+        self,
+        message: Any,
+        *,
+        priority: Priority | None = None,
+        message_id: str | None = None,
+        sender: str | None = None,
+    ) -> None:
+        """Send a message that gets no reply.
+
+        Raises:
+            messages.Unavailable: If no live agent could take it.
+        """
+        meta = make_metadata(
+            default_timeout=self._runtime.defaults.ask_timeout,
+            timeout=None,
+            deadline=None,
+            priority=priority,
+            message_id=message_id,
+            correlation_id=None,
+            sender=sender,
+        )
+        if not self._deliver(Call(message, meta, None)):
+            raise self._undeliverable()
+
+
+class LocalAgentRef(_RefBase):
+    """A reference to one agent instance on this node.
+
+    It is also the supervisor's handle on the agent: `link`, `shutdown`
+    and `kill` are what a supervisor calls.
+    """
+
+    __slots__ = ("_agent", "_mailbox")
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__(agent.runtime)
+        self._agent = agent
+        self._mailbox = agent.mailbox
+
+    @property
+    def name(self) -> str:
+        """`type/instance` of the agent."""
+        return self._agent.name
+
+    @property
+    def agent_type(self) -> str:
+        """The agent's type name."""
+        return self._agent.agent_type
+
+    @property
+    def alive(self) -> bool:
+        """Whether the agent still takes messages."""
+        return not self._mailbox.closed
+
+    @property
+    def queue_depth(self) -> int:
+        """Messages waiting in the agent's mailbox."""
+        return len(self._mailbox)
+
+    def _deliver(self, call: Call) -> bool:
+        return self._mailbox.offer(call)
+
+    def _undeliverable(self) -> Unavailable:
+        return AgentStopped(self._agent.name, str(self._agent.exit_reason or "stopped"))
+
+    def link(self, listener: ExitListener) -> None:
+        """Call `listener(reason)` when the agent exits (now, if it has)."""
+        self._agent.exit_link.link(listener)
+
+    def kill(self) -> None:
+        """Kill the agent at once: queued and in-flight asks fail, the supervisor is told."""
+        self._agent.kill()
+
+    def shutdown(self, *, timeout: float) -> None:
+        """Stop gracefully (finish what is queued); kill if that takes over `timeout`."""
+        if not self._agent.request_stop():
+            return
+        if not self._agent.exit_link.wait(timeout=timeout):
+            self._agent.kill()
+
+    def __repr__(self) -> str:
+        return f"<LocalAgentRef {self.name}>"
+
+
+class TypeRef(_RefBase):
+    """A reference to an agent type: each call goes to one live member.
+
+    Members are chosen round-robin. A member that died between lookup and
+    delivery is skipped, so a caller only sees `Unavailable` when no member
+    of the type is alive, at once, like a NATS request with no responders.
+    """
+
+    __slots__ = ("_agent_type", "_counter")
+
+    def __init__(self, runtime: Runtime, agent_type: str) -> None:
+        super().__init__(runtime)
+        self._agent_type = agent_type
+        self._counter = itertools.count()
+
+    @property
+    def name(self) -> str:
+        """The agent type."""
+        return self._agent_type
+
+    def _deliver(self, call: Call) -> bool:
+        members = self._runtime.directory.members(self._agent_type)
+        count = len(members)
+        if not count:
+            return False
+        start = next(self._counter)
+        for offset in range(count):
+            if members[(start + offset) % count].mailbox.offer(call):
+                return True
+        return False
+
+    def _undeliverable(self) -> Unavailable:
+        return Unavailable(f"no agent of type {self._agent_type!r} is running")
+
+    def __repr__(self) -> str:
+        return f"<TypeRef {self._agent_type}>"

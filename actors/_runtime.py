@@ -1,0 +1,133 @@
+"""What the agents of one node share: directory, timers, events and defaults."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from actors._timers import Timers
+
+if TYPE_CHECKING:
+    from actors._agent import Agent
+    from actors._ref import TypeRef
+    from messages import SupervisionEvent
+
+EventListener = Callable[["SupervisionEvent"], None]
+
+DEFAULT_ASK_TIMEOUT: Final = 30.0
+DEFAULT_HUNG_MARGIN: Final = 5.0
+
+
+class AgentDefaults(msgspec.Struct, frozen=True, kw_only=True):
+    """Defaults applied to every agent of a runtime.
+
+    Attributes:
+        ask_timeout: Deadline, in seconds from now, of an ask that names none.
+        hung_margin: Seconds past its deadline after which a still-running
+            handler counts as hung: the agent is replaced and its queue fails.
+    """
+
+    ask_timeout: float = DEFAULT_ASK_TIMEOUT
+    hung_margin: float = DEFAULT_HUNG_MARGIN
+
+
+class Directory:
+    """Local agents by type, for routing asks addressed to a type.
+
+    Reads are lock-free (copy-on-write tuples); agents register when they are
+    spawned and unregister the moment they die.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._members: dict[str, tuple[Agent, ...]] = {}
+
+    def register(self, agent: Agent) -> None:
+        """Add a live agent under its type."""
+        with self._lock:
+            current = self._members.get(agent.agent_type, ())
+            self._members[agent.agent_type] = (*current, agent)
+
+    def unregister(self, agent: Agent) -> None:
+        """Remove an agent (no-op if it is not registered)."""
+        with self._lock:
+            current = self._members.get(agent.agent_type, ())
+            if agent in current:
+                self._members[agent.agent_type] = tuple(a for a in current if a is not agent)
+
+    def members(self, agent_type: str) -> tuple[Agent, ...]:
+        """The live local agents of a type."""
+        return self._members.get(agent_type, ())
+
+    def types(self) -> list[str]:
+        """Agent types with at least one live local member."""
+        return sorted(t for t, members in self._members.items() if members)
+
+
+class EventBus:
+    """Synchronous fan-out of supervision events to listeners.
+
+    Listeners run on the publishing supervisor's thread and must be quick.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: tuple[EventListener, ...] = ()
+        self._lock = threading.Lock()
+
+    def subscribe(self, listener: EventListener) -> Callable[[], None]:
+        """Add a listener; return a function that removes it."""
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return unsubscribe
+
+    def publish(self, event: SupervisionEvent) -> None:
+        """Deliver `event` to every listener."""
+        for listener in self._listeners:
+            listener(event)
+
+
+_node_counter = itertools.count(1)
+
+
+def default_node_name() -> str:
+    """`<hostname>-<pid>[-n]`: unique per node in a process."""
+    n = next(_node_counter)
+    suffix = "" if n == 1 else f"-{n}"
+    return f"{socket.gethostname()}-{os.getpid()}{suffix}"
+
+
+class Runtime:
+    """The services shared by the agents and supervisors of one node.
+
+    Args:
+        node: Node name, used in sender fields and statistics.
+        defaults: Deadline and hung-handler defaults.
+    """
+
+    def __init__(self, *, node: str | None = None, defaults: AgentDefaults | None = None) -> None:
+        self.node = node or default_node_name()
+        self.defaults = defaults or AgentDefaults()
+        self.directory = Directory()
+        self.events = EventBus()
+        self.timers = Timers(name=f"actorfleet-timers-{self.node}")
+
+    def ref(self, agent_type: str) -> TypeRef:
+        """A reference that routes to any live agent of `agent_type`."""
+        from actors._ref import TypeRef  # noqa: PLC0415 - _ref imports this module
+
+        return TypeRef(self, agent_type)
+
+    def close(self) -> None:
+        """Stop the runtime's timer thread."""
+        self.timers.close()

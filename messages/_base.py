@@ -1,0 +1,38 @@
+"""Struct conventions shared by every wire message."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import os
+from typing import Final
+
+import msgspec
+
+_ID_PREFIX: Final = os.urandom(8).hex()
+_id_counter = itertools.count(1)
+
+
+def new_message_id() -> str:
+    """Return a message id unique across processes and cheap to make.
+
+    A random per-process prefix followed by a counter, in the spirit of NATS's
+    NUID: unique without a syscall per id.
+    """
+    return f"{_ID_PREFIX}{next(_id_counter):x}"
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+    """Base of every wire message: frozen, keyword-only, tagged by class name.
+
+    Subclasses add fields with defaults to evolve; they never forbid unknown
+    fields, so older readers accept newer writers.
+    """
+
+
+class Priority(enum.StrEnum):
+    """How much a request matters when the service must shed load."""
+
+    CRITICAL = "critical"
+    DEFAULT = "default"
+    SHEDDABLE = "sheddable"
