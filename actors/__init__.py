@@ -2,7 +2,7 @@
 
 from actors._agent import Agent, handler
 from actors._context import Context
-from actors._lifecycle import ExitLink, ExitReason
+from actors._lifecycle import ExitLink, ExitListener, ExitReason
 from actors._ref import AgentRef, LocalAgentRef, TypeRef
 from actors._reply import Reply
 from actors._runtime import AgentDefaults, Directory, EventBus, Runtime
@@ -16,6 +16,7 @@ __all__ = [
     "Directory",
     "EventBus",
     "ExitLink",
+    "ExitListener",
     "ExitReason",
     "LocalAgentRef",
     "Reply",
