@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from actors._ref import AgentRef, TypeRef
 
 if TYPE_CHECKING:
     from actors._agent import Agent
+    from actors._ref import AgentRef
     from actors._reply import Reply
     from actors._runtime import Runtime
     from messages import Metadata
@@ -76,5 +76,5 @@ class Context:
 
     def _resolve(self, target: str | AgentRef) -> AgentRef:
         if isinstance(target, str):
-            return TypeRef(self._agent.runtime, target)
+            return self._agent.runtime.ref(target)
         return target

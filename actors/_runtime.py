@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from actors._ref import TypeRef
 from actors._timers import Timers
 
 if TYPE_CHECKING:
     from actors._agent import Agent
-    from actors._ref import TypeRef
     from messages import SupervisionEvent
 
 EventListener = Callable[["SupervisionEvent"], None]
@@ -121,12 +121,17 @@ class Runtime:
         self.directory = Directory()
         self.events = EventBus()
         self.timers = Timers(name=f"actorfleet-timers-{self.node}")
+        self._type_refs: dict[str, TypeRef] = {}
 
     def ref(self, agent_type: str) -> TypeRef:
-        """A reference that routes to any live agent of `agent_type`."""
-        from actors._ref import TypeRef  # noqa: PLC0415 - _ref imports this module
+        """The reference that routes to any live agent of `agent_type`.
 
-        return TypeRef(self, agent_type)
+        One per type, so that round-robin spreads load across all callers.
+        """
+        ref = self._type_refs.get(agent_type)
+        if ref is None:
+            ref = self._type_refs.setdefault(agent_type, TypeRef(self, agent_type))
+        return ref
 
     def close(self) -> None:
         """Stop the runtime's timer thread."""

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import IO, Final
 
 from actors import ExitLink, ExitListener, ExitReason
 from messages import ExitKind
@@ -41,6 +41,7 @@ class ProcessChild:
         *,
         name: str,
         env: Mapping[str, str] | None = None,
+        stdout: int | None = None,
     ) -> None:
         self.name = name
         self.exit_link = ExitLink()
@@ -49,6 +50,7 @@ class ProcessChild:
             list(argv),
             env=None if env is None else {**os.environ, **env},
             stdin=subprocess.DEVNULL,
+            stdout=stdout,
             start_new_session=True,
         )
         self._waiter = threading.Thread(
@@ -62,6 +64,11 @@ class ProcessChild:
         return self._popen.pid
 
     @property
+    def stdout(self) -> IO[bytes] | None:
+        """The process's standard output, when it was started with `stdout=PIPE`."""
+        return self._popen.stdout
+
+    @property
     def alive(self) -> bool:
         """Whether the process has not exited yet."""
         return not self.exit_link.exited
@@ -71,6 +78,8 @@ class ProcessChild:
         reason = exit_reason_for(returncode)
         if self._stopping and returncode == -signal.SIGTERM:
             reason = ExitReason(ExitKind.SHUTDOWN)
+        if self._popen.stdout is not None:
+            self._popen.stdout.close()
         self.exit_link.exit(reason)
 
     def link(self, listener: ExitListener) -> None:

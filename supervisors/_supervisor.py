@@ -63,6 +63,7 @@ class _Exited:
 @dataclass(frozen=True, slots=True)
 class _RestartDue:
     epoch: int
+    delay: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +93,8 @@ class SupervisorActor(pykka.ThreadingActor):
         match message:
             case _Exited(child_id, incarnation, reason):
                 self._on_exit(child_id, incarnation, reason)
-            case _RestartDue(epoch) if epoch == self._epoch:
-                self._restart_pending()
+            case _RestartDue(epoch, delay) if epoch == self._epoch:
+                self._restart_pending(delay)
             case _RestartDue():
                 pass
             case _Call(fn):
@@ -207,7 +208,7 @@ class SupervisorActor(pykka.ThreadingActor):
 
         def due() -> None:
             try:
-                me.tell(_RestartDue(epoch))
+                me.tell(_RestartDue(epoch, delay))
             except pykka.ActorDeadError:
                 logger.debug("supervisor %s stopped before a delayed restart", self.spec.name)
 
@@ -220,7 +221,7 @@ class SupervisorActor(pykka.ThreadingActor):
             return self.children[self.children.index(failed):]
         return [failed]
 
-    def _restart_pending(self, delay: float = 0.0) -> None:
+    def _restart_pending(self, delay: float) -> None:
         for child in list(self.children):
             if child.spec.id not in self._pending:
                 continue

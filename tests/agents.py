@@ -1,0 +1,114 @@
+"""Agents and messages shared by the tests."""
+
+from __future__ import annotations
+
+import threading
+
+from actors import Agent, Context, handler
+from messages import Message, NotFound, Ping, Pong
+
+
+class Echo(Message, frozen=True, kw_only=True):
+    text: str
+
+
+class Echoed(Message, frozen=True, kw_only=True):
+    text: str
+    by: str
+
+
+class Crash(Message, frozen=True, kw_only=True):
+    reason: str = "injected"
+
+
+class Refuse(Message, frozen=True, kw_only=True):
+    pass
+
+
+class Block(Message, frozen=True, kw_only=True):
+    """Block the handler until the test's gate opens."""
+
+    gate: str
+
+
+class Forward(Message, frozen=True, kw_only=True):
+    target: str
+    text: str
+
+
+class Budget(Message, frozen=True, kw_only=True):
+    deadline: float
+    remaining: float
+    correlation_id: str | None
+    sender: str | None
+
+
+class Inspect(Message, frozen=True, kw_only=True):
+    pass
+
+
+GATES: dict[str, threading.Event] = {}
+ENTERED: dict[str, threading.Event] = {}
+HANDLED: list[str] = []
+
+
+def gate(name: str) -> tuple[threading.Event, threading.Event]:
+    """Return (entered, release) events for a Block message named `name`."""
+    GATES[name] = threading.Event()
+    ENTERED[name] = threading.Event()
+    return ENTERED[name], GATES[name]
+
+
+class WorkerAgent(Agent):
+    """Answers echoes, crashes on request, blocks on a gate, forwards asks."""
+
+    @handler
+    def echo(self, msg: Echo, ctx: Context) -> Echoed:
+        HANDLED.append(msg.text)
+        return Echoed(text=msg.text, by=self.name)
+
+    @handler
+    def ping(self, msg: Ping, ctx: Context) -> Pong:
+        return Pong(payload=msg.payload, responder=self.name)
+
+    @handler
+    def crash(self, msg: Crash, ctx: Context) -> None:
+        raise RuntimeError(msg.reason)
+
+    @handler
+    def refuse(self, msg: Refuse, ctx: Context) -> None:
+        raise NotFound("no such thing")
+
+    @handler
+    def block(self, msg: Block, ctx: Context) -> str:
+        ENTERED[msg.gate].set()
+        GATES[msg.gate].wait(10)
+        return msg.gate
+
+    @handler
+    def forward(self, msg: Forward, ctx: Context) -> Budget:
+        result: Budget = ctx.ask(msg.target, Inspect())
+        return result
+
+    @handler
+    def inspect(self, msg: Inspect, ctx: Context) -> Budget:
+        return Budget(
+            deadline=ctx.deadline,
+            remaining=ctx.remaining(),
+            correlation_id=ctx.metadata.correlation_id,
+            sender=ctx.metadata.sender,
+        )
+
+
+class OtherAgent(WorkerAgent):
+    """A second agent type with the same handlers."""
+
+
+STOPPED: list[str] = []
+
+
+class RecordingAgent(WorkerAgent):
+    """Records the order in which instances stop gracefully."""
+
+    def on_stop(self) -> None:
+        STOPPED.append(self.name)

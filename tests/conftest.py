@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+import pykka
+import pytest
+
+from actors import AgentDefaults, Runtime
+from messages import SupervisionEvent
+
+WAIT = 5.0
+
+
+class EventRecorder:
+    """Collects supervision events and lets a test wait for one, with a bound."""
+
+    def __init__(self) -> None:
+        self.events: list[SupervisionEvent] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, event: SupervisionEvent) -> None:
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def wait_for(
+        self, predicate: Callable[[SupervisionEvent], bool], *, count: int = 1, timeout: float = WAIT
+    ) -> list[SupervisionEvent]:
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: sum(1 for e in self.events if predicate(e)) >= count, timeout
+            )
+            matching = [e for e in self.events if predicate(e)]
+        assert ok, f"waited {timeout} s for {count} matching events; saw {self.events}"
+        return matching
+
+    def of(self, event_type: type) -> list[SupervisionEvent]:
+        with self._cond:
+            return [e for e in self.events if isinstance(e, event_type)]
+
+
+@pytest.fixture
+def runtime() -> Iterator[Runtime]:
+    rt = Runtime(node="test", defaults=AgentDefaults(ask_timeout=5.0, hung_margin=5.0))
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def events(runtime: Runtime) -> Iterator[EventRecorder]:
+    recorder = EventRecorder()
+    unsubscribe = runtime.events.subscribe(recorder)
+    yield recorder
+    unsubscribe()
+
+
+@pytest.fixture(autouse=True)
+def _stop_all_actors() -> Iterator[None]:
+    yield
+    pykka.ActorRegistry.stop_all(timeout=WAIT)
