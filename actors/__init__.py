@@ -1,6 +1,7 @@
 """Agents: pykka actors with typed handlers, deadlines and a context."""
 
 from actors._agent import Agent, handler
+from actors._builtin import PingAgent
 from actors._context import Context
 from actors._lifecycle import ExitLink, ExitListener, ExitReason
 from actors._ref import AgentRef, LocalAgentRef, TypeRef
@@ -19,6 +20,7 @@ __all__ = [
     "ExitListener",
     "ExitReason",
     "LocalAgentRef",
+    "PingAgent",
     "Reply",
     "Runtime",
     "TimerHandle",

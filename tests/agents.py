@@ -112,3 +112,10 @@ class RecordingAgent(WorkerAgent):
 
     def on_stop(self) -> None:
         STOPPED.append(self.name)
+
+
+class CrashOnStartAgent(WorkerAgent):
+    """Starts, then crashes on its first tick: a pool that can never stay up."""
+
+    def on_start(self) -> None:
+        self.ref.tell(Crash(reason="cannot stay up"))

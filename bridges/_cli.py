@@ -1,0 +1,86 @@
+"""The `actorfleet` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Final
+
+import msgspec
+
+import config
+from bridges._app import build_node
+from messages import ActorfleetError, StartFailed
+from supervisors import SupervisorStatistics
+
+EXIT_USAGE: Final = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="actorfleet", description="Run LLM agents as supervised actors."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a node until SIGTERM/SIGINT")
+    run.add_argument("--config", help="TOML file (default: the embedded config/default.toml)")
+    run.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop by itself after this many seconds (for smoke tests)",
+    )
+    run.add_argument("--log-level", default="INFO")
+    show = commands.add_parser("config", help="print the effective configuration as JSON")
+    show.add_argument("--config", help="TOML file (default: the embedded config/default.toml)")
+    return parser
+
+
+def _print_tree(tree: SupervisorStatistics, indent: str = "") -> None:
+    print(f"{indent}{tree.name} [{tree.strategy}] {tree.status}")
+    for child in tree.children:
+        if child.supervisor is not None:
+            _print_tree(child.supervisor, indent + "  ")
+        else:
+            print(f"{indent}  {child.id} ({child.kind}, {child.restart}) {child.status}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = config.load(args.config)
+    node = build_node(settings)
+    root = node.start()
+    print(f"actorfleet node {node.runtime.node} running; agent types: "
+          f"{', '.join(node.runtime.directory.types()) or 'none'}")
+    _print_tree(root.statistics())
+    print("ready", flush=True)
+    if args.duration is not None:
+        timer = threading.Timer(args.duration, node.stop)
+        timer.daemon = True
+        timer.start()
+    return node.run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `actorfleet` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "config":
+            settings = config.load(args.config)
+            print(msgspec.json.format(msgspec.json.encode(settings).decode()))
+            return 0
+        return _run(args)
+    except StartFailed as exc:
+        print(f"actorfleet: {exc}", file=sys.stderr)
+        return 1
+    except ActorfleetError as exc:
+        print(f"actorfleet: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

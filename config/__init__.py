@@ -1,0 +1,27 @@
+"""Node configuration: TOML decoded into frozen Structs, with environment overrides."""
+
+from config._settings import (
+    ENV_OVERRIDES,
+    AgentSettings,
+    BackoffSettings,
+    NodeSettings,
+    PoolSettings,
+    Settings,
+    SupervisionSettings,
+    decode,
+    default_toml,
+    load,
+)
+
+__all__ = [
+    "ENV_OVERRIDES",
+    "AgentSettings",
+    "BackoffSettings",
+    "NodeSettings",
+    "PoolSettings",
+    "Settings",
+    "SupervisionSettings",
+    "decode",
+    "default_toml",
+    "load",
+]

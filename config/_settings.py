@@ -1,0 +1,141 @@
+"""Settings: one TOML file decoded into frozen Structs, overridden by environment."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from messages import ConfigError
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+ImportPath = Annotated[str, msgspec.Meta(pattern=r"^[\w.]+:[\w.]+$")]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Config sections reject unknown keys, so a typo fails at start."""
+
+
+class NodeSettings(_Section, frozen=True, kw_only=True):
+    """This node.
+
+    Attributes:
+        name: Node name; empty means `<hostname>-<pid>`.
+    """
+
+    name: str = ""
+
+
+class AgentSettings(_Section, frozen=True, kw_only=True):
+    """Defaults for every agent.
+
+    Attributes:
+        ask_timeout: Deadline of an ask that names none, in seconds.
+        hung_margin: Seconds past its deadline before a running handler counts as hung.
+    """
+
+    ask_timeout: Positive = 30.0
+    hung_margin: Positive = 5.0
+
+
+class BackoffSettings(_Section, frozen=True, kw_only=True):
+    """Delay between consecutive restarts of one child."""
+
+    base: NonNegative = 0.01
+    factor: Annotated[float, msgspec.Meta(ge=1)] = 2.0
+    cap: NonNegative = 2.0
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.25
+    reset_after: NonNegative = 10.0
+
+
+class SupervisionSettings(_Section, frozen=True, kw_only=True):
+    """Restart intensity and shutdown defaults for every supervisor."""
+
+    max_restarts: Count = 3
+    period: Positive = 5.0
+    shutdown_timeout: NonNegative = 5.0
+    backoff: BackoffSettings = msgspec.field(default_factory=BackoffSettings)
+
+
+class PoolSettings(_Section, frozen=True, kw_only=True):
+    """A pool of agents of one class under its own supervisor.
+
+    Attributes:
+        agent: `module:Class` of the agent.
+        size: How many instances.
+        restart: `permanent`, `transient` or `temporary`.
+    """
+
+    agent: ImportPath
+    size: Annotated[int, msgspec.Meta(ge=1)] = 1
+    restart: Literal["permanent", "transient", "temporary"] = "permanent"
+
+
+class Settings(_Section, frozen=True, kw_only=True):
+    """Everything a node reads at start."""
+
+    node: NodeSettings = msgspec.field(default_factory=NodeSettings)
+    agents: AgentSettings = msgspec.field(default_factory=AgentSettings)
+    supervision: SupervisionSettings = msgspec.field(default_factory=SupervisionSettings)
+    pools: list[PoolSettings] = msgspec.field(default_factory=list)
+
+
+ENV_OVERRIDES: Final[dict[str, tuple[str, ...]]] = {
+    "AF_NODE_NAME": ("node", "name"),
+    "AF_ASK_TIMEOUT": ("agents", "ask_timeout"),
+    "AF_HUNG_MARGIN": ("agents", "hung_margin"),
+    "AF_MAX_RESTARTS": ("supervision", "max_restarts"),
+    "AF_RESTART_PERIOD": ("supervision", "period"),
+}
+
+_PATH_IN_ERROR: Final = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def default_toml() -> str:
+    """The text of `config/default.toml`, which documents every key."""
+    return resources.files("config").joinpath("default.toml").read_text(encoding="utf-8")
+
+
+def load(path: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from `path` (or the embedded defaults), then the environment.
+
+    Raises:
+        ConfigError: Naming the key path and the reason, for any bad value.
+    """
+    source = "config/default.toml" if path is None else str(path)
+    try:
+        text = default_toml() if path is None else Path(path).read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(source, str(exc)) from exc
+    _apply_env(raw, os.environ if env is None else env)
+    return decode(raw)
+
+
+def decode(raw: Mapping[str, Any]) -> Settings:
+    """Validate a parsed mapping into `Settings`."""
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _PATH_IN_ERROR.search(message)
+        key = match.group("path").lstrip(".") if match else ""
+        reason = message[: match.start()] if match else message
+        raise ConfigError(key or "<root>", reason) from exc
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for variable, key_path in ENV_OVERRIDES.items():
+        if variable in env:
+            section: dict[str, Any] = raw
+            for key in key_path[:-1]:
+                section = section.setdefault(key, {})
+            section[key_path[-1]] = env[variable]

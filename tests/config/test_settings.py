@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import config
+from messages import ConfigError
+
+
+def test_the_embedded_defaults_load_and_run_a_ping_pool() -> None:
+    settings = config.load(env={})
+    assert settings.agents.ask_timeout == 30.0
+    assert [p.agent for p in settings.pools] == ["actors:PingAgent"]
+
+
+def test_a_file_overrides_defaults_and_keeps_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text("[agents]\nask_timeout = 2.0\n")
+    settings = config.load(path, env={})
+    assert settings.agents.ask_timeout == 2.0
+    assert settings.agents.hung_margin == 5.0
+    assert settings.pools == []
+
+
+def test_environment_variables_override_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text("[agents]\nask_timeout = 2.0\n")
+    settings = config.load(path, env={"AF_ASK_TIMEOUT": "7.5", "AF_NODE_NAME": "n-1"})
+    assert settings.agents.ask_timeout == 7.5
+    assert settings.node.name == "n-1"
+
+
+@pytest.mark.parametrize(
+    ("toml", "path", "reason"),
+    [
+        ("[agents]\nask_timeout = -1\n", "agents.ask_timeout", "> 0"),
+        ("[agents]\nask_tmeout = 1\n", "agents", "unknown field `ask_tmeout`"),
+        ('[[pools]]\nagent = "no-colon"\n', "pools[0].agent", "regex"),
+        ('[[pools]]\nagent = "a:B"\nrestart = "sometimes"\n', "pools[0].restart", "Invalid enum value 'sometimes'"),
+        ("[supervision.backoff]\njitter = 3\n", "supervision.backoff.jitter", "<= 1"),
+    ],
+)
+def test_bad_values_fail_with_the_key_path_and_the_reason(
+    tmp_path: Path, toml: str, path: str, reason: str
+) -> None:
+    file = tmp_path / "bad.toml"
+    file.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        config.load(file, env={})
+    assert info.value.path == path
+    assert reason in info.value.reason
+
+
+def test_a_bad_environment_value_names_the_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(env={"AF_MAX_RESTARTS": "many"})
+    assert info.value.path == "supervision.max_restarts"
+
+
+def test_unparsable_toml_names_the_file(tmp_path: Path) -> None:
+    file = tmp_path / "broken.toml"
+    file.write_text("[agents\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(file, env={})
+    assert info.value.path == str(file)
+
+
+def test_every_key_of_the_settings_is_documented_in_default_toml() -> None:
+    text = config.default_toml()
+    for section in (
+        config.NodeSettings,
+        config.AgentSettings,
+        config.SupervisionSettings,
+        config.BackoffSettings,
+        config.PoolSettings,
+    ):
+        for key in section.__struct_fields__:
+            assert f"{key} =" in text or f"{key}:" in text or f".{key}]" in text, key
+    for variable in config.ENV_OVERRIDES:
+        assert variable in text
