@@ -128,7 +128,8 @@ class Agent(pykka.ThreadingActor):
         self._dead = itertools.count()
 
     @staticmethod
-    def _create_actor_inbox() -> Mailbox:
+    def _create_actor_inbox() -> Mailbox:  # type: ignore[override]
+        # A Mailbox also hands out Calls, which quack like pykka Envelopes.
         return Mailbox()
 
     @property
@@ -151,7 +152,7 @@ class Agent(pykka.ThreadingActor):
         agent = cls(runtime, *args, **kwargs)
         pykka.ActorRegistry.register(agent.actor_ref)
         runtime.directory.register(agent)
-        agent._start_actor_loop()  # noqa: SLF001 - what pykka's start() does
+        agent._start_actor_loop()
         return agent.ref
 
     def on_receive(self, message: Any) -> Any:
@@ -164,39 +165,49 @@ class Agent(pykka.ThreadingActor):
         return super().on_receive(message)
 
     def _dispatch(self, call: Call) -> None:
-        reply = call.reply
-        meta = call.meta
-        if meta.deadline <= time.time():
-            if reply is not None:
-                reply.fail(RequestTimeout(f"deadline passed before {self.name} took the request"))
-            return
-        payload = call.payload
-        handle = self.handlers.get(type(payload))
+        handle = self._admit(call)
         if handle is None:
-            if reply is not None:
-                reply.fail(
-                    BadRequest(f"{self.agent_type} does not handle {type(payload).__name__}")
-                )
             return
-        self._busy = (call, meta.deadline + self._margin)
+        reply = call.reply
+        expiry = call.meta.deadline + self._margin
+        self._busy = (call, expiry)
         if not self._watched:
-            self._watch(meta.deadline + self._margin)
+            self._watch(expiry)
         try:
-            result = handle(self, payload, Context(self, meta))
+            result = handle(self, call.payload, Context(self, call.meta))
         except AgentError as error:
             if reply is not None:
                 reply.fail(error)
         except Exception as exc:  # noqa: BLE001 - a crash, reported to the supervisor
-            logger.error("agent %s crashed", self.name, exc_info=exc)
-            self._busy = None
-            self._die(ExitReason(ExitKind.CRASHED, f"{type(exc).__name__}: {exc}"))
-            if reply is not None:
-                reply.fail(InternalError(f"{self.name} failed handling {type(payload).__name__}"))
+            self._crash(call, exc)
         else:
             if reply is not None:
                 reply.set(result)
         finally:
             self._busy = None
+
+    def _admit(self, call: Call) -> Handler | None:
+        """The handler for `call`, or None after answering it with a typed error."""
+        error: AgentError
+        if call.meta.deadline <= time.time():
+            error = RequestTimeout(f"deadline passed before {self.name} took the request")
+        else:
+            handle = self.handlers.get(type(call.payload))
+            if handle is not None:
+                return handle
+            error = BadRequest(f"{self.agent_type} does not handle {type(call.payload).__name__}")
+        if call.reply is not None:
+            call.reply.fail(error)
+        return None
+
+    def _crash(self, call: Call, exc: Exception) -> None:
+        logger.error("agent %s crashed", self.name, exc_info=exc)
+        self._busy = None
+        self._die(ExitReason(ExitKind.CRASHED, f"{type(exc).__name__}: {exc}"))
+        if call.reply is not None:
+            call.reply.fail(
+                InternalError(f"{self.name} failed handling {type(call.payload).__name__}")
+            )
 
     def _watch(self, expiry: float) -> None:
         self._watched = True

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-
 if TYPE_CHECKING:
     from actors._agent import Agent
     from actors._ref import AgentRef

@@ -249,10 +249,7 @@ class TypeRef(_RefBase):
         if not count:
             return False
         start = next(self._counter)
-        for offset in range(count):
-            if members[(start + offset) % count].mailbox.offer(call):
-                return True
-        return False
+        return any(members[(start + i) % count].mailbox.offer(call) for i in range(count))
 
     def _undeliverable(self) -> Unavailable:
         return Unavailable(f"no agent of type {self._agent_type!r} is running")

@@ -54,8 +54,10 @@ def _run(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     node = build_node(settings)
     root = node.start()
-    print(f"actorfleet node {node.runtime.node} running; agent types: "
-          f"{', '.join(node.runtime.directory.types()) or 'none'}")
+    print(
+        f"actorfleet node {node.runtime.node} running; agent types: "
+        f"{', '.join(node.runtime.directory.types()) or 'none'}"
+    )
     _print_tree(root.statistics())
     print("ready", flush=True)
     if args.duration is not None:

@@ -5,7 +5,6 @@ JSON appears only at the HTTP edge; every other byte string is MessagePack.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -29,10 +28,15 @@ def encode(message: Any) -> bytes:
     return _encoder.encode(message)
 
 
-@functools.lru_cache(maxsize=256)
+_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+
 def decoder_for(message_type: Any) -> msgspec.msgpack.Decoder[Any]:
     """Return the shared decoder for a message type or union of types."""
-    return msgspec.msgpack.Decoder(message_type)
+    decoder = _decoders.get(message_type)
+    if decoder is None:
+        decoder = _decoders.setdefault(message_type, msgspec.msgpack.Decoder(message_type))
+    return decoder
 
 
 def decode(data: bytes, message_type: type[T]) -> T:
@@ -42,9 +46,10 @@ def decode(data: bytes, message_type: type[T]) -> T:
         BadRequest: If the bytes are not valid MessagePack for that type.
     """
     try:
-        return decoder_for(message_type).decode(data)  # type: ignore[no-any-return]
+        message: T = decoder_for(message_type).decode(data)
     except msgspec.DecodeError as exc:
         raise BadRequest(f"cannot decode {_name(message_type)}: {exc}") from exc
+    return message
 
 
 def _name(message_type: Any) -> str:

@@ -122,6 +122,4 @@ def process_child(
     def start() -> ChildHandle:
         return ProcessChild(argv, name=id, env=env)
 
-    return ChildSpec(
-        id=id, start=start, restart=restart, shutdown=shutdown, kind=ChildKind.PROCESS
-    )
+    return ChildSpec(id=id, start=start, restart=restart, shutdown=shutdown, kind=ChildKind.PROCESS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -39,8 +40,16 @@ ESCALATION: Final = ExitReason(ExitKind.SHUTDOWN, "reached maximum restart inten
 class _Child:
     """The supervisor's record of one child (mutated only on its thread)."""
 
-    __slots__ = ("consecutive", "handle", "incarnation", "last_exit", "last_restart", "restarts",
-                 "spec", "status")
+    __slots__ = (
+        "consecutive",
+        "handle",
+        "incarnation",
+        "last_exit",
+        "last_restart",
+        "restarts",
+        "spec",
+        "status",
+    )
 
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
@@ -121,12 +130,11 @@ class SupervisorActor(pykka.ThreadingActor):
         if self._find(spec.id) is not None:
             raise ChildAlreadyExists(self.spec.name, spec.id)
         child = _Child(spec)
-        self._start(child)
+        handle = self._start(child)
         self.children.append(child)
-        assert child.handle is not None  # noqa: S101 - _start set it or raised
-        return child.handle
+        return handle
 
-    def _start(self, child: _Child) -> None:
+    def _start(self, child: _Child) -> ChildHandle:
         try:
             handle = child.spec.start()
         except Exception as exc:
@@ -144,6 +152,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 incarnation=child.incarnation,
             )
         )
+        return handle
 
     def _listener(self, child_id: str, incarnation: int) -> ExitListener:
         me = self.actor_ref
@@ -167,7 +176,9 @@ class SupervisorActor(pykka.ThreadingActor):
         child.status = ChildStatus.STOPPED
         self.runtime.events.publish(
             ChildExited(
-                supervisor=self.spec.name, child_id=child_id, reason=reason.kind,
+                supervisor=self.spec.name,
+                child_id=child_id,
+                reason=reason.kind,
                 detail=reason.detail,
             )
         )
@@ -185,6 +196,19 @@ class SupervisorActor(pykka.ThreadingActor):
         if len(window) > self.spec.max_restarts:
             self._escalate()
             return
+        self._stop_group(failed)
+        if now - failed.last_restart > self.spec.backoff.reset_after:
+            failed.consecutive = 0
+        delay = self.spec.backoff.delay(failed.consecutive)
+        failed.consecutive += 1
+        failed.last_restart = now
+        if delay <= 0:
+            self._restart_pending(delay)
+        else:
+            self._restart_later(delay)
+
+    def _stop_group(self, failed: _Child) -> None:
+        """Stop the failed child's group (reverse order) and mark it for restart."""
         group = self._group(failed)
         for child in reversed(group):
             if child is not failed:
@@ -195,14 +219,8 @@ class SupervisorActor(pykka.ThreadingActor):
             else:
                 child.status = ChildStatus.RESTARTING
                 self._pending.add(child.spec.id)
-        if now - failed.last_restart > self.spec.backoff.reset_after:
-            failed.consecutive = 0
-        delay = self.spec.backoff.delay(failed.consecutive)
-        failed.consecutive += 1
-        failed.last_restart = now
-        if delay <= 0:
-            self._restart_pending(delay)
-            return
+
+    def _restart_later(self, delay: float) -> None:
         epoch = self._epoch
         me = self.actor_ref
 
@@ -218,7 +236,7 @@ class SupervisorActor(pykka.ThreadingActor):
         if self.spec.strategy is Strategy.ONE_FOR_ALL:
             return list(self.children)
         if self.spec.strategy is Strategy.REST_FOR_ONE:
-            return self.children[self.children.index(failed):]
+            return self.children[self.children.index(failed) :]
         return [failed]
 
     def _restart_pending(self, delay: float) -> None:
@@ -247,7 +265,9 @@ class SupervisorActor(pykka.ThreadingActor):
     def _escalate(self) -> None:
         logger.error(
             "supervisor %s: more than %d restarts in %.1f s; giving up",
-            self.spec.name, self.spec.max_restarts, self.spec.period,
+            self.spec.name,
+            self.spec.max_restarts,
+            self.spec.period,
         )
         self.runtime.events.publish(
             Escalated(
@@ -320,9 +340,7 @@ class SupervisorActor(pykka.ThreadingActor):
         child = self._require(child_id)
         if child.handle is not None or child.status is ChildStatus.RESTARTING:
             raise ChildAlreadyExists(self.spec.name, child_id)
-        self._start(child)
-        assert child.handle is not None  # noqa: S101 - _start set it or raised
-        return child.handle
+        return self._start(child)
 
     def delete_child(self, child_id: str) -> None:
         """Forget a stopped child's spec (OTP delete_child)."""
@@ -340,11 +358,7 @@ class SupervisorActor(pykka.ThreadingActor):
         now = time.monotonic()
         in_window = sum(1 for t in self._restart_times if t > now - self.spec.period)
         children = [_child_statistics(c) for c in self.children]
-        nested = {
-            c.spec.id: c.handle
-            for c in self.children
-            if isinstance(c.handle, Supervisor)
-        }
+        nested = {c.spec.id: c.handle for c in self.children if isinstance(c.handle, Supervisor)}
         stats = SupervisorStatistics(
             name=self.spec.name,
             strategy=self.spec.strategy,
@@ -432,10 +446,8 @@ class Supervisor:
     def shutdown(self, *, timeout: float = math.inf) -> None:
         """Stop children in reverse start order, then the supervisor."""
         reason = ExitReason(ExitKind.SHUTDOWN)
-        try:
+        with contextlib.suppress(SupervisorStopped):
             self._call(lambda: self._actor.shutdown(reason), timeout=None)
-        except SupervisorStopped:
-            pass
         self._actor.exit_link.wait(timeout=None if math.isinf(timeout) else timeout)
 
     def kill(self) -> None:

@@ -25,7 +25,11 @@ class EventRecorder:
             self._cond.notify_all()
 
     def wait_for(
-        self, predicate: Callable[[SupervisionEvent], bool], *, count: int = 1, timeout: float = WAIT
+        self,
+        predicate: Callable[[SupervisionEvent], bool],
+        *,
+        count: int = 1,
+        timeout: float = WAIT,
     ) -> list[SupervisionEvent]:
         with self._cond:
             ok = self._cond.wait_for(

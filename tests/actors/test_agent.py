@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from actors import Agent, Context, ExitReason, Runtime, handler
+from actors import Agent, AgentDefaults, Context, ExitReason, Runtime, handler
 from messages import (
     AgentDefinitionError,
     AgentStopped,
@@ -263,8 +263,6 @@ def test_asks_through_the_context_inherit_the_deadline_and_name_their_cause(
 
 
 def test_a_handler_that_overruns_its_deadline_by_the_margin_is_killed_as_hung() -> None:
-    from actors import AgentDefaults
-
     runtime = Runtime(node="hung", defaults=AgentDefaults(ask_timeout=1, hung_margin=0.02))
     try:
         ref = WorkerAgent.spawn(runtime)

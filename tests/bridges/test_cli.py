@@ -50,7 +50,7 @@ def test_the_node_assembled_from_defaults_answers_pings() -> None:
 
 
 def test_a_pool_naming_a_non_agent_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="not an actors.Agent"):
+    with pytest.raises(ConfigError, match=r"not an actors\.Agent"):
         import_agent("messages:Ping", key="pools[0].agent")
     with pytest.raises(ConfigError, match="cannot import"):
         import_agent("nowhere.at_all:Agent", key="pools[0].agent")

@@ -37,7 +37,11 @@ def test_environment_variables_override_the_file(tmp_path: Path) -> None:
         ("[agents]\nask_timeout = -1\n", "agents.ask_timeout", "> 0"),
         ("[agents]\nask_tmeout = 1\n", "agents", "unknown field `ask_tmeout`"),
         ('[[pools]]\nagent = "no-colon"\n', "pools[0].agent", "regex"),
-        ('[[pools]]\nagent = "a:B"\nrestart = "sometimes"\n', "pools[0].restart", "Invalid enum value 'sometimes'"),
+        (
+            '[[pools]]\nagent = "a:B"\nrestart = "sometimes"\n',
+            "pools[0].restart",
+            "Invalid enum value 'sometimes'",
+        ),
         ("[supervision.backoff]\njitter = 3\n", "supervision.backoff.jitter", "<= 1"),
     ],
 )

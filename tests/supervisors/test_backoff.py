@@ -27,15 +27,15 @@ def test_jitter_only_shortens_a_delay_by_at_most_its_share() -> None:
     assert len(set(delays)) > 1
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"factor": 0.5}, {"jitter": 2.0}, {"base": -1.0}]
-)
+@pytest.mark.parametrize("kwargs", [{"factor": 0.5}, {"jitter": 2.0}, {"base": -1.0}])
 def test_invalid_backoff_settings_are_rejected(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         Backoff(**kwargs)
 
 
-def test_consecutive_restarts_of_one_child_back_off(runtime: Runtime, events: EventRecorder) -> None:
+def test_consecutive_restarts_of_one_child_back_off(
+    runtime: Runtime, events: EventRecorder
+) -> None:
     backoff = Backoff(base=0.01, factor=2, cap=1.0, jitter=0, reset_after=60)
     sup = pool(runtime, n=1, max_restarts=10, period=60, backoff=backoff)
     for i in range(3):

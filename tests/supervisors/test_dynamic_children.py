@@ -52,7 +52,10 @@ def test_terminate_child_stops_it_for_good_until_restart_child(
     old = agent(sup, "w0")
     sup.terminate_child("w0")
     assert not old.alive
-    assert [c.status for c in sup.statistics().children] == [ChildStatus.STOPPED, ChildStatus.RUNNING]
+    assert [c.status for c in sup.statistics().children] == [
+        ChildStatus.STOPPED,
+        ChildStatus.RUNNING,
+    ]
     new = sup.restart_child("w0")
     assert new.alive
     starts = [e for e in events.of(ChildStarted) if e.child_id == "w0"]
@@ -80,7 +83,8 @@ def test_an_initial_child_that_fails_to_start_stops_the_ones_before_it(
 ) -> None:
     first = agent_child(WorkerAgent, runtime, id="first")
     spec = SupervisorSpec(
-        name="s", children=[first, ChildSpec(id="bad", start=_boom)]  # type: ignore[arg-type]
+        name="s",
+        children=[first, ChildSpec(id="bad", start=_boom)],  # type: ignore[arg-type]
     )
     with pytest.raises(StartFailed):
         Supervisor.start(spec, runtime)

@@ -80,7 +80,9 @@ def test_an_escalating_child_supervisor_is_restarted_by_its_parent(
         backoff=NO_BACKOFF,
     )
     outer = Supervisor.start(
-        SupervisorSpec(name="outer", children=[supervisor_child(inner, runtime)], backoff=NO_BACKOFF),
+        SupervisorSpec(
+            name="outer", children=[supervisor_child(inner, runtime)], backoff=NO_BACKOFF
+        ),
         runtime,
     )
     first_inner = outer.which_children()["inner"]
@@ -107,7 +109,9 @@ def test_escalation_climbs_until_a_supervisor_can_absorb_it(
         name="middle", children=[supervisor_child(inner, runtime)], max_restarts=0
     )
     top = Supervisor.start(
-        SupervisorSpec(name="top", children=[supervisor_child(middle, runtime)], backoff=NO_BACKOFF),
+        SupervisorSpec(
+            name="top", children=[supervisor_child(middle, runtime)], backoff=NO_BACKOFF
+        ),
         runtime,
     )
     middle_sup = top.which_children()["middle"]

@@ -26,8 +26,10 @@ SLEEPER = [sys.executable, "-c", "import signal; signal.pause()"]
 STUBBORN = [
     sys.executable,
     "-c",
-    "import signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-    " print('ready', flush=True); signal.pause()",
+    (
+        "import signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        " print('ready', flush=True); signal.pause()"
+    ),
 ]
 
 

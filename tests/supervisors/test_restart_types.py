@@ -79,7 +79,9 @@ def test_a_temporary_sibling_stopped_by_one_for_all_is_not_restarted(
 def test_a_transient_sibling_is_restarted_with_its_group(
     runtime: Runtime, events: EventRecorder
 ) -> None:
-    sup = pool(runtime, strategy=Strategy.ONE_FOR_ALL, restarts=[Restart.PERMANENT, Restart.TRANSIENT])
+    sup = pool(
+        runtime, strategy=Strategy.ONE_FOR_ALL, restarts=[Restart.PERMANENT, Restart.TRANSIENT]
+    )
     before = sup.which_children()
     agent(sup, "w0").kill()
     restarted(events, "w1")

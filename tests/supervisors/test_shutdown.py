@@ -11,7 +11,7 @@ def test_shutdown_stops_children_in_reverse_start_order(runtime: Runtime) -> Non
     sup = pool(runtime, n=4)
     STOPPED.clear()
     sup.shutdown()
-    assert STOPPED == [f"recording/w{i}" for i in (3, 2, 1, 0)]
+    assert [f"recording/w{i}" for i in (3, 2, 1, 0)] == STOPPED
     assert sup.exit_reason is not None
     assert sup.exit_reason.kind is ExitKind.SHUTDOWN
 

@@ -44,7 +44,7 @@ def test_statistics_include_nested_supervisors_and_queue_depth(runtime: Runtime)
     entered, release = gate("stats")
     leaf.ask_async(Block(gate="stats"))  # type: ignore[attr-defined]
     assert entered.wait(5)
-    for i in range(3):
+    for _ in range(3):
         leaf.ask_async(Block(gate="stats"))  # type: ignore[attr-defined]
     tree = sup.statistics()
     (child,) = tree.children

@@ -24,7 +24,9 @@ def test_one_for_one_restarts_only_the_child_that_died(
     assert after["w1"].alive
 
 
-def test_the_restarted_child_keeps_its_name_and_serves(runtime: Runtime, events: EventRecorder) -> None:
+def test_the_restarted_child_keeps_its_name_and_serves(
+    runtime: Runtime, events: EventRecorder
+) -> None:
     sup = pool(runtime)
     old = agent(sup, "w0")
     old.kill()
