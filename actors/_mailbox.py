@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -13,8 +13,8 @@ from pykka._envelope import Envelope
 if TYPE_CHECKING:
     from actors._call import Call
 
-# Returned by get() once the mailbox is closed and empty, so that an idle actor
-# thread wakes up, sees that it was stopped, and exits.
+# Queued by close(), so that an idle actor thread wakes up, sees that it was
+# stopped, and exits.
 WAKE_UP: Final = Envelope(None)
 
 
@@ -22,16 +22,18 @@ class Mailbox:
     """FIFO inbox for one actor, satisfying pykka's `ActorInbox` protocol.
 
     `close()` atomically refuses further puts and hands back what was queued;
-    a put that loses the race against close is handed to `reject`,
-    so the sender learns at once instead of waiting for its deadline.
+    a put that loses the race against close is handed to `reject`, so the
+    sender learns at once instead of waiting for its deadline.
+
+    The queue is the C `SimpleQueue`: the single consumer blocks in C, and
+    producers only take a short lock to check `closed`.
     """
 
-    __slots__ = ("_closed", "_items", "_lock", "_nonempty", "reject")
+    __slots__ = ("_closed", "_lock", "_queue", "reject")
 
     def __init__(self) -> None:
-        self._items: deque[Envelope[Any] | Call] = deque()
+        self._queue: queue.SimpleQueue[Envelope[Any] | Call] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._nonempty = threading.Condition(self._lock)
         self._closed = False
         self.reject: Callable[[Envelope[Any] | Call], None] = _raise_dead
 
@@ -45,33 +47,33 @@ class Mailbox:
         with self._lock:
             if self._closed:
                 return False
-            self._items.append(envelope)
-            self._nonempty.notify()
+            self._queue.put(envelope)
             return True
 
     def get(self) -> Envelope[Any] | Call:
-        """Take the next envelope, waiting for one; `WAKE_UP` once closed."""
-        with self._lock:
-            while not self._items:
-                if self._closed:
-                    return WAKE_UP
-                self._nonempty.wait()
-            return self._items.popleft()
+        """Take the next envelope, waiting for one (`WAKE_UP` once closed)."""
+        return self._queue.get()
 
     def empty(self) -> bool:
         """Whether nothing is queued."""
-        return not self._items
+        return self._queue.empty()
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._queue.qsize()
 
     def close(self) -> list[Envelope[Any] | Call]:
         """Refuse further puts and return what was queued, in order."""
+        items: list[Envelope[Any] | Call] = []
         with self._lock:
+            if self._closed:
+                return items
             self._closed = True
-            items = list(self._items)
-            self._items.clear()
-            self._nonempty.notify_all()
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._queue.put(WAKE_UP)
         return items
 
     @property

@@ -14,7 +14,7 @@ import msgspec
 import config
 from bridges._app import build_node
 from messages import ActorfleetError, StartFailed
-from supervisors import SupervisorStatistics
+from supervisors import SupervisorStatistics, pin_cpus
 
 EXIT_USAGE: Final = 2
 
@@ -52,6 +52,8 @@ def _run(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = config.load(args.config)
+    if settings.node.cpus:
+        print(f"pinned to CPUs {sorted(pin_cpus(settings.node.cpus))}")
     node = build_node(settings)
     root = node.start()
     print(

@@ -29,9 +29,11 @@ class NodeSettings(_Section, frozen=True, kw_only=True):
 
     Attributes:
         name: Node name; empty means `<hostname>-<pid>`.
+        cpus: CPUs to pin the node's threads to; empty leaves affinity alone.
     """
 
     name: str = ""
+    cpus: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=list)
 
 
 class AgentSettings(_Section, frozen=True, kw_only=True):

@@ -1,5 +1,6 @@
 """Supervisors with Erlang/OTP semantics: strategies, restart types, intensity, backoff."""
 
+from supervisors._affinity import pin_cpus, unpin_process
 from supervisors._node import EXIT_OK, EXIT_ROOT_FAILED, Node
 from supervisors._process import ProcessChild, exit_reason_for, process_child
 from supervisors._spec import (
@@ -39,6 +40,8 @@ __all__ = [
     "SupervisorStatistics",
     "agent_child",
     "exit_reason_for",
+    "pin_cpus",
     "process_child",
     "supervisor_child",
+    "unpin_process",
 ]

@@ -12,6 +12,7 @@ from typing import IO, Final
 
 from actors import ExitLink, ExitListener, ExitReason
 from messages import ExitKind
+from supervisors._affinity import unpin_process
 from supervisors._spec import DEFAULT_SHUTDOWN, ChildHandle, ChildKind, ChildSpec, Restart
 
 logger: Final = logging.getLogger("actorfleet.process")
@@ -53,6 +54,7 @@ class ProcessChild:
             stdout=stdout,
             start_new_session=True,
         )
+        unpin_process(self._popen.pid)
         self._waiter = threading.Thread(
             target=self._wait, name=f"actorfleet-wait-{name}", daemon=True
         )
