@@ -316,6 +316,10 @@ class SupervisorActor(pykka.ThreadingActor):
         self.exit_reason = ExitReason(ExitKind.KILLED)
         self._stop()
 
+    def on_stop(self) -> None:
+        """However the supervisor stops, its children stop first (as in OTP)."""
+        self.terminate_all()
+
     def _actor_loop_teardown(self) -> None:
         super()._actor_loop_teardown()
         self.exit_link.exit(self.exit_reason)
@@ -485,21 +489,11 @@ class Supervisor:
         return result
 
     def statistics(self, *, timeout: float | None = START_TIMEOUT) -> SupervisorStatistics:
-        """The live tree below this supervisor."""
-        if not self.alive:
-            return SupervisorStatistics(
-                name=self.name,
-                strategy=self._actor.spec.strategy,
-                status="stopped",
-                intensity=IntensityWindow(
-                    restarts=0,
-                    max_restarts=self._actor.spec.max_restarts,
-                    period=self._actor.spec.period,
-                ),
-                children=[],
-                exit_reason=str(self._actor.exit_link.reason),
-            )
-        stats, nested = self._call(self._actor.snapshot, timeout=timeout)
+        """The live tree below this supervisor (its exit, once it has stopped)."""
+        try:
+            stats, nested = self._call(self._actor.snapshot, timeout=timeout)
+        except SupervisorStopped:
+            return self._stopped_statistics()
         children = [
             _with_tree(c, nested[c.id].statistics(timeout=timeout)) if c.id in nested else c
             for c in stats.children
@@ -510,6 +504,20 @@ class Supervisor:
             status=stats.status,
             intensity=stats.intensity,
             children=children,
+        )
+
+    def _stopped_statistics(self) -> SupervisorStatistics:
+        spec = self._actor.spec
+        self._actor.exit_link.wait(timeout=START_TIMEOUT)
+        return SupervisorStatistics(
+            name=self.name,
+            strategy=spec.strategy,
+            status="stopped",
+            intensity=IntensityWindow(
+                restarts=0, max_restarts=spec.max_restarts, period=spec.period
+            ),
+            children=[],
+            exit_reason=str(self._actor.exit_link.reason),
         )
 
     def wait(self, *, timeout: float | None = None) -> ExitReason | None:

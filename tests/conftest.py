@@ -61,5 +61,10 @@ def events(runtime: Runtime) -> Iterator[EventRecorder]:
 
 @pytest.fixture(autouse=True)
 def _stop_all_actors() -> Iterator[None]:
+    before = set(threading.enumerate())
     yield
     pykka.ActorRegistry.stop_all(timeout=WAIT)
+    leaked = [t for t in threading.enumerate() if t not in before and not t.daemon and t.is_alive()]
+    for thread in leaked:
+        thread.join(WAIT)
+    assert [t.name for t in leaked if t.is_alive()] == [], "actor threads outlived the test"

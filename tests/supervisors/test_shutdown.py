@@ -51,3 +51,11 @@ def test_kill_takes_the_whole_tree_down_at_once(runtime: Runtime) -> None:
     assert reason is not None
     assert reason.kind is ExitKind.KILLED
     assert not any(c.alive for c in children)
+
+
+def test_a_supervisor_stopped_any_other_way_still_stops_its_children(runtime: Runtime) -> None:
+    sup = pool(runtime, n=2)
+    children = list(sup.which_children().values())
+    sup._ref.stop(timeout=5)  # pykka's own stop, as ActorRegistry.stop_all does
+    assert not any(c.alive for c in children)
+    assert sup.wait(timeout=5) is not None
