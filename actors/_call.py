@@ -41,8 +41,19 @@ def make_metadata(
     message_id: str | None,
     correlation_id: str | None,
     sender: str | None,
+    cause: Metadata | None = None,
 ) -> Metadata:
-    """Build a request's metadata; the deadline is the earlier of the two given."""
+    """Build a request's metadata.
+
+    The deadline is the earliest of `deadline`, now + `timeout` and the
+    cause's deadline (the runtime default when none is given). A request
+    made while handling `cause` inherits its priority and trace context and
+    names it as its correlation id, unless told otherwise.
+    """
+    if cause is not None:
+        deadline = cause.deadline if deadline is None else min(deadline, cause.deadline)
+        priority = priority or cause.priority
+        correlation_id = correlation_id or cause.id
     if timeout is None and deadline is None:
         timeout = default_timeout
     limit = math.inf if deadline is None else deadline
@@ -54,4 +65,6 @@ def make_metadata(
         correlation_id=correlation_id,
         priority=priority or Priority.DEFAULT,
         sender=sender,
+        traceparent=None if cause is None else cause.traceparent,
+        tracestate=None if cause is None else cause.tracestate,
     )

@@ -51,12 +51,7 @@ class Context:
     ) -> Reply[Any]:
         """Ask another agent without waiting; see `ask`."""
         return self._resolve(target).ask_async(
-            message,
-            timeout=timeout,
-            deadline=self.metadata.deadline,
-            priority=self.metadata.priority,
-            correlation_id=self.metadata.id,
-            sender=self._agent.name,
+            message, timeout=timeout, sender=self._agent.name, cause=self.metadata
         )
 
     def ask(self, target: str | AgentRef, message: Any, *, timeout: float | None = None) -> Any:
@@ -69,9 +64,7 @@ class Context:
 
     def tell(self, target: str | AgentRef, message: Any) -> None:
         """Send a message to another agent without waiting for a reply."""
-        self._resolve(target).tell(
-            message, priority=self.metadata.priority, sender=self._agent.name
-        )
+        self._resolve(target).tell(message, sender=self._agent.name, cause=self.metadata)
 
     def _resolve(self, target: str | AgentRef) -> AgentRef:
         if isinstance(target, str):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from actors._call import Call, make_metadata
 from actors._lifecycle import ExitListener
 from actors._reply import Reply
-from messages import AgentStopped, Priority, Unavailable
+from messages import AgentStopped, Metadata, Priority, Unavailable
 
 if TYPE_CHECKING:
     from actors._agent import Agent
@@ -19,7 +19,9 @@ class AgentRef(Protocol):
     """What callers hold to talk to an agent, wherever it runs.
 
     `ask` blocks until the reply or the deadline; `ask_async` returns a
-    `Reply` to wait on; `tell` sends without a reply. Failures are raised as
+    `Reply` to wait on; `tell` sends without a reply. `cause` is the
+    metadata of the request being handled, if any: the new request inherits
+    its deadline, priority and trace context and names it as correlation id. Failures are raised as
     `messages.AgentError` subclasses, the same whether the agent is local or
     remote.
     """
@@ -39,6 +41,7 @@ class AgentRef(Protocol):
         message_id: str | None = None,
         correlation_id: str | None = None,
         sender: str | None = None,
+        cause: Metadata | None = None,
     ) -> Reply[Any]:
         """Send a request and return its pending reply."""
         ...
@@ -53,6 +56,7 @@ class AgentRef(Protocol):
         message_id: str | None = None,
         correlation_id: str | None = None,
         sender: str | None = None,
+        cause: Metadata | None = None,
     ) -> Any:
         """Send a request and wait for its reply until its deadline."""
         ...
@@ -64,6 +68,7 @@ class AgentRef(Protocol):
         priority: Priority | None = None,
         message_id: str | None = None,
         sender: str | None = None,
+        cause: Metadata | None = None,
     ) -> None:
         """Send a message that gets no reply."""
         ...
@@ -94,6 +99,7 @@ class _RefBase:
         message_id: str | None = None,
         correlation_id: str | None = None,
         sender: str | None = None,
+        cause: Metadata | None = None,
     ) -> Reply[Any]:
         """Send a request and return its pending reply."""
         meta = make_metadata(
@@ -104,6 +110,7 @@ class _RefBase:
             message_id=message_id,
             correlation_id=correlation_id,
             sender=sender,
+            cause=cause,
         )
         reply: Reply[Any] = Reply(meta.deadline)
         if not self._deliver(Call(message, meta, reply)):
@@ -120,6 +127,7 @@ class _RefBase:
         message_id: str | None = None,
         correlation_id: str | None = None,
         sender: str | None = None,
+        cause: Metadata | None = None,
     ) -> Any:
         """Send a request and wait for its reply until its deadline.
 
@@ -135,6 +143,7 @@ class _RefBase:
             message_id=message_id,
             correlation_id=correlation_id,
             sender=sender,
+            cause=cause,
         )
         return reply.get()
 
@@ -145,6 +154,7 @@ class _RefBase:
         priority: Priority | None = None,
         message_id: str | None = None,
         sender: str | None = None,
+        cause: Metadata | None = None,
     ) -> None:
         """Send a message that gets no reply.
 
@@ -159,6 +169,7 @@ class _RefBase:
             message_id=message_id,
             correlation_id=None,
             sender=sender,
+            cause=cause,
         )
         if not self._deliver(Call(message, meta, None)):
             raise self._undeliverable()

@@ -41,6 +41,8 @@ class Budget(Message, frozen=True, kw_only=True):
     remaining: float
     correlation_id: str | None
     sender: str | None
+    priority: str
+    traceparent: str | None
 
 
 class Inspect(Message, frozen=True, kw_only=True):
@@ -97,6 +99,8 @@ class WorkerAgent(Agent):
             remaining=ctx.remaining(),
             correlation_id=ctx.metadata.correlation_id,
             sender=ctx.metadata.sender,
+            priority=ctx.metadata.priority,
+            traceparent=ctx.metadata.traceparent,
         )
 
 

@@ -13,9 +13,11 @@ from messages import (
     ExitKind,
     InternalError,
     Message,
+    Metadata,
     NotFound,
     Ping,
     Pong,
+    Priority,
     RequestTimeout,
     Unavailable,
 )
@@ -260,6 +262,23 @@ def test_asks_through_the_context_inherit_the_deadline_and_name_their_cause(
     assert 0 < budget.remaining <= 3
     assert budget.correlation_id == "req-1"
     assert budget.sender == "worker/front"
+
+
+def test_a_request_made_while_handling_another_inherits_its_trace_and_priority(
+    runtime: Runtime,
+) -> None:
+    front = WorkerAgent.spawn(runtime, instance="front")
+    OtherAgent.spawn(runtime, instance="back")
+    cause = Metadata(
+        id="http-1",
+        deadline=time.time() + 2,
+        priority=Priority.CRITICAL,
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    )
+    budget: Budget = front.ask(Forward(target="other", text="x"), cause=cause)
+    assert budget.traceparent == cause.traceparent
+    assert budget.priority == Priority.CRITICAL
+    assert budget.deadline == cause.deadline
 
 
 def test_a_handler_that_overruns_its_deadline_by_the_margin_is_killed_as_hung() -> None:
