@@ -7,6 +7,7 @@ from actors._lifecycle import ExitLink, ExitListener, ExitReason
 from actors._ref import AgentRef, LocalAgentRef, TypeRef
 from actors._reply import Reply
 from actors._runtime import AgentDefaults, Directory, EventBus, Runtime
+from actors._state import MemoryStore, StateStore
 from actors._timers import TimerHandle, Timers
 
 __all__ = [
@@ -20,9 +21,11 @@ __all__ = [
     "ExitListener",
     "ExitReason",
     "LocalAgentRef",
+    "MemoryStore",
     "PingAgent",
     "Reply",
     "Runtime",
+    "StateStore",
     "TimerHandle",
     "Timers",
     "TypeRef",

@@ -5,11 +5,14 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from messages import Unavailable
+
 if TYPE_CHECKING:
     from actors._agent import Agent
     from actors._ref import AgentRef
     from actors._reply import Reply
     from actors._runtime import Runtime
+    from actors._state import StateStore
     from messages import Metadata
 
 
@@ -41,6 +44,19 @@ class Context:
     def deadline(self) -> float:
         """The request's absolute deadline (epoch seconds)."""
         return self.metadata.deadline
+
+    @property
+    def state(self) -> StateStore:
+        """The node's state store, for what must outlive this message.
+
+        Raises:
+            Unavailable: If the node was started without one.
+        """
+        store = self._agent.runtime.state
+        if store is None:
+            msg = f"no state store is configured on node {self._agent.runtime.node}"
+            raise Unavailable(msg)
+        return store
 
     def remaining(self) -> float:
         """Seconds left before the deadline (negative once it has passed)."""

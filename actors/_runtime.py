@@ -16,6 +16,7 @@ from actors._timers import Timers
 
 if TYPE_CHECKING:
     from actors._agent import Agent
+    from actors._state import StateStore
     from messages import SupervisionEvent
 
 EventListener = Callable[["SupervisionEvent"], None]
@@ -113,11 +114,19 @@ class Runtime:
     Args:
         node: Node name, used in sender fields and statistics.
         defaults: Deadline and hung-handler defaults.
+        state: Where agents keep state between messages (`ctx.state`).
     """
 
-    def __init__(self, *, node: str | None = None, defaults: AgentDefaults | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        node: str | None = None,
+        defaults: AgentDefaults | None = None,
+        state: StateStore | None = None,
+    ) -> None:
         self.node = node or default_node_name()
         self.defaults = defaults or AgentDefaults()
+        self.state = state
         self.directory = Directory()
         self.events = EventBus()
         self.timers = Timers(name=f"actorfleet-timers-{self.node}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Final
 
-from actors import Agent, AgentDefaults, Runtime
+from actors import Agent, AgentDefaults, MemoryStore, Runtime
 from config import PoolSettings, Settings
 from messages import ConfigError
 from supervisors import (
@@ -40,7 +40,7 @@ def build_runtime(settings: Settings) -> Runtime:
     defaults = AgentDefaults(
         ask_timeout=settings.agents.ask_timeout, hung_margin=settings.agents.hung_margin
     )
-    return Runtime(node=settings.node.name or None, defaults=defaults)
+    return Runtime(node=settings.node.name or None, defaults=defaults, state=MemoryStore())
 
 
 def _pool_spec(

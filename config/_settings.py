@@ -67,6 +67,16 @@ class SupervisionSettings(_Section, frozen=True, kw_only=True):
     backoff: BackoffSettings = msgspec.field(default_factory=BackoffSettings)
 
 
+class StateSettings(_Section, frozen=True, kw_only=True):
+    """Where agents keep state between messages.
+
+    Attributes:
+        backend: `memory` (this process only; lost on restart).
+    """
+
+    backend: Literal["memory"] = "memory"
+
+
 class PoolSettings(_Section, frozen=True, kw_only=True):
     """A pool of agents of one class under its own supervisor.
 
@@ -87,6 +97,7 @@ class Settings(_Section, frozen=True, kw_only=True):
     node: NodeSettings = msgspec.field(default_factory=NodeSettings)
     agents: AgentSettings = msgspec.field(default_factory=AgentSettings)
     supervision: SupervisionSettings = msgspec.field(default_factory=SupervisionSettings)
+    state: StateSettings = msgspec.field(default_factory=StateSettings)
     pools: list[PoolSettings] = msgspec.field(default_factory=list)
 
 

@@ -44,6 +44,7 @@ def test_the_node_assembled_from_defaults_answers_pings() -> None:
         assert node.runtime.ref("ping").ask(Ping(payload="x"), timeout=5).payload == "x"
         assert isinstance(node.runtime.ref("ping").ask(Ping(), timeout=5), Pong)
         assert [c.id for c in root.statistics().children] == ["agents.ping"]
+        assert node.runtime.state is not None
     finally:
         node.stop()
         assert node.run(handle_signals=False) == 0

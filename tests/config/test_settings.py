@@ -78,6 +78,7 @@ def test_every_key_of_the_settings_is_documented_in_default_toml() -> None:
         config.SupervisionSettings,
         config.BackoffSettings,
         config.PoolSettings,
+        config.StateSettings,
     ):
         for key in section.__struct_fields__:
             assert f"{key} =" in text or f"{key}:" in text or f".{key}]" in text, key
