@@ -121,7 +121,6 @@ class SupervisorActor(pykka.ThreadingActor):
                 self.add_child(spec)
             except StartFailed:
                 self.exit_reason = ExitReason(ExitKind.SHUTDOWN, f"child {spec.id} failed")
-                self.terminate_all()
                 self._stop()
                 raise
 
@@ -277,7 +276,6 @@ class SupervisorActor(pykka.ThreadingActor):
             )
         )
         self.exit_reason = ESCALATION
-        self.terminate_all()
         self._stop()
 
     # --- stopping -------------------------------------------------------------------
@@ -301,7 +299,6 @@ class SupervisorActor(pykka.ThreadingActor):
     def shutdown(self, reason: ExitReason) -> None:
         """Stop all children, then this supervisor."""
         self.exit_reason = reason
-        self.terminate_all()
         self._stop()
 
     def kill_all(self) -> None:
@@ -317,7 +314,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self._stop()
 
     def on_stop(self) -> None:
-        """However the supervisor stops, its children stop first (as in OTP)."""
+        """Stop the children first, in reverse order, however the supervisor stops."""
         self.terminate_all()
 
     def _actor_loop_teardown(self) -> None:
