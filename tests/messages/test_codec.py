@@ -5,6 +5,8 @@ import time
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from messages import (
     AgentError,
@@ -121,3 +123,28 @@ def test_errors_survive_pickling_between_processes(error: AgentError) -> None:
     assert type(copy) is type(error)
     assert copy.message == error.message
     assert copy.retry_after == error.retry_after
+
+
+@given(
+    st.builds(
+        Metadata,
+        id=st.text(min_size=1, max_size=40),
+        deadline=st.floats(0, 4e9),
+        correlation_id=st.none() | st.text(max_size=40),
+        priority=st.sampled_from(list(Priority)),
+        sender=st.none() | st.text(max_size=40),
+        traceparent=st.none() | st.text(max_size=55),
+        tracestate=st.none() | st.text(max_size=60),
+    )
+)
+def test_any_metadata_round_trips(meta: Metadata) -> None:
+    assert decode(encode(meta), Metadata) == meta
+
+
+@given(st.binary(max_size=256))
+def test_arbitrary_bytes_decode_to_a_control_message_or_raise_bad_request(data: bytes) -> None:
+    try:
+        message = decode(data, ControlMessage)
+    except BadRequest:
+        return
+    assert isinstance(message, Message)
