@@ -14,6 +14,7 @@ from messages import ChildExited, Escalated, ExitKind
 from supervisors import (
     Backoff,
     ProcessChild,
+    Restart,
     Supervisor,
     SupervisorSpec,
     exit_reason_for,
@@ -128,3 +129,21 @@ def test_shutdown_sigkills_a_process_that_ignores_sigterm(runtime: Runtime) -> N
         assert [getattr(e, "kind", None) for e in exits] == [ExitKind.KILLED]
     finally:
         child.kill()
+
+
+@pytest.mark.slow
+def test_a_process_child_gets_its_environment(runtime: Runtime, events: EventRecorder) -> None:
+    argv = [sys.executable, "-c", "import os, sys; sys.exit(int(os.environ['AF_TEST_CODE']))"]
+    Supervisor.start(
+        SupervisorSpec(
+            name="procs",
+            children=[
+                process_child("p", argv, env={"AF_TEST_CODE": "7"}, restart=Restart.TRANSIENT)
+            ],
+            max_restarts=100,
+            backoff=Backoff(base=0.001, cap=0.005, jitter=0),
+        ),
+        runtime,
+    )
+    first = events.wait_for(lambda e: isinstance(e, ChildExited))[0]
+    assert first.detail == "exit code 7"  # type: ignore[attr-defined]
