@@ -14,7 +14,7 @@ import msgspec
 import config
 from bridges._app import build_node
 from messages import ActorfleetError, StartFailed
-from supervisors import SupervisorStatistics, pin_cpus
+from supervisors import Supervisor, SupervisorStatistics, pin_cpus
 
 EXIT_USAGE: Final = 2
 
@@ -55,18 +55,18 @@ def _run(args: argparse.Namespace) -> int:
     if settings.node.cpus:
         print(f"pinned to CPUs {sorted(pin_cpus(settings.node.cpus))}")
     node = build_node(settings)
-    root = node.start()
-    print(
-        f"actorfleet node {node.runtime.node} running; agent types: "
-        f"{', '.join(node.runtime.directory.types()) or 'none'}"
-    )
-    _print_tree(root.statistics())
-    print("ready", flush=True)
-    if args.duration is not None:
-        timer = threading.Timer(args.duration, node.stop)
-        timer.daemon = True
-        timer.start()
-    return node.run()
+
+    def ready(root: Supervisor) -> None:
+        types = ", ".join(node.runtime.directory.types()) or "none"
+        print(f"actorfleet node {node.runtime.node} running; agent types: {types}")
+        _print_tree(root.statistics())
+        print("ready", flush=True)
+        if args.duration is not None:
+            timer = threading.Timer(args.duration, node.stop)
+            timer.daemon = True
+            timer.start()
+
+    return node.run(on_ready=ready)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import Final
 
@@ -60,8 +61,21 @@ class Node:
         self._stop_requested = True
         self._wake.set()
 
-    def run(self, *, handle_signals: bool = True) -> int:
+    def run(
+        self,
+        *,
+        handle_signals: bool = True,
+        on_ready: Callable[[Supervisor], None] | None = None,
+    ) -> int:
         """Start (if needed), wait for a stop or a root failure, shut down.
+
+        Signal handlers (main thread only) are installed before the tree
+        starts, so a SIGTERM that arrives during start-up still shuts down
+        cleanly.
+
+        Args:
+            handle_signals: Install SIGTERM/SIGINT handlers that call `stop()`.
+            on_ready: Called with the root supervisor once the tree is up.
 
         Returns:
             The process exit status: 0 after a requested stop, 1 if the root failed.
@@ -69,6 +83,8 @@ class Node:
         previous = self._install_signal_handlers() if handle_signals else {}
         try:
             root = self._root or self.start()
+            if on_ready is not None:
+                on_ready(root)
             self._wake.wait()
             failed = root.exit_reason is not None and not self._stop_requested
             root.shutdown()

@@ -46,3 +46,16 @@ def test_a_failing_root_ends_the_node_with_a_non_zero_exit() -> None:
     thread.join(5)
     assert codes == [EXIT_ROOT_FAILED]
     assert events.of(Escalated)
+
+
+def test_on_ready_sees_the_running_tree_before_run_waits() -> None:
+    runtime = Runtime(node="n3")
+    node = Node(_root(runtime), runtime)
+    seen: list[bool] = []
+
+    def ready(root: object) -> None:
+        seen.append(root.which_children()["w"].alive)  # type: ignore[attr-defined]
+        node.stop()
+
+    assert node.run(handle_signals=False, on_ready=ready) == EXIT_OK
+    assert seen == [True]
