@@ -2,11 +2,12 @@
 
 from actors._agent import Agent, handler
 from actors._builtin import PingAgent
+from actors._call import Call, make_metadata
 from actors._context import Context
 from actors._lifecycle import ExitLink, ExitListener, ExitReason
 from actors._ref import AgentRef, LocalAgentRef, TypeRef
 from actors._reply import Reply
-from actors._runtime import AgentDefaults, Directory, EventBus, Runtime
+from actors._runtime import AgentDefaults, Directory, EventBus, Runtime, Transport
 from actors._state import MemoryStore, StateStore
 from actors._timers import TimerHandle, Timers
 
@@ -14,6 +15,7 @@ __all__ = [
     "Agent",
     "AgentDefaults",
     "AgentRef",
+    "Call",
     "Context",
     "Directory",
     "EventBus",
@@ -28,6 +30,8 @@ __all__ = [
     "StateStore",
     "TimerHandle",
     "Timers",
+    "Transport",
     "TypeRef",
     "handler",
+    "make_metadata",
 ]

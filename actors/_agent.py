@@ -237,6 +237,19 @@ class Agent(pykka.ThreadingActor):
         """
         self._die(ExitReason(ExitKind.KILLED))
 
+    def describe(self) -> str | None:
+        """One line about the agent's own state for the supervision tree (None: nothing)."""
+        return None
+
+    def fail(self, reason: str) -> None:
+        """Crash the agent from any thread, as if a handler had raised.
+
+        For agents that watch something outside their mailbox (a connection,
+        a process): the supervisor restarts them by their restart type.
+        """
+        logger.error("agent %s failed: %s", self.name, reason)
+        self._die(ExitReason(ExitKind.CRASHED, reason))
+
     def request_stop(self) -> bool:
         """Ask for a graceful stop after what is queued; False if already dead."""
         try:

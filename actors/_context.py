@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
-from messages import Unavailable
+import msgspec
+
+from messages import BadRequest, Event, Unavailable
 
 if TYPE_CHECKING:
     from actors._agent import Agent
@@ -24,11 +27,12 @@ class Context:
     a chain of agents shares one budget.
     """
 
-    __slots__ = ("_agent", "metadata")
+    __slots__ = ("_agent", "_published", "metadata")
 
     def __init__(self, agent: Agent, metadata: Metadata) -> None:
         self._agent = agent
         self.metadata = metadata
+        self._published: itertools.count[int] | None = None
 
     @property
     def agent(self) -> str:
@@ -58,6 +62,41 @@ class Context:
             raise Unavailable(msg)
         return store
 
+    @property
+    def delivery(self) -> int:
+        """How many times this message has been delivered (events may come again)."""
+        return self.metadata.delivery
+
+    def publish(self, event: Event, *, message_id: str | None = None) -> str:
+        """Store a domain event on the event stream; return its message id.
+
+        Returns once the event is stored. Its id defaults to this message's
+        id plus the publish's ordinal in this handler, so a retried request
+        (same id) that publishes again is dropped as a duplicate.
+
+        Raises:
+            messages.Unavailable: If the node has no transport.
+            messages.AgentError: If the event could not be stored in time.
+        """
+        _check_event(event)
+        transport = self._agent.runtime.transport
+        if transport is None:
+            msg = f"node {self._agent.runtime.node} has no transport for events"
+            raise Unavailable(msg)
+        if message_id is None:
+            if self._published is None:
+                self._published = itertools.count(1)
+            message_id = f"{self.metadata.id}.e{next(self._published)}"
+        meta = msgspec.structs.replace(
+            self.metadata,
+            id=message_id,
+            correlation_id=self.metadata.id,
+            sender=self._agent.name,
+            delivery=1,
+        )
+        transport.publish(event, meta)
+        return message_id
+
     def remaining(self) -> float:
         """Seconds left before the deadline (negative once it has passed)."""
         return self.metadata.deadline - time.time()
@@ -86,3 +125,9 @@ class Context:
         if isinstance(target, str):
             return self._agent.runtime.ref(target)
         return target
+
+
+def _check_event(event: object) -> None:
+    if not isinstance(event, Event):
+        msg = f"ctx.publish takes a messages.Event, not {type(event).__name__}"
+        raise BadRequest(msg)

@@ -209,6 +209,11 @@ class LocalAgentRef(_RefBase):
         """Messages waiting in the agent's mailbox."""
         return len(self._mailbox)
 
+    @property
+    def detail(self) -> str | None:
+        """The agent's own line for the supervision tree, if it has one."""
+        return self._agent.describe()
+
     def _deliver(self, call: Call) -> bool:
         return self._mailbox.offer(call)
 
@@ -255,6 +260,16 @@ class TypeRef(_RefBase):
         return self._agent_type
 
     def _deliver(self, call: Call) -> bool:
+        runtime = self._runtime
+        transport = runtime.transport
+        if transport is None:
+            return self.deliver_local(call)
+        if runtime.prefer_local and self.deliver_local(call):
+            return True
+        return transport.deliver(self._agent_type, call)
+
+    def deliver_local(self, call: Call) -> bool:
+        """Put `call` in the mailbox of a live local member; False if there is none."""
         members = self._runtime.directory.members(self._agent_type)
         count = len(members)
         if not count:
@@ -263,7 +278,8 @@ class TypeRef(_RefBase):
         return any(members[(start + i) % count].mailbox.offer(call) for i in range(count))
 
     def _undeliverable(self) -> Unavailable:
-        return Unavailable(f"no agent of type {self._agent_type!r} is running")
+        where = "on this node" if self._runtime.transport is None else "reachable"
+        return Unavailable(f"no agent of type {self._agent_type!r} is {where}")
 
     def __repr__(self) -> str:
         return f"<TypeRef {self._agent_type}>"

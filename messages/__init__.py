@@ -1,7 +1,7 @@
 """Typed wire messages, metadata, errors and the MessagePack codec."""
 
 from messages._agent import ErrorReply, Metadata
-from messages._base import Message, Priority, new_message_id
+from messages._base import Event, Message, Priority, message_types, new_message_id
 from messages._codec import decode, decoder_for, encode
 from messages._control import (
     ControlMessage,
@@ -25,6 +25,7 @@ from messages._errors import (
     InternalError,
     NotFound,
     Overloaded,
+    PayloadTooLarge,
     RequestTimeout,
     StartFailed,
     SupervisorError,
@@ -56,6 +57,7 @@ __all__ = [
     "ErrorCode",
     "ErrorReply",
     "Escalated",
+    "Event",
     "ExitKind",
     "Forbidden",
     "GetStatistics",
@@ -65,6 +67,7 @@ __all__ = [
     "Metadata",
     "NotFound",
     "Overloaded",
+    "PayloadTooLarge",
     "Ping",
     "Pong",
     "Priority",
@@ -78,5 +81,6 @@ __all__ = [
     "decode",
     "decoder_for",
     "encode",
+    "message_types",
     "new_message_id",
 ]

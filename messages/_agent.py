@@ -19,6 +19,8 @@ class Metadata(msgspec.Struct, frozen=True, kw_only=True):
         sender: Who sent it (agent type and instance, or a client name).
         traceparent: W3C trace context parent, if traced.
         tracestate: W3C trace state, if any.
+        delivery: How many times this message has been delivered (1 for
+            requests; JetStream's delivery count for events).
     """
 
     id: str
@@ -28,6 +30,7 @@ class Metadata(msgspec.Struct, frozen=True, kw_only=True):
     sender: str | None = None
     traceparent: str | None = None
     tracestate: str | None = None
+    delivery: int = 1
 
 
 class ErrorReply(Message, frozen=True, kw_only=True):

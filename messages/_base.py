@@ -36,3 +36,27 @@ class Priority(enum.StrEnum):
     CRITICAL = "critical"
     DEFAULT = "default"
     SHEDDABLE = "sheddable"
+
+
+class Event(Message, frozen=True, kw_only=True):
+    """Base of domain events: facts published to JetStream (`af.evt.<Event>`).
+
+    An agent subscribes to an event type by declaring a handler for it.
+    Delivery is at-least-once, so handlers must be idempotent; the
+    handler's `ctx.delivery` says how many times this event has been
+    delivered.
+    """
+
+
+def message_types() -> dict[str, type[Message]]:
+    """Every `Message` subclass defined so far, by its wire tag."""
+    found: dict[str, type[Message]] = {}
+    pending: list[type[Message]] = [Message]
+    while pending:
+        cls = pending.pop()
+        for sub in cls.__subclasses__():
+            tag = sub.__struct_config__.tag
+            if isinstance(tag, str):
+                found[tag] = sub
+            pending.append(sub)
+    return found

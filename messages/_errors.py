@@ -7,6 +7,7 @@ as an instance of one of these classes; on the wire it travels as an
     ActorfleetError
     ├── AgentError                  (has a wire code; travels as ErrorReply)
     │   ├── BadRequest              bad_request
+    │   │   └── PayloadTooLarge     over the transport's size limit; never sent
     │   ├── Forbidden               forbidden
     │   ├── NotFound                not_found
     │   ├── Overloaded              overloaded (retry_after)
@@ -75,6 +76,23 @@ class BadRequest(AgentError):
     """Raised when a request is malformed or of a type the agent does not handle."""
 
     code = ErrorCode.BAD_REQUEST
+
+
+class PayloadTooLarge(BadRequest):
+    """Raised before sending a message larger than the transport accepts.
+
+    Attributes:
+        size: Encoded size in bytes.
+        limit: The largest payload the transport accepts.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"payload of {size} bytes is over the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.size, self.limit))
 
 
 class Forbidden(AgentError):

@@ -29,6 +29,7 @@ class ChildStatistics(msgspec.Struct, frozen=True, kw_only=True):
     Attributes:
         supervisor: The child's own tree, when the child is a supervisor.
         queue_depth: Messages waiting, for agent children.
+        detail: The child's own one-line state (a bridge's connection, say).
     """
 
     id: str
@@ -39,6 +40,7 @@ class ChildStatistics(msgspec.Struct, frozen=True, kw_only=True):
     last_exit: str | None = None
     queue_depth: int | None = None
     pid: int | None = None
+    detail: str | None = None
     supervisor: SupervisorStatistics | None = None
 
 

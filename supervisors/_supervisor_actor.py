@@ -397,4 +397,5 @@ def _child_statistics(child: _Child) -> ChildStatistics:
         last_exit=None if child.last_exit is None else str(child.last_exit),
         queue_depth=handle.queue_depth if isinstance(handle, LocalAgentRef) else None,
         pid=handle.pid if isinstance(handle, ProcessChild) else None,
+        detail=handle.detail if isinstance(handle, LocalAgentRef) else None,
     )

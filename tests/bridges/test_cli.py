@@ -38,7 +38,9 @@ def _wait_ready(proc: subprocess.Popen[str]) -> list[str]:
 
 
 def test_the_node_assembled_from_defaults_answers_pings() -> None:
-    node = build_node(decode({"pools": [{"agent": "actors:PingAgent", "size": 2}]}))
+    node = build_node(
+        decode({"nats": {"enabled": False}, "pools": [{"agent": "actors:PingAgent", "size": 2}]})
+    )
     root = node.start()
     try:
         assert node.runtime.ref("ping").ask(Ping(payload="x"), timeout=5).payload == "x"

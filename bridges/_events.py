@@ -1,0 +1,280 @@
+"""Domain events on JetStream: publish with dedup, durable consumers, dead letters.
+
+Each (agent type, event type) pair is one durable pull consumer named
+`<agent type>_<Event>`; every node that runs agents of that type pulls from
+it, so an event is handled by one of them. An event is acked only after a
+handler returned; a failure naks it with a delay from `events.backoff`;
+after `events.max_deliver` deliveries the event goes to `<prefix>.dlq.<Event>`
+with the error in its headers, and is terminated. The delivery limit is
+enforced here rather than by the server, so an event whose last delivery
+was lost with a crashed node still reaches the dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+
+from actors import Call, Reply
+from bridges._wire import (
+    ERROR_CODE,
+    ERROR_MESSAGE,
+    MSG_ID,
+    check_token,
+    error_code_of,
+    metadata_from_headers,
+    metadata_headers,
+)
+from messages import AgentError, BadRequest, Event, Metadata, RequestTimeout, Unavailable
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext
+
+    from actors import Agent, TypeRef
+    from bridges._nats import NatsBridge
+    from config import EventSettings
+
+logger: Final = logging.getLogger("actorfleet.events")
+
+DELIVERY: Final = "Af-Delivery"
+_FETCH_WAIT: Final = 1.0
+_RETRY_PAUSE: Final = 0.1
+_STREAM_IN_USE: Final = 10058
+_ACK_MARGIN: Final = 5.0
+
+
+class EventStatistics(msgspec.Struct, kw_only=True):
+    """Counters of one node's event handling."""
+
+    published: int = 0
+    duplicates: int = 0
+    handled: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+
+
+class EventRouter:
+    """The bridge's JetStream side: streams, publishing, consumers."""
+
+    def __init__(self, bridge: NatsBridge, settings: EventSettings) -> None:
+        self.bridge = bridge
+        self.settings = settings
+        self.statistics = EventStatistics()
+        self._js: JetStreamContext | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context of the live connection."""
+        if self._js is None:
+            msg = "JetStream is not set up"
+            raise Unavailable(msg)
+        return self._js
+
+    async def start(self) -> None:
+        """Create or update the event and dead-letter streams."""
+        self._stopping = False
+        self._js = self.bridge.nc.jetstream()
+        subjects = self.bridge.subjects
+        s = self.settings
+        await self._ensure_stream(
+            StreamConfig(
+                name=s.stream,
+                subjects=[subjects.all_events()],
+                num_replicas=s.replicas,
+                duplicate_window=s.duplicate_window,
+            )
+        )
+        await self._ensure_stream(
+            StreamConfig(
+                name=s.dead_letter_stream,
+                subjects=[subjects.all_dead_letters()],
+                num_replicas=s.replicas,
+                duplicate_window=s.duplicate_window,
+            )
+        )
+
+    async def _ensure_stream(self, config: StreamConfig) -> None:
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != _STREAM_IN_USE:
+                raise
+            await self.js.update_stream(config)
+
+    async def stop(self) -> None:
+        """Stop pulling; events handed out but not settled are redelivered later."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self._js = None
+
+    async def publish(self, event: Event, body: bytes, meta: Metadata) -> bool:
+        """Store an encoded event; True if stored, False if its id was a duplicate.
+
+        Raises:
+            Unavailable: If JetStream does not take it.
+            RequestTimeout: If no acknowledgement comes before the deadline.
+        """
+        event_name = check_token(type(event).__name__, what="event type")
+        headers = metadata_headers(meta)
+        headers[MSG_ID] = meta.id
+        timeout = meta.deadline - time.time()
+        try:
+            ack = await self.js.publish(
+                self.bridge.subjects.event(event_name), body, timeout=timeout, headers=headers
+            )
+        except (nats.errors.TimeoutError, TimeoutError):
+            msg = f"{event_name} {meta.id} not acknowledged within {timeout:.3f} s"
+            raise RequestTimeout(msg) from None
+        except (nats.errors.Error, OSError) as exc:
+            msg = f"cannot store {event_name} {meta.id}: {exc}"
+            raise Unavailable(msg) from exc
+        if ack.duplicate:
+            self.statistics.duplicates += 1
+            return False
+        self.statistics.published += 1
+        return True
+
+    async def consume(
+        self, agent_class: type[Agent], event_type: type[Event], local: TypeRef
+    ) -> None:
+        """Start the durable consumer that feeds `event_type` to local agents."""
+        event_name = check_token(event_type.__name__, what="event type")
+        durable = f"{agent_class.agent_type}_{event_name}"
+        s = self.settings
+        subscription = await self.js.pull_subscribe(
+            self.bridge.subjects.event(event_name),
+            durable=durable,
+            stream=s.stream,
+            config=ConsumerConfig(
+                durable_name=durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=s.handler_timeout + _ACK_MARGIN,
+                max_ack_pending=s.max_in_flight * 16,
+            ),
+        )
+        task = asyncio.ensure_future(self._pull(subscription, event_type, local))
+        self._tasks.append(task)
+
+    async def _pull(
+        self,
+        subscription: JetStreamContext.PullSubscription,
+        event_type: type[Event],
+        local: TypeRef,
+    ) -> None:
+        free = asyncio.Semaphore(self.settings.max_in_flight)
+        decoder = msgspec.msgpack.Decoder(event_type)
+        while not self._stopping:
+            await free.acquire()
+            wanted = 1
+            while not free.locked() and wanted < self.settings.max_in_flight:
+                await free.acquire()
+                wanted += 1
+            try:
+                messages = await subscription.fetch(wanted, timeout=_FETCH_WAIT)
+            except (nats.errors.TimeoutError, TimeoutError):
+                messages = []
+            except (nats.errors.Error, OSError) as exc:
+                logger.debug("event fetch failed (%s); retrying", exc)
+                messages = []
+                await asyncio.sleep(_RETRY_PAUSE)
+            for _ in range(wanted - len(messages)):
+                free.release()
+            for msg in messages:
+                self._dispatch(msg, decoder, local, free)
+
+    def _dispatch(
+        self,
+        msg: Msg,
+        decoder: msgspec.msgpack.Decoder[Any],
+        local: TypeRef,
+        free: asyncio.Semaphore,
+    ) -> None:
+        delivery = msg.metadata.num_delivered or 1
+        s = self.settings
+        try:
+            meta = metadata_from_headers(msg.headers, default_timeout=s.handler_timeout)
+            event = decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            self._settle(msg, BadRequest(f"cannot decode the event: {exc}"), final=True, free=free)
+            return
+        except AgentError as error:
+            self._settle(msg, error, final=True, free=free)
+            return
+        if delivery > s.max_deliver:
+            lost = RequestTimeout(f"delivered {delivery - 1} times without an answer")
+            self._settle(msg, lost, final=True, free=free)
+            return
+        meta = msgspec.structs.replace(
+            meta, deadline=time.time() + s.handler_timeout, delivery=delivery
+        )
+        reply: Reply[Any] = Reply(meta.deadline)
+        if not local.deliver_local(Call(event, meta, reply)):
+            reply.fail(Unavailable(f"no agent of type {local.name} on this node"))
+        reply.add_done_callback(
+            lambda r: self.bridge.io.call_soon(self._on_handled, msg, r, delivery, free)
+        )
+
+    def _on_handled(
+        self, msg: Msg, reply: Reply[Any], delivery: int, free: asyncio.Semaphore
+    ) -> None:
+        result = reply.result()
+        if isinstance(result, BaseException):
+            self.statistics.failed += 1
+            self._settle(msg, result, final=delivery >= self.settings.max_deliver, free=free)
+        else:
+            self.statistics.handled += 1
+            self._settle(msg, None, final=True, free=free)
+
+    def _settle(
+        self, msg: Msg, error: BaseException | None, *, final: bool, free: asyncio.Semaphore
+    ) -> None:
+        asyncio.ensure_future(self._settle_async(msg, error, final=final, free=free))  # noqa: RUF006
+
+    async def _settle_async(
+        self, msg: Msg, error: BaseException | None, *, final: bool, free: asyncio.Semaphore
+    ) -> None:
+        try:
+            if error is None:
+                await msg.ack()
+            elif final:
+                await self._dead_letter(msg, error)
+                await msg.term()
+            else:
+                backoff = self.settings.backoff or [0.0]
+                delivery = msg.metadata.num_delivered or 1
+                await msg.nak(delay=backoff[min(delivery, len(backoff)) - 1])
+        except (nats.errors.Error, OSError) as exc:
+            # Unsettled: JetStream redelivers it after the ack wait.
+            logger.warning("could not settle event %s: %s", msg.subject, exc)
+        finally:
+            free.release()
+
+    async def _dead_letter(self, msg: Msg, error: BaseException) -> None:
+        event_name = msg.subject.rsplit(".", 1)[-1]
+        headers = dict(msg.headers or {})
+        headers[ERROR_CODE] = error_code_of(error).value
+        headers[ERROR_MESSAGE] = str(error)[:512]
+        headers[DELIVERY] = str(msg.metadata.num_delivered or 1)
+        headers[MSG_ID] = f"dlq.{headers.get(MSG_ID, msg.metadata.sequence.stream)}"
+        await self.js.publish(
+            self.bridge.subjects.dead_letter(event_name), msg.data, headers=headers
+        )
+        self.statistics.dead_lettered += 1
+        logger.error("event %s dead-lettered: %s", msg.subject, error)

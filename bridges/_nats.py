@@ -1,0 +1,452 @@
+"""NatsBridge: the node's NATS connection, agent requests over it, and discovery.
+
+Everything here runs on the node's I/O loop except the `Transport` methods
+(`deliver`, `publish`), which actor threads call and which hop onto the loop.
+A request from NATS reaches a local agent as a `Call` whose `Reply` hops back
+to the loop when it is settled; the loop never waits on an actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import time
+import typing
+from collections.abc import Sequence
+from importlib import metadata as distribution
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+import nats
+import nats.errors
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from actors import Call, Reply, Runtime, TypeRef
+from bridges._events import EventRouter
+from bridges._wire import (
+    Subjects,
+    check_token,
+    decode_reply,
+    encode_error,
+    encode_reply,
+    metadata_from_headers,
+    metadata_headers,
+)
+from messages import (
+    AgentError,
+    BadRequest,
+    Event,
+    InternalError,
+    Message,
+    Metadata,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unavailable,
+    decoder_for,
+    encode,
+)
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+
+    from actors import Agent
+    from bridges._loop import IoLoop
+    from config import EventSettings, NatsSettings
+
+logger: Final = logging.getLogger("actorfleet.nats")
+
+_VERSION: Final = "0.0.0"
+_MICRO_NAME_MAX: Final = 64
+
+
+def _package_version() -> str:
+    try:
+        return distribution.version("actorfleet")
+    except distribution.PackageNotFoundError:
+        return _VERSION
+
+
+class ConnectionState(enum.StrEnum):
+    """Where the bridge's connection is."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    CLOSED = "closed"
+
+
+def request_types(agent_class: type[Agent]) -> tuple[type[Message], ...]:
+    """The wire message types an agent handles (other handled types stay local)."""
+    return tuple(
+        t
+        for t in agent_class.handlers
+        if isinstance(t, type) and issubclass(t, Message) and not issubclass(t, Event)
+    )
+
+
+def event_types(agent_class: type[Agent]) -> tuple[type[Event], ...]:
+    """The domain events an agent subscribes to."""
+    return tuple(t for t in agent_class.handlers if isinstance(t, type) and issubclass(t, Event))
+
+
+class NatsBridge:
+    """One node's link to NATS: serves its agents, reaches others, carries events.
+
+    Args:
+        runtime: The node's runtime; the bridge becomes its `transport` while connected.
+        io: The node's I/O loop.
+        settings: Connection settings.
+        events: Event stream settings.
+        agents: Agent classes this node serves over NATS.
+        url: Server URL to use instead of `settings.url` (the embedded server's).
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        io: IoLoop,
+        settings: NatsSettings,
+        events: EventSettings,
+        agents: Sequence[type[Agent]] = (),
+        *,
+        url: str | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.io = io
+        self.settings = settings
+        self.url = url or settings.url
+        self.subjects = Subjects(settings.prefix)
+        self.agents = tuple(agents)
+        self.events = EventRouter(self, events)
+        self.state = ConnectionState.CLOSED
+        self.state_since = time.time()
+        self.reconnects = 0
+        self._nc: Client | None = None
+        self._services: list[Service] = []
+        self._max_payload = 1 << 20
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._on_closed: list[typing.Callable[[], None]] = []
+        self._on_state: list[typing.Callable[[ConnectionState], None]] = []
+
+    # -- lifecycle (loop side) ---------------------------------------------
+
+    @property
+    def nc(self) -> Client:
+        """The live connection.
+
+        Raises:
+            Unavailable: If the bridge is not connected.
+        """
+        if self._nc is None:
+            msg = "the NATS bridge is not connected"
+            raise Unavailable(msg)
+        return self._nc
+
+    def describe(self) -> str:
+        """One line for the supervision tree: state, since when, where."""
+        age = time.time() - self.state_since
+        return f"{self.state} {self.url} for {age:.1f} s, {self.reconnects} reconnects"
+
+    def on_state_change(self, callback: typing.Callable[[ConnectionState], None]) -> None:
+        """Call `callback(state)` (on the loop) whenever the connection state changes."""
+        self._on_state.append(callback)
+
+    def on_closed(self, callback: typing.Callable[[], None]) -> None:
+        """Call `callback()` (on the loop) if the connection is given up."""
+        self._on_closed.append(callback)
+
+    async def start(self) -> None:
+        """Connect, set up the event streams, serve the agents.
+
+        Raises:
+            Unavailable: If no server answers within the connect timeout.
+        """
+        self._set_state(ConnectionState.CONNECTING)
+        s = self.settings
+        try:
+            self._nc = await nats.connect(
+                self.url.split(","),
+                name=self.runtime.node,
+                connect_timeout=max(1, math.ceil(s.connect_timeout)),
+                reconnect_time_wait=s.reconnect_wait,
+                max_reconnect_attempts=s.max_reconnect_attempts,
+                allow_reconnect=True,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+                closed_cb=self._on_connection_closed,
+            )
+        except (OSError, nats.errors.Error) as exc:
+            self._set_state(ConnectionState.CLOSED)
+            msg = f"cannot connect to NATS at {self.url}: {exc}"
+            raise Unavailable(msg) from exc
+        self._max_payload = self._nc.max_payload
+        self._set_state(ConnectionState.CONNECTED)
+        try:
+            await self.events.start()
+            for agent_class in self.agents:
+                await self._serve(agent_class)
+        except BaseException:
+            await self.close()
+            raise
+        self.runtime.prefer_local = s.prefer_local
+        self.runtime.transport = self
+
+    async def close(self) -> None:
+        """Stop serving, wait (bounded) for in-flight replies, drain, disconnect."""
+        if self.runtime.transport is self:
+            self.runtime.transport = None
+        nc, self._nc = self._nc, None
+        if nc is None:
+            return
+        await self.events.stop()
+        for service in self._services:
+            await service.stop()
+        self._services.clear()
+        if self._in_flight:
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), self.settings.drain_timeout)
+            except TimeoutError:
+                logger.warning("%d replies still pending at shutdown", self._in_flight)
+        self._on_closed.clear()
+        try:
+            await nc.drain()
+        except (nats.errors.Error, OSError) as exc:
+            logger.warning("NATS drain failed: %s", exc)
+            await nc.close()
+        self._set_state(ConnectionState.CLOSED)
+
+    def _set_state(self, state: ConnectionState) -> None:
+        self.state = state
+        self.state_since = time.time()
+        for callback in self._on_state:
+            callback(state)
+
+    async def _on_error(self, error: Exception) -> None:
+        logger.warning("NATS: %s", error)
+
+    async def _on_disconnected(self) -> None:
+        if self._nc is not None:
+            logger.warning("NATS disconnected from %s", self.url)
+            self._set_state(ConnectionState.DISCONNECTED)
+
+    async def _on_reconnected(self) -> None:
+        self.reconnects += 1
+        logger.info("NATS reconnected to %s", self.url)
+        self._set_state(ConnectionState.CONNECTED)
+
+    async def _on_connection_closed(self) -> None:
+        if self._nc is None:
+            return
+        self._set_state(ConnectionState.CLOSED)
+        self._nc = None
+        if self.runtime.transport is self:
+            self.runtime.transport = None
+        for callback in self._on_closed:
+            callback()
+
+    # -- serving local agents ----------------------------------------------
+
+    async def _serve(self, agent_class: type[Agent]) -> None:
+        agent_type = check_token(agent_class.agent_type, what="agent type")
+        types = request_types(agent_class)
+        union = typing.Union[types] if types else None  # noqa: UP007 - built at run time
+        decoder = decoder_for(union) if union is not None else None
+        schema = msgspec.json.encode(msgspec.json.schema(union)).decode() if union else "{}"
+        local = self.runtime.ref(agent_type)
+
+        async def on_request(request: Request) -> None:
+            self._on_request(request, local, decoder)
+
+        service = await add_service(
+            self.nc,
+            name=agent_type[:_MICRO_NAME_MAX],
+            version=_package_version(),
+            description=(agent_class.__doc__ or agent_class.__name__).strip().split("\n")[0],
+            metadata={"node": self.runtime.node, "framework": "actorfleet"},
+        )
+        await service.add_endpoint(
+            name=agent_type,
+            subject=self.subjects.agent(agent_type),
+            queue_group=agent_type,
+            handler=on_request,
+            metadata={
+                "requests": ",".join(t.__name__ for t in types),
+                "events": ",".join(t.__name__ for t in event_types(agent_class)),
+                "schema": schema,
+            },
+        )
+        self._services.append(service)
+        for event_type in event_types(agent_class):
+            await self.events.consume(agent_class, event_type, local)
+
+    def _on_request(
+        self,
+        request: Request,
+        local: TypeRef,
+        decoder: msgspec.msgpack.Decoder[Any] | None,
+    ) -> None:
+        msg: Msg = request._msg  # noqa: SLF001 - micro hides the reply subject we answer later
+        wants_reply = bool(msg.reply)
+        try:
+            meta = metadata_from_headers(
+                msg.headers, default_timeout=self.runtime.defaults.ask_timeout
+            )
+            if decoder is None:
+                msg_ = f"{local.name} takes no requests over NATS"
+                raise BadRequest(msg_)
+            payload = decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            self._respond_error(msg, BadRequest(f"cannot decode a {local.name} request: {exc}"))
+            return
+        except AgentError as error:
+            self._respond_error(msg, error)
+            return
+        if meta.deadline <= time.time():
+            self._respond_error(msg, RequestTimeout("deadline passed before the request arrived"))
+            return
+        reply: Reply[Any] | None = Reply(meta.deadline) if wants_reply else None
+        if not local.deliver_local(Call(payload, meta, reply)):
+            self._respond_error(msg, Unavailable(f"no agent of type {local.name} on this node"))
+            return
+        if reply is not None:
+            self._in_flight += 1
+            reply.add_done_callback(lambda r: self.io.call_soon(self._answer, msg, r))
+
+    def _answer(self, msg: Msg, reply: Reply[Any]) -> None:
+        self._in_flight -= 1
+        result = reply.result()
+        if isinstance(result, BaseException):
+            self._respond_error(msg, result)
+        else:
+            try:
+                body, headers = encode_reply(result)
+            except (TypeError, msgspec.EncodeError):
+                body, headers = encode_error(InternalError("the reply could not be encoded"))
+            self._publish_reply(msg, body, headers)
+        if not self._in_flight:
+            self._idle.set()
+
+    def _respond_error(self, msg: Msg, error: BaseException) -> None:
+        if msg.reply:
+            body, headers = encode_error(error)
+            self._publish_reply(msg, body, headers)
+
+    def _publish_reply(self, msg: Msg, body: bytes, headers: dict[str, str]) -> None:
+        nc = self._nc
+        if nc is None or not msg.reply:
+            return
+        asyncio.ensure_future(nc.publish(msg.reply, body, headers=headers))  # noqa: RUF006
+
+    # -- reaching remote agents (Transport) --------------------------------
+
+    def encode_checked(self, message: Any) -> bytes:
+        """MessagePack of `message`, refused if over the server's max payload.
+
+        Raises:
+            PayloadTooLarge: If it would not be accepted.
+            BadRequest: If it cannot be encoded.
+        """
+        try:
+            body = encode(message)
+        except (TypeError, msgspec.EncodeError) as exc:
+            msg = f"cannot encode {type(message).__name__}: {exc}"
+            raise BadRequest(msg) from exc
+        if len(body) > self._max_payload:
+            raise PayloadTooLarge(len(body), self._max_payload)
+        return body
+
+    def deliver(self, agent_type: str, call: Call) -> bool:
+        """Send a call to `agent_type` over NATS (any thread); False if not connected."""
+        if self._nc is None:
+            return False
+        try:
+            body = self.encode_checked(call.payload)
+        except AgentError as error:
+            if call.reply is None:
+                raise
+            call.reply.fail(error)
+            return True
+        subject = self.subjects.agent(agent_type)
+        headers = metadata_headers(call.meta)
+        if call.reply is None:
+            self.io.call_soon(self._tell, subject, body, headers)
+        else:
+            self.io.call_soon(self._start_request, subject, body, headers, call.reply)
+        return True
+
+    def _tell(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
+        if self._nc is not None:
+            asyncio.ensure_future(self._nc.publish(subject, body, headers=headers))  # noqa: RUF006
+
+    def _start_request(
+        self, subject: str, body: bytes, headers: dict[str, str], reply: Reply[Any]
+    ) -> None:
+        asyncio.ensure_future(self._request_into(subject, body, headers, reply))  # noqa: RUF006
+
+    async def _request_into(
+        self, subject: str, body: bytes, headers: dict[str, str], reply: Reply[Any]
+    ) -> None:
+        try:
+            reply.set(await self._request(subject, body, headers, reply.deadline))
+        except AgentError as error:
+            reply.fail(error)
+
+    async def _request(
+        self, subject: str, body: bytes, headers: dict[str, str], deadline: float
+    ) -> Any:
+        timeout = deadline - time.time()
+        if timeout <= 0:
+            msg = f"deadline passed before sending to {subject}"
+            raise RequestTimeout(msg)
+        nc = self._nc
+        if nc is None:
+            msg = "the NATS bridge is not connected"
+            raise Unavailable(msg)
+        try:
+            response = await nc.request(subject, body, timeout=timeout, headers=headers)
+        except nats.errors.NoRespondersError:
+            msg = f"no agent answers on {subject}"
+            raise Unavailable(msg) from None
+        except (nats.errors.TimeoutError, TimeoutError):
+            msg = f"no reply from {subject} within {timeout:.3f} s"
+            raise RequestTimeout(msg) from None
+        except (nats.errors.Error, OSError) as exc:
+            msg = f"request to {subject} failed: {exc}"
+            raise Unavailable(msg) from exc
+        return decode_reply(response.data, response.headers)
+
+    async def ask(self, agent_type: str, message: Any, meta: Metadata) -> Any:
+        """Ask an agent type over NATS from the loop itself (for loop-side callers).
+
+        Raises:
+            messages.AgentError: The typed failure, as for `AgentRef.ask`.
+        """
+        body = self.encode_checked(message)
+        return await self._request(
+            self.subjects.agent(agent_type), body, metadata_headers(meta), meta.deadline
+        )
+
+    def publish(self, event: Event, meta: Metadata) -> None:
+        """Store `event` on the event stream, from an actor thread (`Transport`)."""
+        timeout = meta.deadline - time.time()
+        if timeout <= 0:
+            msg = f"deadline passed before publishing {type(event).__name__}"
+            raise RequestTimeout(msg)
+        body = self.encode_checked(event)
+        try:
+            self.io.run(self.events.publish(event, body, meta), timeout=timeout)
+        except TimeoutError:
+            msg = f"{type(event).__name__} not stored within {timeout:.3f} s"
+            raise RequestTimeout(msg) from None
+
+    async def publish_async(self, event: Event, meta: Metadata) -> bool:
+        """Store `event` from the loop; True if new, False if a duplicate id."""
+        return await self.events.publish(event, self.encode_checked(event), meta)

@@ -1,0 +1,207 @@
+"""How requests, replies and events look on NATS: subjects, headers, bodies.
+
+Metadata rides in headers, never in the body, so that a body is exactly the
+MessagePack of one message::
+
+    Af-Id             message id (also Nats-Msg-Id on events: JetStream dedup)
+    Af-Deadline       absolute deadline, epoch seconds
+    Af-Correlation-Id id of the request that caused this one
+    Af-Priority       critical | default | sheddable
+    Af-Sender         who sent it
+    traceparent       W3C trace context
+    tracestate        W3C trace state
+    Af-Reply          on replies: the wire tag of the body's type
+                      ("ErrorReply" for a typed failure; empty for plain data)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from typing import Any, Final
+
+import msgspec
+
+from messages import (
+    AgentError,
+    BadRequest,
+    ErrorCode,
+    ErrorReply,
+    InternalError,
+    Message,
+    Metadata,
+    Priority,
+    decoder_for,
+    encode,
+    message_types,
+    new_message_id,
+)
+
+ID: Final = "Af-Id"
+DEADLINE: Final = "Af-Deadline"
+CORRELATION_ID: Final = "Af-Correlation-Id"
+PRIORITY: Final = "Af-Priority"
+SENDER: Final = "Af-Sender"
+TRACEPARENT: Final = "traceparent"
+TRACESTATE: Final = "tracestate"
+REPLY_TYPE: Final = "Af-Reply"
+MSG_ID: Final = "Nats-Msg-Id"
+ERROR_CODE: Final = "Af-Error-Code"
+ERROR_MESSAGE: Final = "Af-Error"
+SERVICE_ERROR: Final = "Nats-Service-Error"
+
+ERROR_TAG: Final = "ErrorReply"
+_PRIORITIES: Final = {p.value: p for p in Priority}
+_TOKEN: Final = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def check_token(value: str, *, what: str) -> str:
+    """Return `value` if it is usable as one subject token; raise BadRequest if not."""
+    if not _TOKEN.match(value):
+        msg = f"{what} {value!r} is not a valid subject token (letters, digits, '-', '_')"
+        raise BadRequest(msg)
+    return value
+
+
+class Subjects:
+    """The subjects of one deployment, under a configurable prefix (default `af`)."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = "af") -> None:
+        self.prefix = prefix
+
+    def agent(self, agent_type: str) -> str:
+        """Requests to an agent type (queue group: the type)."""
+        return f"{self.prefix}.agent.{agent_type}"
+
+    def event(self, event_type: str) -> str:
+        """Domain events of one type."""
+        return f"{self.prefix}.evt.{event_type}"
+
+    def all_events(self) -> str:
+        """Every domain event (the event stream's subjects)."""
+        return f"{self.prefix}.evt.>"
+
+    def dead_letter(self, event_type: str) -> str:
+        """Events whose handling failed `max_deliver` times."""
+        return f"{self.prefix}.dlq.{event_type}"
+
+    def all_dead_letters(self) -> str:
+        """Every dead letter (the dead-letter stream's subjects)."""
+        return f"{self.prefix}.dlq.>"
+
+
+def metadata_headers(meta: Metadata) -> dict[str, str]:
+    """The headers that carry `meta`."""
+    headers = {ID: meta.id, PRIORITY: meta.priority.value}
+    if meta.deadline != math.inf:
+        headers[DEADLINE] = repr(meta.deadline)
+    if meta.correlation_id is not None:
+        headers[CORRELATION_ID] = meta.correlation_id
+    if meta.sender is not None:
+        headers[SENDER] = meta.sender
+    if meta.traceparent is not None:
+        headers[TRACEPARENT] = meta.traceparent
+    if meta.tracestate is not None:
+        headers[TRACESTATE] = meta.tracestate
+    return headers
+
+
+def metadata_from_headers(
+    headers: dict[str, str] | None, *, default_timeout: float, delivery: int = 1
+) -> Metadata:
+    """Rebuild a message's metadata from its headers.
+
+    A message without a deadline gets `default_timeout` from now; without an
+    id, a fresh one (so it cannot be deduplicated).
+
+    Raises:
+        BadRequest: If a header holds a value of the wrong form.
+    """
+    headers = headers or {}
+    raw_deadline = headers.get(DEADLINE)
+    if raw_deadline is None:
+        deadline = time.time() + default_timeout
+    else:
+        try:
+            deadline = float(raw_deadline)
+        except ValueError:
+            msg = f"header {DEADLINE} is not a number: {raw_deadline!r}"
+            raise BadRequest(msg) from None
+        if math.isnan(deadline):
+            msg = f"header {DEADLINE} is not a number: {raw_deadline!r}"
+            raise BadRequest(msg)
+    raw_priority = headers.get(PRIORITY, Priority.DEFAULT.value)
+    priority = _PRIORITIES.get(raw_priority)
+    if priority is None:
+        msg = f"header {PRIORITY} must be one of {sorted(_PRIORITIES)}, not {raw_priority!r}"
+        raise BadRequest(msg)
+    return Metadata(
+        id=headers.get(ID) or new_message_id(),
+        deadline=deadline,
+        correlation_id=headers.get(CORRELATION_ID),
+        priority=priority,
+        sender=headers.get(SENDER),
+        traceparent=headers.get(TRACEPARENT),
+        tracestate=headers.get(TRACESTATE),
+        delivery=delivery,
+    )
+
+
+def encode_reply(value: Any) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of a successful reply."""
+    tag = type(value).__struct_config__.tag if isinstance(value, Message) else ""
+    return encode(value), {REPLY_TYPE: tag if isinstance(tag, str) else ""}
+
+
+def encode_error(error: BaseException) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of a failed reply; non-agent errors become `internal`."""
+    if not isinstance(error, AgentError):
+        error = InternalError(f"{type(error).__name__} while handling the request")
+    return encode(ErrorReply.from_error(error)), {REPLY_TYPE: ERROR_TAG}
+
+
+_known: dict[str, type[Message]] = {}
+
+
+def reply_class(tag: str) -> type[Message] | None:
+    """The Message class whose wire tag is `tag`, if this process defines one."""
+    cls = _known.get(tag)
+    if cls is None:
+        _known.update(message_types())
+        cls = _known.get(tag)
+    return cls
+
+
+def decode_reply(data: bytes, headers: dict[str, str] | None) -> Any:
+    """The value a reply carries; a typed failure is raised.
+
+    A reply whose type this process does not define decodes to plain data.
+
+    Raises:
+        AgentError: The error an `ErrorReply` stands for, or `InternalError`
+            if the responder was not an actorfleet agent and reported an error.
+    """
+    headers = headers or {}
+    tag = headers.get(REPLY_TYPE)
+    if tag is None:
+        service_error = headers.get(SERVICE_ERROR)
+        if service_error is not None:
+            raise InternalError(f"the responder failed: {service_error}")
+        return msgspec.msgpack.decode(data) if data else None
+    try:
+        if tag == ERROR_TAG:
+            reply: ErrorReply = decoder_for(ErrorReply).decode(data)
+            raise reply.to_error()
+        cls = reply_class(tag) if tag else None
+        return decoder_for(cls).decode(data) if cls is not None else msgspec.msgpack.decode(data)
+    except msgspec.DecodeError as exc:
+        msg = f"malformed reply of type {tag or 'data'}: {exc}"
+        raise InternalError(msg) from exc
+
+
+def error_code_of(error: BaseException) -> ErrorCode:
+    """The wire code that `error` travels as."""
+    return error.code if isinstance(error, AgentError) else ErrorCode.INTERNAL

@@ -1,0 +1,205 @@
+"""Agents reached over NATS: same API and error semantics as in-process."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import msgspec
+import nats
+import pytest
+
+from actors import Runtime
+from bridges import NatsServer
+from bridges._wire import DEADLINE, ID, REPLY_TYPE, decode_reply
+from messages import (
+    BadRequest,
+    ErrorReply,
+    InternalError,
+    NotFound,
+    PayloadTooLarge,
+    Priority,
+    RequestTimeout,
+    Unavailable,
+    encode,
+)
+from tests.agents import HANDLED, Crash, Echo, Echoed, Forward, Inspect, Refuse, WorkerAgent
+from tests.bridges.conftest import BridgeFactory
+
+
+@pytest.fixture
+def served(runtime: Runtime, connect: BridgeFactory) -> Runtime:
+    """`runtime` runs two workers and serves them over NATS."""
+    WorkerAgent.spawn(runtime, instance="a")
+    WorkerAgent.spawn(runtime, instance="b")
+    connect(runtime, [WorkerAgent])
+    return runtime
+
+
+@pytest.fixture
+def caller(other_runtime: Runtime, connect: BridgeFactory) -> Runtime:
+    """A node with no agents of its own: every ask crosses NATS."""
+    connect(other_runtime)
+    return other_runtime
+
+
+def test_an_ask_reaches_an_agent_on_another_node(served: Runtime, caller: Runtime) -> None:
+    reply = caller.ref("worker").ask(Echo(text="over nats"), timeout=2)
+    assert isinstance(reply, Echoed)
+    assert reply.text == "over nats"
+    assert reply.by.startswith("worker/")
+
+
+def test_an_agent_error_is_raised_with_its_type_on_the_caller(
+    served: Runtime, caller: Runtime
+) -> None:
+    with pytest.raises(NotFound, match="no such thing"):
+        caller.ref("worker").ask(Refuse(), timeout=2)
+
+
+def test_a_crash_reaches_the_remote_caller_as_an_internal_error(
+    served: Runtime, caller: Runtime
+) -> None:
+    with pytest.raises(InternalError):
+        caller.ref("worker").ask(Crash(), timeout=2)
+    assert caller.ref("worker").ask(Echo(text="still served"), timeout=2).text == "still served"
+
+
+def test_no_responders_is_unavailable_at_once(caller: Runtime) -> None:
+    started = time.monotonic()
+    with pytest.raises(Unavailable, match=r"af\.agent\.nobody"):
+        caller.ref("nobody").ask(Echo(text="x"), timeout=3)
+    assert time.monotonic() - started < 1.0
+
+
+def test_metadata_travels_in_headers_and_the_handler_sees_its_budget(
+    served: Runtime, caller: Runtime
+) -> None:
+    deadline = time.time() + 3
+    budget = caller.ref("worker").ask(
+        Inspect(),
+        deadline=deadline,
+        priority=Priority.CRITICAL,
+        correlation_id="corr-1",
+        sender="client/7",
+    )
+    assert budget.deadline == deadline
+    assert 0 < budget.remaining <= 3
+    assert budget.priority == Priority.CRITICAL
+    assert budget.correlation_id == "corr-1"
+    assert budget.sender == "client/7"
+
+
+def test_an_agent_asking_onwards_passes_its_deadline_across_nodes(
+    served: Runtime, caller: Runtime
+) -> None:
+    deadline = time.time() + 2
+    # The first hop crosses NATS; the worker then asks a local worker.
+    budget = caller.ref("worker").ask(Forward(target="worker", text=""), deadline=deadline)
+    assert budget.deadline == deadline
+    assert budget.sender is not None
+    assert budget.sender.startswith("worker/")
+
+
+def test_a_tell_crosses_nats(served: Runtime, caller: Runtime) -> None:
+    HANDLED.clear()
+    caller.ref("worker").tell(Echo(text="told"))
+    # The ask that follows is answered after the tell was taken by one of
+    # two workers; wait on that worker's answer to a marker on each.
+    for _ in range(2):
+        caller.ref("worker").ask(Echo(text="marker"), timeout=2)
+    assert "told" in HANDLED
+
+
+def test_a_payload_over_the_server_limit_fails_before_sending(
+    served: Runtime, caller: Runtime
+) -> None:
+    HANDLED.clear()
+    with pytest.raises(PayloadTooLarge) as caught:
+        caller.ref("worker").ask(Echo(text="x" * (2 << 20)), timeout=2)
+    assert caught.value.limit == 1 << 20
+    assert isinstance(caught.value, BadRequest)
+    assert HANDLED == []
+
+
+def test_local_agents_are_asked_without_crossing_nats(
+    runtime: Runtime, connect: BridgeFactory
+) -> None:
+    WorkerAgent.spawn(runtime, instance="local")
+    bridge = connect(runtime, [WorkerAgent])
+    runtime.ref("worker").ask(Echo(text="local"), timeout=2)
+    stats = bridge._services[0].stats()
+    assert stats.endpoints[0].num_requests == 0
+
+
+def test_prefer_local_off_sends_even_local_asks_through_nats(
+    runtime: Runtime, connect: BridgeFactory
+) -> None:
+    WorkerAgent.spawn(runtime, instance="local")
+    bridge = connect(runtime, [WorkerAgent], prefer_local=False)
+    runtime.ref("worker").ask(Echo(text="via nats"), timeout=2)
+    assert bridge._services[0].stats().endpoints[0].num_requests == 1
+
+
+async def test_an_expired_request_is_refused_without_being_handled(
+    served: Runtime, nats_server: NatsServer
+) -> None:
+    HANDLED.clear()
+    nc = await nats.connect(nats_server.url)
+    try:
+        headers = {ID: "late-1", DEADLINE: repr(time.time() - 1)}
+        msg = await nc.request("af.agent.worker", encode(Echo(text="late")), 2, headers=headers)
+    finally:
+        await nc.close()
+    with pytest.raises(RequestTimeout):
+        decode_reply(msg.data, msg.headers)
+    assert "late" not in HANDLED
+
+
+async def test_malformed_requests_get_bad_request_and_the_node_keeps_serving(
+    served: Runtime, nats_server: NatsServer
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        for body in (b"\xc1garbage", b"", encode({"type": "Echo", "text": 5}), encode([1, 2])):
+            msg = await nc.request("af.agent.worker", body, 2)
+            assert msg.headers is not None
+            assert msg.headers[REPLY_TYPE] == "ErrorReply"
+            reply = msgspec.msgpack.decode(msg.data, type=ErrorReply)
+            assert reply.code == "bad_request"
+        bad_header = await nc.request(
+            "af.agent.worker", encode(Echo(text="x")), 2, headers={DEADLINE: "soon"}
+        )
+        with pytest.raises(BadRequest, match="Af-Deadline"):
+            decode_reply(bad_header.data, bad_header.headers)
+        ok = await nc.request("af.agent.worker", encode(Echo(text="fine")), 2)
+    finally:
+        await nc.close()
+    assert decode_reply(ok.data, ok.headers) == Echoed(text="fine", by=ok_by(ok))
+
+
+def ok_by(msg: nats.aio.msg.Msg) -> str:
+    by: str = msgspec.msgpack.decode(msg.data)["by"]
+    assert by.startswith("worker/")
+    return by
+
+
+async def test_every_agent_type_is_discoverable_as_a_micro_service(
+    served: Runtime, nats_server: NatsServer
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        ping = json.loads((await nc.request("$SRV.PING.worker", b"", 2)).data)
+        info = json.loads((await nc.request("$SRV.INFO.worker", b"", 2)).data)
+        stats = json.loads((await nc.request("$SRV.STATS.worker", b"", 2)).data)
+    finally:
+        await nc.close()
+    assert ping["name"] == "worker"
+    assert ping["metadata"]["node"] == served.node
+    [endpoint] = info["endpoints"]
+    assert endpoint["subject"] == "af.agent.worker"
+    assert endpoint["queue_group"] == "worker"
+    assert "Echo" in endpoint["metadata"]["requests"].split(",")
+    schema = json.loads(endpoint["metadata"]["schema"])
+    assert "Echo" in schema["$defs"]
+    assert stats["endpoints"][0]["num_requests"] >= 0

@@ -1,0 +1,111 @@
+"""A node assembled from settings: NATS bridge in the tree, embedded server fallback."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from bridges import NatsBridge, NatsServer, build_node, free_port
+from config import decode
+from messages import Ping, Pong
+from supervisors import ChildStatistics, SupervisorStatistics
+from tests.conftest import WAIT
+
+
+def _bridges(stats: SupervisorStatistics) -> SupervisorStatistics:
+    [child] = [c for c in stats.children if c.id == "bridges"]
+    assert child.supervisor is not None
+    return child.supervisor
+
+
+def _child(stats: SupervisorStatistics, child_id: str) -> ChildStatistics:
+    [child] = [c for c in stats.children if c.id == child_id]
+    return child
+
+
+def _settings(url: str, **nats: object) -> dict[str, object]:
+    return {
+        "node": {"name": "n1"},
+        "nats": {"url": url, **nats},
+        "pools": [{"agent": "actors:PingAgent", "size": 1}],
+    }
+
+
+def test_a_node_serves_its_pools_over_nats_and_shows_the_connection(
+    nats_server: NatsServer,
+) -> None:
+    node = build_node(decode(_settings(nats_server.url, embed=False)))
+    caller = build_node(
+        decode({"node": {"name": "caller"}, "nats": {"url": nats_server.url, "embed": False}})
+    )
+    node.start()
+    caller.start()
+    try:
+        reply = caller.runtime.ref("ping").ask(Ping(payload="remote"), timeout=WAIT)
+        assert isinstance(reply, Pong)
+        assert reply.responder == "ping/0"
+        nats = _child(_bridges(node.root.statistics()), "nats")
+        assert nats.detail is not None
+        assert nats.detail.startswith(f"connected {nats_server.url}")
+    finally:
+        for n in (caller, node):
+            n.stop()
+            assert n.run(handle_signals=False) == 0
+    assert node.runtime.transport is None
+
+
+@pytest.mark.slow
+def test_a_lost_connection_is_visible_in_the_tree_and_heals_by_itself(
+    nats_server: NatsServer,
+) -> None:
+    node = build_node(decode(_settings(nats_server.url, embed=False)))
+    node.start()
+    try:
+        bridge = node.runtime.transport
+        assert bridge is not None
+        reconnected = threading.Event()
+        disconnected = threading.Event()
+        assert isinstance(bridge, NatsBridge)
+        bridge.on_state_change(
+            lambda state: (disconnected if state == "disconnected" else reconnected).set()
+        )
+        nats_server.kill()
+        assert disconnected.wait(WAIT)
+        detail = _child(_bridges(node.root.statistics()), "nats").detail
+        assert detail is not None
+        assert detail.startswith("disconnected")
+        nats_server.start()
+        assert reconnected.wait(WAIT)
+        assert node.runtime.ref("ping").ask(Ping(payload="back"), timeout=WAIT).payload == "back"
+        nats = _child(_bridges(node.root.statistics()), "nats")
+        assert nats.restarts == 0
+        assert nats.detail is not None
+        assert nats.detail.startswith("connected")
+        assert "1 reconnects" in nats.detail
+    finally:
+        node.stop()
+        assert node.run(handle_signals=False) == 0
+
+
+@pytest.mark.slow
+def test_with_no_server_at_the_url_the_node_embeds_one_and_stops_it(tmp_path: Path) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    node = build_node(decode(_settings(url, store_dir=str(tmp_path / "js"))))
+    node.start()
+    try:
+        server = _child(_bridges(node.root.statistics()), "nats-server")
+        assert server.pid is not None
+        assert node.runtime.ref("ping").ask(Ping(payload="x"), timeout=WAIT).payload == "x"
+        detail = _child(_bridges(node.root.statistics()), "nats").detail
+        assert detail is not None
+        assert detail.startswith("connected nats://127.0.0.1:")
+        assert url not in detail
+        assert (tmp_path / "js" / "jetstream").is_dir()
+    finally:
+        node.stop()
+        assert node.run(handle_signals=False) == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(server.pid, 0)
