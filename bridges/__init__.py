@@ -4,7 +4,7 @@ from bridges._app import build_node, build_runtime, import_agent
 from bridges._bridge_child import NatsBridgeAgent, embedded_server, nats_bridge_child
 from bridges._cli import main
 from bridges._embedded import NatsServer, find_nats_server, free_port
-from bridges._events import EventRouter, EventStatistics
+from bridges._events import EventRouter, EventStatistics, Outcome
 from bridges._loop import IoLoop
 from bridges._nats import ConnectionState, NatsBridge
 from bridges._wire import Subjects
@@ -17,6 +17,7 @@ __all__ = [
     "NatsBridge",
     "NatsBridgeAgent",
     "NatsServer",
+    "Outcome",
     "Subjects",
     "build_node",
     "build_runtime",

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -62,6 +64,17 @@ class EventStatistics(msgspec.Struct, kw_only=True):
     dead_lettered: int = 0
 
 
+class Outcome(enum.StrEnum):
+    """How the handling of one delivered event was settled."""
+
+    ACKED = "acked"
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+
+
+SettleListener = Callable[[str, Outcome], None]
+
+
 class EventRouter:
     """The bridge's JetStream side: streams, publishing, consumers."""
 
@@ -72,6 +85,11 @@ class EventRouter:
         self._js: JetStreamContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._listeners: list[SettleListener] = []
+
+    def add_listener(self, listener: SettleListener) -> None:
+        """Call `listener(subject, outcome)` on the loop after each event is settled."""
+        self._listeners.append(listener)
 
     @property
     def js(self) -> JetStreamContext:
@@ -130,6 +148,9 @@ class EventRouter:
             Unavailable: If JetStream does not take it.
             RequestTimeout: If no acknowledgement comes before the deadline.
         """
+        if not isinstance(event, Event):
+            msg = f"only a messages.Event can be published, not {type(event).__name__}"
+            raise BadRequest(msg)
         event_name = check_token(type(event).__name__, what="event type")
         headers = metadata_headers(meta)
         headers[MSG_ID] = meta.id
@@ -253,18 +274,24 @@ class EventRouter:
         try:
             if error is None:
                 await msg.ack()
+                outcome = Outcome.ACKED
             elif final:
                 await self._dead_letter(msg, error)
                 await msg.term()
+                outcome = Outcome.DEAD_LETTER
             else:
                 backoff = self.settings.backoff or [0.0]
                 delivery = msg.metadata.num_delivered or 1
                 await msg.nak(delay=backoff[min(delivery, len(backoff)) - 1])
+                outcome = Outcome.RETRY
         except (nats.errors.Error, OSError) as exc:
             # Unsettled: JetStream redelivers it after the ack wait.
             logger.warning("could not settle event %s: %s", msg.subject, exc)
+            return
         finally:
             free.release()
+        for listener in self._listeners:
+            listener(msg.subject, outcome)
 
     async def _dead_letter(self, msg: Msg, error: BaseException) -> None:
         event_name = msg.subject.rsplit(".", 1)[-1]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from actors import Agent, Context, handler
-from messages import Message, NotFound, Ping, Pong
+from messages import Event, Message, NotFound, Overloaded, Ping, Pong
 
 
 class Echo(Message, frozen=True, kw_only=True):
@@ -123,3 +124,48 @@ class CrashOnStartAgent(WorkerAgent):
 
     def on_start(self) -> None:
         self.ref.tell(Crash(reason="cannot stay up"))
+
+
+class OrderPlaced(Event, frozen=True, kw_only=True):
+    """A domain event; `order_id` says how its handler behaves (see OrderAgent)."""
+
+    order_id: str
+
+
+class PlaceOrder(Message, frozen=True, kw_only=True):
+    order_id: str
+
+
+DELIVERIES: list[tuple[str, int]] = []
+DELIVERED = threading.Condition()
+
+
+def wait_deliveries(predicate: Callable[[list[tuple[str, int]]], bool], timeout: float) -> bool:
+    """Wait until `predicate(DELIVERIES)` holds."""
+    with DELIVERED:
+        return DELIVERED.wait_for(lambda: predicate(DELIVERIES), timeout)
+
+
+class OrderAgent(Agent):
+    """Publishes OrderPlaced on PlaceOrder; records each OrderPlaced delivery.
+
+    An order id `fail-N` fails its first N deliveries, `poison` always fails,
+    `crash-N` crashes the agent on its first N deliveries.
+    """
+
+    @handler
+    def place(self, msg: PlaceOrder, ctx: Context) -> str:
+        return ctx.publish(OrderPlaced(order_id=msg.order_id))
+
+    @handler
+    def placed(self, msg: OrderPlaced, ctx: Context) -> None:
+        with DELIVERED:
+            DELIVERIES.append((msg.order_id, ctx.delivery))
+            DELIVERED.notify_all()
+        kind, _, count = msg.order_id.partition("-")
+        if kind == "poison":
+            raise Overloaded("cannot take this order")
+        if kind == "fail" and ctx.delivery <= int(count):
+            raise Overloaded("not yet")
+        if kind == "crash" and ctx.delivery <= int(count):
+            raise RuntimeError("crashed mid-handling")

@@ -1,0 +1,140 @@
+"""Domain events on JetStream: dedup, ack after handling, redelivery, dead letters."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+
+from actors import Runtime
+from bridges import NatsBridge, Outcome
+from config import EventSettings
+from messages import BadRequest, Metadata, Ping, Unavailable
+from supervisors import Strategy, Supervisor, SupervisorSpec, agent_child
+from tests.agents import DELIVERIES, OrderAgent, OrderPlaced, PlaceOrder, wait_deliveries
+from tests.bridges.conftest import BridgeFactory
+from tests.conftest import WAIT
+
+FAST_RETRIES = EventSettings(max_deliver=3, backoff=[0.01, 0.02], handler_timeout=5.0)
+
+
+@pytest.fixture
+def orders(runtime: Runtime, connect: BridgeFactory) -> Iterator[NatsBridge]:
+    """One supervised OrderAgent, served and subscribed to OrderPlaced."""
+    DELIVERIES.clear()
+    OUTCOMES.clear()
+    supervisor = Supervisor.start(
+        SupervisorSpec(
+            name="orders",
+            strategy=Strategy.ONE_FOR_ONE,
+            children=[agent_child(OrderAgent, runtime, id="0")],
+            max_restarts=10,
+        ),
+        runtime,
+    )
+    bridge = connect(runtime, [OrderAgent], events=FAST_RETRIES)
+    bridge.events.add_listener(_record_outcome)
+    yield bridge
+    supervisor.shutdown()
+
+
+OUTCOMES: list[Outcome] = []
+SETTLED = threading.Condition()
+
+
+def _record_outcome(_subject: str, outcome: Outcome) -> None:
+    with SETTLED:
+        OUTCOMES.append(outcome)
+        SETTLED.notify_all()
+
+
+def _settled(count: int) -> bool:
+    with SETTLED:
+        return SETTLED.wait_for(lambda: len(OUTCOMES) >= count, WAIT)
+
+
+def _deliveries_of(order_id: str) -> list[int]:
+    return [n for order, n in DELIVERIES if order == order_id]
+
+
+def _handled(order_id: str, count: int = 1) -> bool:
+    return wait_deliveries(lambda d: sum(1 for o, _ in d if o == order_id) >= count, WAIT)
+
+
+def test_an_event_published_by_a_handler_is_handled_by_its_subscriber(
+    runtime: Runtime, orders: NatsBridge
+) -> None:
+    event_id = runtime.ref("order").ask(PlaceOrder(order_id="ok-1"), timeout=WAIT)
+    assert _handled("ok-1")
+    assert _deliveries_of("ok-1") == [1]
+    assert event_id.endswith(".e1")
+    assert orders.events.statistics.published == 1
+
+
+def test_a_retried_request_publishes_its_event_once(runtime: Runtime, orders: NatsBridge) -> None:
+    order = runtime.ref("order")
+    first = order.ask(PlaceOrder(order_id="dup-1"), timeout=WAIT, message_id="req-dup")
+    again = order.ask(PlaceOrder(order_id="dup-1"), timeout=WAIT, message_id="req-dup")
+    order.ask(PlaceOrder(order_id="after-1"), timeout=WAIT)
+    # One agent handles events in stream order: once the later event is
+    # handled, a duplicate of the earlier one would have been too.
+    assert _handled("after-1")
+    assert first == again
+    assert _deliveries_of("dup-1") == [1]
+    assert orders.events.statistics.duplicates == 1
+
+
+def test_a_failed_event_is_redelivered_with_its_delivery_count_until_it_succeeds(
+    runtime: Runtime, orders: NatsBridge
+) -> None:
+    runtime.ref("order").ask(PlaceOrder(order_id="fail-2"), timeout=WAIT)
+    assert _settled(3)
+    assert _deliveries_of("fail-2") == [1, 2, 3]
+    assert OUTCOMES == [Outcome.RETRY, Outcome.RETRY, Outcome.ACKED]
+    stats = orders.events.statistics
+    assert (stats.failed, stats.handled, stats.dead_lettered) == (2, 1, 0)
+
+
+def test_an_event_that_keeps_failing_goes_to_the_dead_letters_with_its_error(
+    runtime: Runtime, orders: NatsBridge
+) -> None:
+    runtime.ref("order").ask(PlaceOrder(order_id="poison"), timeout=WAIT)
+    assert _settled(FAST_RETRIES.max_deliver)
+    assert OUTCOMES[-1] == Outcome.DEAD_LETTER
+    letter = orders.io.run(
+        orders.events.js.get_last_msg(FAST_RETRIES.dead_letter_stream, "af.dlq.OrderPlaced"),
+        timeout=WAIT,
+    )
+    assert letter.headers is not None
+    assert letter.headers["Af-Error-Code"] == "overloaded"
+    assert letter.headers["Af-Error"] == "cannot take this order"
+    assert letter.headers["Af-Delivery"] == str(FAST_RETRIES.max_deliver)
+    assert msgspec.msgpack.decode(letter.data, type=OrderPlaced) == OrderPlaced(order_id="poison")
+    runtime.ref("order").ask(PlaceOrder(order_id="after-2"), timeout=WAIT)
+    assert _handled("after-2")
+    assert _deliveries_of("poison") == [1, 2, 3]
+    assert orders.events.statistics.dead_lettered == 1
+
+
+def test_a_crash_mid_handling_loses_nothing(runtime: Runtime, orders: NatsBridge) -> None:
+    runtime.ref("order").ask(PlaceOrder(order_id="crash-1"), timeout=WAIT)
+    assert _settled(2)
+    assert _deliveries_of("crash-1") == [1, 2]
+    assert OUTCOMES == [Outcome.RETRY, Outcome.ACKED]
+    assert orders.events.statistics.dead_lettered == 0
+
+
+def test_publishing_without_a_transport_is_unavailable(runtime: Runtime) -> None:
+    OrderAgent.spawn(runtime)
+    with pytest.raises(Unavailable, match="no transport"):
+        runtime.ref("order").ask(PlaceOrder(order_id="nowhere"), timeout=WAIT)
+
+
+def test_publishing_something_that_is_not_an_event_is_a_bad_request(
+    runtime: Runtime, orders: NatsBridge
+) -> None:
+    with pytest.raises(BadRequest, match="Ping"):
+        orders.publish(Ping(), Metadata(id="not-an-event", deadline=time.time() + WAIT))  # type: ignore[arg-type]
