@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from messages import BadRequest, Event, Unavailable
+from messages import Event, Unavailable, require_event
 
 if TYPE_CHECKING:
     from actors._agent import Agent
@@ -78,7 +78,7 @@ class Context:
             messages.Unavailable: If the node has no transport.
             messages.AgentError: If the event could not be stored in time.
         """
-        _check_event(event)
+        require_event(event)
         transport = self._agent.runtime.transport
         if transport is None:
             msg = f"node {self._agent.runtime.node} has no transport for events"
@@ -125,9 +125,3 @@ class Context:
         if isinstance(target, str):
             return self._agent.runtime.ref(target)
         return target
-
-
-def _check_event(event: object) -> None:
-    if not isinstance(event, Event):
-        msg = f"ctx.publish takes a messages.Event, not {type(event).__name__}"
-        raise BadRequest(msg)

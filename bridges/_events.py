@@ -35,7 +35,15 @@ from bridges._wire import (
     metadata_from_headers,
     metadata_headers,
 )
-from messages import AgentError, BadRequest, Event, Metadata, RequestTimeout, Unavailable
+from messages import (
+    AgentError,
+    BadRequest,
+    Event,
+    Metadata,
+    RequestTimeout,
+    Unavailable,
+    require_event,
+)
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -148,9 +156,7 @@ class EventRouter:
             Unavailable: If JetStream does not take it.
             RequestTimeout: If no acknowledgement comes before the deadline.
         """
-        if not isinstance(event, Event):
-            msg = f"only a messages.Event can be published, not {type(event).__name__}"
-            raise BadRequest(msg)
+        require_event(event)
         event_name = check_token(type(event).__name__, what="event type")
         headers = metadata_headers(meta)
         headers[MSG_ID] = meta.id

@@ -1,7 +1,14 @@
 """Typed wire messages, metadata, errors and the MessagePack codec."""
 
 from messages._agent import ErrorReply, Metadata
-from messages._base import Event, Message, Priority, message_types, new_message_id
+from messages._base import (
+    Event,
+    Message,
+    Priority,
+    message_types,
+    new_message_id,
+    require_event,
+)
 from messages._codec import decode, decoder_for, encode
 from messages._control import (
     ControlMessage,
@@ -83,4 +90,5 @@ __all__ = [
     "encode",
     "message_types",
     "new_message_id",
+    "require_event",
 ]

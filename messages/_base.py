@@ -9,6 +9,8 @@ from typing import Final
 
 import msgspec
 
+from messages._errors import BadRequest
+
 _ID_PREFIX: Final = os.urandom(8).hex()
 _id_counter = itertools.count(1)
 
@@ -46,6 +48,18 @@ class Event(Message, frozen=True, kw_only=True):
     handler's `ctx.delivery` says how many times this event has been
     delivered.
     """
+
+
+def require_event(value: object) -> Event:
+    """Return `value` if it is an `Event`.
+
+    Raises:
+        BadRequest: If it is anything else (only events can be published).
+    """
+    if not isinstance(value, Event):
+        msg = f"only a messages.Event can be published, not {type(value).__name__}"
+        raise BadRequest(msg)
+    return value
 
 
 def message_types() -> dict[str, type[Message]]:
