@@ -92,6 +92,7 @@ class EventRouter:
         self.statistics = EventStatistics()
         self._js: JetStreamContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._subscriptions: list[JetStreamContext.PullSubscription] = []
         self._stopping = False
         self._listeners: list[SettleListener] = []
 
@@ -147,6 +148,12 @@ class EventRouter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        # Unsubscribe rather than drain: a pull subscription's queue may hold
+        # status messages that no fetch will read, and drain would wait on them.
+        for subscription in self._subscriptions:
+            with contextlib.suppress(nats.errors.Error):
+                await subscription.unsubscribe()
+        self._subscriptions.clear()
         self._js = None
 
     async def publish(self, event: Event, body: bytes, meta: Metadata) -> bool:
@@ -196,6 +203,7 @@ class EventRouter:
                 max_ack_pending=s.max_in_flight * 16,
             ),
         )
+        self._subscriptions.append(subscription)
         task = asyncio.ensure_future(self._pull(subscription, event_type, local))
         self._tasks.append(task)
 

@@ -177,6 +177,7 @@ class NatsBridge:
                 reconnect_time_wait=s.reconnect_wait,
                 max_reconnect_attempts=s.max_reconnect_attempts,
                 allow_reconnect=True,
+                drain_timeout=max(1, math.ceil(s.drain_timeout)),
                 error_cb=self._on_error,
                 disconnected_cb=self._on_disconnected,
                 reconnected_cb=self._on_reconnected,

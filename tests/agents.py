@@ -169,3 +169,37 @@ class OrderAgent(Agent):
             raise Overloaded("not yet")
         if kind == "crash" and ctx.delivery <= int(count):
             raise RuntimeError("crashed mid-handling")
+
+
+class Charge(Message, frozen=True, kw_only=True):
+    account: str
+    amount: int
+
+
+class Charged(Event, frozen=True, kw_only=True):
+    account: str
+    amount: int
+
+
+class Receipt(Message, frozen=True, kw_only=True):
+    event_id: str
+    node: str
+
+
+LEDGER: dict[str, int] = {}
+LEDGER_CHANGED = threading.Condition()
+
+
+class LedgerAgent(Agent):
+    """Charges by publishing a `Charged` event (its side effect); records the events it sees."""
+
+    @handler
+    def charge(self, msg: Charge, ctx: Context) -> Receipt:
+        event_id = ctx.publish(Charged(account=msg.account, amount=msg.amount))
+        return Receipt(event_id=event_id, node=self.runtime.node)
+
+    @handler
+    def charged(self, msg: Charged, ctx: Context) -> None:
+        with LEDGER_CHANGED:
+            LEDGER[msg.account] = LEDGER.get(msg.account, 0) + 1
+            LEDGER_CHANGED.notify_all()

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +63,26 @@ def other_runtime() -> Iterator[Runtime]:
     rt = Runtime(node="caller", defaults=AgentDefaults(ask_timeout=5.0, hung_margin=5.0))
     yield rt
     rt.close()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_node_process(config: Path, name: str, log: Path) -> subprocess.Popen[str]:
+    """Run `actorfleet run --config config` as node `name`; return once it is ready."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AF_NODE_NAME": name}
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bridges", "run", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.strip() == "ready":
+            return proc
+    proc.wait(START)
+    pytest.fail(f"node {name} exited with {proc.returncode}: {log.read_text()}")
