@@ -80,7 +80,7 @@ class Outcome(enum.StrEnum):
     DEAD_LETTER = "dead_letter"
 
 
-SettleListener = Callable[[str, Outcome], None]
+SettleListener = Callable[[str, int, Outcome], None]
 
 
 class EventRouter:
@@ -97,7 +97,7 @@ class EventRouter:
         self._listeners: list[SettleListener] = []
 
     def add_listener(self, listener: SettleListener) -> None:
-        """Call `listener(subject, outcome)` on the loop after each event is settled."""
+        """Call `listener(subject, stream_sequence, outcome)` on the loop after each settle."""
         self._listeners.append(listener)
 
     @property
@@ -304,8 +304,9 @@ class EventRouter:
             return
         finally:
             free.release()
+        sequence = msg.metadata.sequence.stream
         for listener in self._listeners:
-            listener(msg.subject, outcome)
+            listener(msg.subject, sequence, outcome)
 
     async def _dead_letter(self, msg: Msg, error: BaseException) -> None:
         event_name = msg.subject.rsplit(".", 1)[-1]

@@ -45,7 +45,7 @@ OUTCOMES: list[Outcome] = []
 SETTLED = threading.Condition()
 
 
-def _record_outcome(_subject: str, outcome: Outcome) -> None:
+def _record_outcome(_subject: str, _sequence: int, outcome: Outcome) -> None:
     with SETTLED:
         OUTCOMES.append(outcome)
         SETTLED.notify_all()
