@@ -92,6 +92,7 @@ class EventRouter:
         self.statistics = EventStatistics()
         self._js: JetStreamContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._letters: set[asyncio.Task[None]] = set()
         self._subscriptions: list[JetStreamContext.PullSubscription] = []
         self._stopping = False
         self._listeners: list[SettleListener] = []
@@ -142,6 +143,7 @@ class EventRouter:
     async def stop(self) -> None:
         """Stop pulling; events handed out but not settled are redelivered later."""
         self._stopping = True
+        self._tasks.extend(self._letters)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -247,14 +249,16 @@ class EventRouter:
             meta = metadata_from_headers(msg.headers, default_timeout=s.handler_timeout)
             event = decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
-            self._settle(msg, BadRequest(f"cannot decode the event: {exc}"), final=True, free=free)
+            self._settle_soon(
+                msg, BadRequest(f"cannot decode the event: {exc}"), final=True, free=free
+            )
             return
         except AgentError as error:
-            self._settle(msg, error, final=True, free=free)
+            self._settle_soon(msg, error, final=True, free=free)
             return
         if delivery > s.max_deliver:
             lost = RequestTimeout(f"delivered {delivery - 1} times without an answer")
-            self._settle(msg, lost, final=True, free=free)
+            self._settle_soon(msg, lost, final=True, free=free)
             return
         meta = msgspec.structs.replace(
             meta, deadline=time.time() + s.handler_timeout, delivery=delivery
@@ -263,36 +267,44 @@ class EventRouter:
         if not local.deliver_local(Call(event, meta, reply)):
             reply.fail(Unavailable(f"no agent of type {local.name} on this node"))
         reply.add_done_callback(
-            lambda r: self.bridge.io.call_soon(self._on_handled, msg, r, delivery, free)
+            lambda r: self.bridge.outbox.put(self._on_handled, msg, r, delivery, free)
         )
 
-    def _on_handled(
+    async def _on_handled(
         self, msg: Msg, reply: Reply[Any], delivery: int, free: asyncio.Semaphore
     ) -> None:
         result = reply.result()
         if isinstance(result, BaseException):
             self.statistics.failed += 1
-            self._settle(msg, result, final=delivery >= self.settings.max_deliver, free=free)
+            await self._settle(msg, result, final=delivery >= self.settings.max_deliver, free=free)
         else:
             self.statistics.handled += 1
-            self._settle(msg, None, final=True, free=free)
+            await self._settle(msg, None, final=True, free=free)
 
-    def _settle(
+    def _settle_soon(
+        self, msg: Msg, error: BaseException, *, final: bool, free: asyncio.Semaphore
+    ) -> None:
+        self.bridge.outbox.put(self._settle_positional, msg, error, final, free)
+
+    async def _settle_positional(
+        self, msg: Msg, error: BaseException | None, final: bool, free: asyncio.Semaphore
+    ) -> None:
+        await self._settle(msg, error, final=final, free=free)
+
+    async def _settle(
         self, msg: Msg, error: BaseException | None, *, final: bool, free: asyncio.Semaphore
     ) -> None:
-        asyncio.ensure_future(self._settle_async(msg, error, final=final, free=free))  # noqa: RUF006
-
-    async def _settle_async(
-        self, msg: Msg, error: BaseException | None, *, final: bool, free: asyncio.Semaphore
-    ) -> None:
+        """Ack, nak or dead-letter; runs in the bridge's outbox (acks and naks are quick)."""
+        if error is not None and final:
+            # Dead-lettering waits for JetStream: its own task, off the outbox.
+            task = asyncio.ensure_future(self._dead_letter_and_term(msg, error, free))
+            self._letters.add(task)
+            task.add_done_callback(self._letters.discard)
+            return
         try:
             if error is None:
                 await msg.ack()
                 outcome = Outcome.ACKED
-            elif final:
-                await self._dead_letter(msg, error)
-                await msg.term()
-                outcome = Outcome.DEAD_LETTER
             else:
                 backoff = self.settings.backoff or [0.0]
                 delivery = msg.metadata.num_delivered or 1
@@ -304,6 +316,22 @@ class EventRouter:
             return
         finally:
             free.release()
+        self._notify(msg, outcome)
+
+    async def _dead_letter_and_term(
+        self, msg: Msg, error: BaseException, free: asyncio.Semaphore
+    ) -> None:
+        try:
+            await self._dead_letter(msg, error)
+            await msg.term()
+        except (nats.errors.Error, OSError) as exc:
+            logger.warning("could not dead-letter event %s: %s", msg.subject, exc)
+            return
+        finally:
+            free.release()
+        self._notify(msg, Outcome.DEAD_LETTER)
+
+    def _notify(self, msg: Msg, outcome: Outcome) -> None:
         sequence = msg.metadata.sequence.stream
         for listener in self._listeners:
             listener(msg.subject, sequence, outcome)

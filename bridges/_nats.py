@@ -27,6 +27,7 @@ from nats.micro.service import Service
 
 from actors import Call, Reply, Runtime, TypeRef
 from bridges._events import EventRouter
+from bridges._outbox import Outbox
 from bridges._wire import (
     Subjects,
     check_token,
@@ -131,6 +132,9 @@ class NatsBridge:
         self._max_payload = 1 << 20
         self._in_flight = 0
         self._idle = asyncio.Event()
+        self._closing = False
+        self._requests: set[asyncio.Task[None]] = set()
+        self.outbox = Outbox(io)
         self._on_closed: list[typing.Callable[[], None]] = []
         self._on_state: list[typing.Callable[[ConnectionState], None]] = []
 
@@ -189,6 +193,7 @@ class NatsBridge:
             raise Unavailable(msg) from exc
         self._max_payload = self._nc.max_payload
         self._set_state(ConnectionState.CONNECTED)
+        self.outbox.start()
         try:
             await self.events.start()
             for agent_class in self.agents:
@@ -200,12 +205,18 @@ class NatsBridge:
         self.runtime.transport = self
 
     async def close(self) -> None:
-        """Stop serving, wait (bounded) for in-flight replies, drain, disconnect."""
+        """Stop serving, wait (bounded) for in-flight replies, drain, disconnect.
+
+        Replies to requests that were already handed to agents still go out:
+        the connection stays up until they are written or the drain timeout
+        passes.
+        """
         if self.runtime.transport is self:
             self.runtime.transport = None
-        nc, self._nc = self._nc, None
-        if nc is None:
+        nc = self._nc
+        if nc is None or self._closing:
             return
+        self._closing = True
         await self.events.stop()
         for service in self._services:
             await service.stop()
@@ -216,7 +227,9 @@ class NatsBridge:
                 await asyncio.wait_for(self._idle.wait(), self.settings.drain_timeout)
             except TimeoutError:
                 logger.warning("%d replies still pending at shutdown", self._in_flight)
+        await self.outbox.stop()
         self._on_closed.clear()
+        self._nc = None
         try:
             await nc.drain()
         except (nats.errors.Error, OSError) as exc:
@@ -319,32 +332,36 @@ class NatsBridge:
             return
         if reply is not None:
             self._in_flight += 1
-            reply.add_done_callback(lambda r: self.io.call_soon(self._answer, msg, r))
+            reply.add_done_callback(lambda r: self.outbox.put(self._answer, msg, r))
 
-    def _answer(self, msg: Msg, reply: Reply[Any]) -> None:
+    async def _answer(self, msg: Msg, reply: Reply[Any]) -> None:
         self._in_flight -= 1
         result = reply.result()
         if isinstance(result, BaseException):
-            self._respond_error(msg, result)
+            body, headers = encode_error(result)
         else:
             try:
                 body, headers = encode_reply(result)
             except (TypeError, msgspec.EncodeError):
                 body, headers = encode_error(InternalError("the reply could not be encoded"))
-            self._publish_reply(msg, body, headers)
+        await self._send(msg.reply, body, headers)
         if not self._in_flight:
             self._idle.set()
 
     def _respond_error(self, msg: Msg, error: BaseException) -> None:
         if msg.reply:
             body, headers = encode_error(error)
-            self._publish_reply(msg, body, headers)
+            self.outbox.put(self._send, msg.reply, body, headers)
 
-    def _publish_reply(self, msg: Msg, body: bytes, headers: dict[str, str]) -> None:
+    async def _send(self, subject: str, body: bytes, headers: dict[str, str] | None) -> None:
         nc = self._nc
-        if nc is None or not msg.reply:
+        if nc is None or not subject:
             return
-        asyncio.ensure_future(nc.publish(msg.reply, body, headers=headers))  # noqa: RUF006
+        try:
+            await nc.publish(subject, body, headers=headers)
+        except nats.errors.Error as exc:
+            # The caller's deadline turns a lost reply into a typed timeout.
+            logger.warning("cannot publish to %s: %s", subject, exc)
 
     # -- reaching remote agents (Transport) --------------------------------
 
@@ -366,7 +383,7 @@ class NatsBridge:
 
     def deliver(self, agent_type: str, call: Call) -> bool:
         """Send a call to `agent_type` over NATS (any thread); False if not connected."""
-        if self._nc is None:
+        if self._nc is None or self._closing:
             return False
         try:
             body = self.encode_checked(call.payload)
@@ -378,19 +395,17 @@ class NatsBridge:
         subject = self.subjects.agent(agent_type)
         headers = metadata_headers(call.meta)
         if call.reply is None:
-            self.io.call_soon(self._tell, subject, body, headers)
+            self.outbox.put(self._send, subject, body, headers)
         else:
             self.io.call_soon(self._start_request, subject, body, headers, call.reply)
         return True
 
-    def _tell(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
-        if self._nc is not None:
-            asyncio.ensure_future(self._nc.publish(subject, body, headers=headers))  # noqa: RUF006
-
     def _start_request(
         self, subject: str, body: bytes, headers: dict[str, str], reply: Reply[Any]
     ) -> None:
-        asyncio.ensure_future(self._request_into(subject, body, headers, reply))  # noqa: RUF006
+        task = asyncio.ensure_future(self._request_into(subject, body, headers, reply))
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
 
     async def _request_into(
         self, subject: str, body: bytes, headers: dict[str, str], reply: Reply[Any]
