@@ -32,8 +32,8 @@ from bridges._wire import (
     MSG_ID,
     check_token,
     error_code_of,
+    event_headers,
     metadata_from_headers,
-    metadata_headers,
 )
 from messages import (
     AgentError,
@@ -167,8 +167,7 @@ class EventRouter:
         """
         require_event(event)
         event_name = check_token(type(event).__name__, what="event type")
-        headers = metadata_headers(meta)
-        headers[MSG_ID] = meta.id
+        headers = event_headers(meta)
         timeout = meta.deadline - time.time()
         try:
             ack = await self.js.publish(

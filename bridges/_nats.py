@@ -33,9 +33,14 @@ from bridges._wire import (
     check_token,
     decode_reply,
     encode_error,
+    encode_error_envelope,
     encode_reply,
+    encode_reply_envelope,
+    encode_request,
+    envelope_decoder,
+    is_envelope,
     metadata_from_headers,
-    metadata_headers,
+    open_envelope,
 )
 from messages import (
     AgentError,
@@ -272,12 +277,12 @@ class NatsBridge:
         agent_type = check_token(agent_class.agent_type, what="agent type")
         types = request_types(agent_class)
         union = typing.Union[types] if types else None  # noqa: UP007 - built at run time
-        decoder = decoder_for(union) if union is not None else None
+        decoders = (decoder_for(union), envelope_decoder(union)) if union is not None else None
         schema = msgspec.json.encode(msgspec.json.schema(union)).decode() if union else "{}"
         local = self.runtime.ref(agent_type)
 
         async def on_request(request: Request) -> None:
-            self._on_request(request, local, decoder)
+            self._on_request(request._msg, local, decoders)  # noqa: SLF001 - we answer later
 
         service = await add_service(
             self.nc,
@@ -303,54 +308,52 @@ class NatsBridge:
 
     def _on_request(
         self,
-        request: Request,
+        msg: Msg,
         local: TypeRef,
-        decoder: msgspec.msgpack.Decoder[Any] | None,
+        decoders: tuple[msgspec.msgpack.Decoder[Any], msgspec.msgpack.Decoder[Any]] | None,
     ) -> None:
-        msg: Msg = request._msg  # noqa: SLF001 - micro hides the reply subject we answer later
-        wants_reply = bool(msg.reply)
+        enveloped = not msg.headers and is_envelope(msg.data)
         try:
-            meta = metadata_from_headers(
-                msg.headers, default_timeout=self.runtime.defaults.ask_timeout
-            )
-            if decoder is None:
-                msg_ = f"{local.name} takes no requests over NATS"
-                raise BadRequest(msg_)
-            payload = decoder.decode(msg.data)
+            if decoders is None:
+                error = f"{local.name} takes no requests over NATS"
+                raise BadRequest(error)
+            if enveloped:
+                payload, meta = open_envelope(decoders[1].decode(msg.data))
+            else:
+                meta = metadata_from_headers(
+                    msg.headers, default_timeout=self.runtime.defaults.ask_timeout
+                )
+                payload = decoders[0].decode(msg.data)
         except msgspec.DecodeError as exc:
-            self._respond_error(msg, BadRequest(f"cannot decode a {local.name} request: {exc}"))
+            bad = BadRequest(f"cannot decode a {local.name} request: {exc}")
+            self._respond_error(msg, bad, enveloped=enveloped)
             return
         except AgentError as error:
-            self._respond_error(msg, error)
+            self._respond_error(msg, error, enveloped=enveloped)
             return
         if meta.deadline <= time.time():
-            self._respond_error(msg, RequestTimeout("deadline passed before the request arrived"))
+            late = RequestTimeout("deadline passed before the request arrived")
+            self._respond_error(msg, late, enveloped=enveloped)
             return
-        reply: Reply[Any] | None = Reply(meta.deadline) if wants_reply else None
+        reply: Reply[Any] | None = Reply(meta.deadline) if msg.reply else None
         if not local.deliver_local(Call(payload, meta, reply)):
-            self._respond_error(msg, Unavailable(f"no agent of type {local.name} on this node"))
+            gone = Unavailable(f"no agent of type {local.name} on this node")
+            self._respond_error(msg, gone, enveloped=enveloped)
             return
         if reply is not None:
             self._in_flight += 1
-            reply.add_done_callback(lambda r: self.outbox.put(self._answer, msg, r))
+            reply.add_done_callback(lambda r: self.outbox.put(self._answer, msg, r, enveloped))
 
-    async def _answer(self, msg: Msg, reply: Reply[Any]) -> None:
+    async def _answer(self, msg: Msg, reply: Reply[Any], enveloped: bool) -> None:
         self._in_flight -= 1
-        result = reply.result()
-        if isinstance(result, BaseException):
-            body, headers = encode_error(result)
-        else:
-            try:
-                body, headers = encode_reply(result)
-            except (TypeError, msgspec.EncodeError):
-                body, headers = encode_error(InternalError("the reply could not be encoded"))
+        body, headers = _encode_answer(reply.result(), enveloped=enveloped)
         await self._send(msg.reply, body, headers)
         if not self._in_flight:
             self._idle.set()
 
-    def _respond_error(self, msg: Msg, error: BaseException) -> None:
+    def _respond_error(self, msg: Msg, error: BaseException, *, enveloped: bool) -> None:
         if msg.reply:
-            body, headers = encode_error(error)
+            body, headers = _encode_answer(error, enveloped=enveloped)
             self.outbox.put(self._send, msg.reply, body, headers)
 
     async def _send(self, subject: str, body: bytes, headers: dict[str, str] | None) -> None:
@@ -386,38 +389,47 @@ class NatsBridge:
         if self._nc is None or self._closing:
             return False
         try:
-            body = self.encode_checked(call.payload)
+            body = self.envelope(call.payload, call.meta)
         except AgentError as error:
             if call.reply is None:
                 raise
             call.reply.fail(error)
             return True
         subject = self.subjects.agent(agent_type)
-        headers = metadata_headers(call.meta)
         if call.reply is None:
-            self.outbox.put(self._send, subject, body, headers)
+            self.outbox.put(self._send, subject, body, None)
         else:
-            self.io.call_soon(self._start_request, subject, body, headers, call.reply)
+            self.io.call_soon(self._start_request, subject, body, call.reply)
         return True
 
-    def _start_request(
-        self, subject: str, body: bytes, headers: dict[str, str], reply: Reply[Any]
-    ) -> None:
-        task = asyncio.ensure_future(self._request_into(subject, body, headers, reply))
+    def envelope(self, payload: Any, meta: Metadata) -> bytes:
+        """The request envelope, refused if over the server's max payload.
+
+        Raises:
+            PayloadTooLarge: If it would not be accepted.
+            BadRequest: If it cannot be encoded.
+        """
+        try:
+            body = encode_request(payload, meta)
+        except (TypeError, msgspec.EncodeError) as exc:
+            msg = f"cannot encode {type(payload).__name__}: {exc}"
+            raise BadRequest(msg) from exc
+        if len(body) > self._max_payload:
+            raise PayloadTooLarge(len(body), self._max_payload)
+        return body
+
+    def _start_request(self, subject: str, body: bytes, reply: Reply[Any]) -> None:
+        task = asyncio.ensure_future(self._request_into(subject, body, reply))
         self._requests.add(task)
         task.add_done_callback(self._requests.discard)
 
-    async def _request_into(
-        self, subject: str, body: bytes, headers: dict[str, str], reply: Reply[Any]
-    ) -> None:
+    async def _request_into(self, subject: str, body: bytes, reply: Reply[Any]) -> None:
         try:
-            reply.set(await self._request(subject, body, headers, reply.deadline))
+            reply.set(await self._request(subject, body, reply.deadline))
         except AgentError as error:
             reply.fail(error)
 
-    async def _request(
-        self, subject: str, body: bytes, headers: dict[str, str], deadline: float
-    ) -> Any:
+    async def _request(self, subject: str, body: bytes, deadline: float) -> Any:
         timeout = deadline - time.time()
         if timeout <= 0:
             msg = f"deadline passed before sending to {subject}"
@@ -427,7 +439,7 @@ class NatsBridge:
             msg = "the NATS bridge is not connected"
             raise Unavailable(msg)
         try:
-            response = await nc.request(subject, body, timeout=timeout, headers=headers)
+            response = await nc.request(subject, body, timeout=timeout)
         except nats.errors.NoRespondersError:
             msg = f"no agent answers on {subject}"
             raise Unavailable(msg) from None
@@ -445,10 +457,8 @@ class NatsBridge:
         Raises:
             messages.AgentError: The typed failure, as for `AgentRef.ask`.
         """
-        body = self.encode_checked(message)
-        return await self._request(
-            self.subjects.agent(agent_type), body, metadata_headers(meta), meta.deadline
-        )
+        body = self.envelope(message, meta)
+        return await self._request(self.subjects.agent(agent_type), body, meta.deadline)
 
     def publish(self, event: Event, meta: Metadata) -> None:
         """Store `event` on the event stream, from an actor thread (`Transport`)."""
@@ -466,3 +476,17 @@ class NatsBridge:
     async def publish_async(self, event: Event, meta: Metadata) -> bool:
         """Store `event` from the loop; True if new, False if a duplicate id."""
         return await self.events.publish(event, self.encode_checked(event), meta)
+
+
+def _encode_answer(result: Any, *, enveloped: bool) -> tuple[bytes, dict[str, str] | None]:
+    """Body and headers of a reply, in the style the request came in."""
+    if isinstance(result, BaseException):
+        if enveloped:
+            return encode_error_envelope(result), None
+        return encode_error(result)
+    try:
+        if enveloped:
+            return encode_reply_envelope(result), None
+        return encode_reply(result)
+    except (TypeError, msgspec.EncodeError):
+        return _encode_answer(InternalError("the reply could not be encoded"), enveloped=enveloped)

@@ -1,7 +1,20 @@
-"""How requests, replies and events look on NATS: subjects, headers, bodies.
+"""How requests, replies and events look on NATS: subjects, envelopes, headers.
 
-Metadata rides in headers, never in the body, so that a body is exactly the
-MessagePack of one message::
+Between actorfleet nodes a request's metadata and message travel together
+in one MessagePack array, the envelope::
+
+    [1, id, deadline, correlation_id, priority, sender, traceparent, tracestate, message]
+
+and the reply is `[tag, value]`, where `tag` is the wire tag of the value's
+type ("ErrorReply" for a typed failure, "" for plain data). nats-py spends
+more on NATS headers than on the rest of a small request (one header costs
+about a fifth of raw request/reply throughput, four headers two fifths;
+docs/benchmarks.md), so the hot path carries none.
+
+Any other NATS client may call an agent with the bare message as the body
+and the metadata in headers; it gets the bare reply with its tag in a
+header. Events always carry headers (JetStream deduplicates by
+`Nats-Msg-Id`)::
 
     Af-Id             message id (also Nats-Msg-Id on events: JetStream dedup)
     Af-Deadline       absolute deadline, epoch seconds
@@ -95,9 +108,29 @@ class Subjects:
 
 def metadata_headers(meta: Metadata) -> dict[str, str]:
     """The headers that carry `meta`."""
-    headers = {ID: meta.id, PRIORITY: meta.priority.value}
+    headers = {ID: meta.id}
+    if meta.priority is not Priority.DEFAULT:
+        headers[PRIORITY] = meta.priority.value
     if meta.deadline != math.inf:
         headers[DEADLINE] = repr(meta.deadline)
+    if meta.correlation_id is not None:
+        headers[CORRELATION_ID] = meta.correlation_id
+    if meta.sender is not None:
+        headers[SENDER] = meta.sender
+    if meta.traceparent is not None:
+        headers[TRACEPARENT] = meta.traceparent
+    if meta.tracestate is not None:
+        headers[TRACESTATE] = meta.tracestate
+    return headers
+
+
+def event_headers(meta: Metadata) -> dict[str, str]:
+    """The headers of a published event: its id (JetStream dedup) and its cause.
+
+    Deadline and priority belong to requests; a consumer gives each
+    delivery its own handling deadline.
+    """
+    headers = {MSG_ID: meta.id}
     if meta.correlation_id is not None:
         headers[CORRELATION_ID] = meta.correlation_id
     if meta.sender is not None:
@@ -139,7 +172,7 @@ def metadata_from_headers(
         msg = f"header {PRIORITY} must be one of {sorted(_PRIORITIES)}, not {raw_priority!r}"
         raise BadRequest(msg)
     return Metadata(
-        id=headers.get(ID) or new_message_id(),
+        id=headers.get(ID) or headers.get(MSG_ID) or new_message_id(),
         deadline=deadline,
         correlation_id=headers.get(CORRELATION_ID),
         priority=priority,
@@ -150,17 +183,134 @@ def metadata_from_headers(
     )
 
 
+ENVELOPE_VERSION: Final = 1
+_FIXARRAY_FIRST: Final = 0x90
+_FIXARRAY_LAST: Final = 0x9F
+
+
+def is_envelope(data: bytes) -> bool:
+    """Whether a body is an envelope (a MessagePack array) rather than a bare message."""
+    return bool(data) and _FIXARRAY_FIRST <= data[0] <= _FIXARRAY_LAST
+
+
+def encode_request(payload: Any, meta: Metadata) -> bytes:
+    """The envelope of one request."""
+    return encode(
+        (
+            ENVELOPE_VERSION,
+            meta.id,
+            meta.deadline,
+            meta.correlation_id,
+            meta.priority,
+            meta.sender,
+            meta.traceparent,
+            meta.tracestate,
+            payload,
+        )
+    )
+
+
+def envelope_decoder(payload_type: Any) -> msgspec.msgpack.Decoder[Any]:
+    """A decoder of request envelopes whose message is of `payload_type`."""
+    return msgspec.msgpack.Decoder(
+        tuple[
+            int,
+            str,
+            float,
+            str | None,
+            Priority,
+            str | None,
+            str | None,
+            str | None,
+            payload_type,
+        ]
+    )
+
+
+def open_envelope(envelope: tuple[Any, ...]) -> tuple[Any, Metadata]:
+    """The message and metadata of a decoded envelope.
+
+    Raises:
+        BadRequest: If the envelope is of a version this node cannot read.
+    """
+    version, id_, deadline, correlation_id, priority, sender, parent, state, payload = envelope
+    if version != ENVELOPE_VERSION:
+        msg = f"envelope version {version} is not supported (this node reads {ENVELOPE_VERSION})"
+        raise BadRequest(msg)
+    if math.isnan(deadline):
+        msg = "the envelope's deadline is not a number"
+        raise BadRequest(msg)
+    meta = Metadata(
+        id=id_,
+        deadline=deadline,
+        correlation_id=correlation_id,
+        priority=priority,
+        sender=sender,
+        traceparent=parent,
+        tracestate=state,
+    )
+    return payload, meta
+
+
+def _tag_of(value: Any) -> str:
+    tag = type(value).__struct_config__.tag if isinstance(value, Message) else ""
+    return tag if isinstance(tag, str) else ""
+
+
+def encode_reply_envelope(value: Any) -> bytes:
+    """The envelope of a successful reply: `[tag, value]`."""
+    return encode((_tag_of(value), value))
+
+
+def encode_error_envelope(error: BaseException) -> bytes:
+    """The envelope of a failed reply; non-agent errors become `internal`."""
+    return encode((ERROR_TAG, ErrorReply.from_error(_as_agent_error(error))))
+
+
+_reply_envelope: Final = msgspec.msgpack.Decoder(tuple[str, msgspec.Raw])
+
+
+def decode_reply_envelope(data: bytes) -> Any:
+    """The value of a reply envelope; a typed failure is raised.
+
+    Raises:
+        AgentError: The error an `ErrorReply` stands for.
+        InternalError: If the envelope is malformed.
+    """
+    try:
+        tag, raw = _reply_envelope.decode(data)
+    except msgspec.DecodeError as exc:
+        msg = f"malformed reply: {exc}"
+        raise InternalError(msg) from exc
+    return _decode_tagged(tag, raw)
+
+
+def _decode_tagged(tag: str, data: bytes | msgspec.Raw) -> Any:
+    try:
+        if tag == ERROR_TAG:
+            reply: ErrorReply = decoder_for(ErrorReply).decode(data)
+            raise reply.to_error()
+        cls = reply_class(tag) if tag else None
+        return decoder_for(cls).decode(data) if cls is not None else msgspec.msgpack.decode(data)
+    except msgspec.DecodeError as exc:
+        msg = f"malformed reply of type {tag or 'data'}: {exc}"
+        raise InternalError(msg) from exc
+
+
+def _as_agent_error(error: BaseException) -> AgentError:
+    if isinstance(error, AgentError):
+        return error
+    return InternalError(f"{type(error).__name__} while handling the request")
+
+
 def encode_reply(value: Any) -> tuple[bytes, dict[str, str]]:
     """Body and headers of a successful reply."""
-    tag = type(value).__struct_config__.tag if isinstance(value, Message) else ""
-    return encode(value), {REPLY_TYPE: tag if isinstance(tag, str) else ""}
+    return encode(value), {REPLY_TYPE: _tag_of(value)}
 
 
 def encode_error(error: BaseException) -> tuple[bytes, dict[str, str]]:
     """Body and headers of a failed reply; non-agent errors become `internal`."""
-    if not isinstance(error, AgentError):
-        error = InternalError(f"{type(error).__name__} while handling the request")
-    return encode(ErrorReply.from_error(error)), {REPLY_TYPE: ERROR_TAG}
+    return encode(ErrorReply.from_error(_as_agent_error(error))), {REPLY_TYPE: ERROR_TAG}
 
 
 _known: dict[str, type[Message]] = {}
@@ -176,7 +326,7 @@ def reply_class(tag: str) -> type[Message] | None:
 
 
 def decode_reply(data: bytes, headers: dict[str, str] | None) -> Any:
-    """The value a reply carries; a typed failure is raised.
+    """The value a reply carries, enveloped or bare; a typed failure is raised.
 
     A reply whose type this process does not define decodes to plain data.
 
@@ -184,22 +334,15 @@ def decode_reply(data: bytes, headers: dict[str, str] | None) -> Any:
         AgentError: The error an `ErrorReply` stands for, or `InternalError`
             if the responder was not an actorfleet agent and reported an error.
     """
-    headers = headers or {}
+    if not headers:
+        return decode_reply_envelope(data)
     tag = headers.get(REPLY_TYPE)
     if tag is None:
         service_error = headers.get(SERVICE_ERROR)
         if service_error is not None:
             raise InternalError(f"the responder failed: {service_error}")
         return msgspec.msgpack.decode(data) if data else None
-    try:
-        if tag == ERROR_TAG:
-            reply: ErrorReply = decoder_for(ErrorReply).decode(data)
-            raise reply.to_error()
-        cls = reply_class(tag) if tag else None
-        return decoder_for(cls).decode(data) if cls is not None else msgspec.msgpack.decode(data)
-    except msgspec.DecodeError as exc:
-        msg = f"malformed reply of type {tag or 'data'}: {exc}"
-        raise InternalError(msg) from exc
+    return _decode_tagged(tag, data)
 
 
 def error_code_of(error: BaseException) -> ErrorCode:
