@@ -33,10 +33,9 @@ from bridges._wire import (
     check_token,
     error_code_of,
     event_headers,
-    metadata_from_headers,
+    event_metadata,
 )
 from messages import (
-    AgentError,
     BadRequest,
     Event,
     Metadata,
@@ -93,6 +92,7 @@ class EventRouter:
         self._js: JetStreamContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._letters: set[asyncio.Task[None]] = set()
+        self._names: dict[type[Event], str] = {}
         self._subscriptions: list[JetStreamContext.PullSubscription] = []
         self._stopping = False
         self._listeners: list[SettleListener] = []
@@ -165,8 +165,7 @@ class EventRouter:
             Unavailable: If JetStream does not take it.
             RequestTimeout: If no acknowledgement comes before the deadline.
         """
-        require_event(event)
-        event_name = check_token(type(event).__name__, what="event type")
+        event_name = self._event_name(require_event(event))
         headers = event_headers(meta)
         timeout = meta.deadline - time.time()
         try:
@@ -184,6 +183,13 @@ class EventRouter:
             return False
         self.statistics.published += 1
         return True
+
+    def _event_name(self, event: Event) -> str:
+        cls = type(event)
+        name = self._names.get(cls)
+        if name is None:
+            name = self._names[cls] = check_token(cls.__name__, what="event type")
+        return name
 
     async def consume(
         self, agent_class: type[Agent], event_type: type[Event], local: TypeRef
@@ -245,23 +251,16 @@ class EventRouter:
         delivery = msg.metadata.num_delivered or 1
         s = self.settings
         try:
-            meta = metadata_from_headers(msg.headers, default_timeout=s.handler_timeout)
             event = decoder.decode(msg.data)
+            meta = event_metadata(msg.headers, time.time() + s.handler_timeout, delivery)
         except msgspec.DecodeError as exc:
-            self._settle_soon(
-                msg, BadRequest(f"cannot decode the event: {exc}"), final=True, free=free
-            )
-            return
-        except AgentError as error:
-            self._settle_soon(msg, error, final=True, free=free)
+            bad = BadRequest(f"cannot decode the event: {exc}")
+            self._settle_soon(msg, bad, final=True, free=free)
             return
         if delivery > s.max_deliver:
             lost = RequestTimeout(f"delivered {delivery - 1} times without an answer")
             self._settle_soon(msg, lost, final=True, free=free)
             return
-        meta = msgspec.structs.replace(
-            meta, deadline=time.time() + s.handler_timeout, delivery=delivery
-        )
         reply: Reply[Any] = Reply(meta.deadline)
         if not local.deliver_local(Call(event, meta, reply)):
             reply.fail(Unavailable(f"no agent of type {local.name} on this node"))
@@ -331,6 +330,8 @@ class EventRouter:
         self._notify(msg, Outcome.DEAD_LETTER)
 
     def _notify(self, msg: Msg, outcome: Outcome) -> None:
+        if not self._listeners:
+            return
         sequence = msg.metadata.sequence.stream
         for listener in self._listeners:
             listener(msg.subject, sequence, outcome)

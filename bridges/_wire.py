@@ -142,6 +142,20 @@ def event_headers(meta: Metadata) -> dict[str, str]:
     return headers
 
 
+def event_metadata(headers: dict[str, str] | None, deadline: float, delivery: int) -> Metadata:
+    """The metadata a consumer hands an event's handler (its own deadline)."""
+    headers = headers or {}
+    return Metadata(
+        id=headers.get(MSG_ID) or headers.get(ID) or new_message_id(),
+        deadline=deadline,
+        correlation_id=headers.get(CORRELATION_ID),
+        sender=headers.get(SENDER),
+        traceparent=headers.get(TRACEPARENT),
+        tracestate=headers.get(TRACESTATE),
+        delivery=delivery,
+    )
+
+
 def metadata_from_headers(
     headers: dict[str, str] | None, *, default_timeout: float, delivery: int = 1
 ) -> Metadata:
