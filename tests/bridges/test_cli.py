@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bridges import build_node, import_agent
+from bridges import build_node, free_port, import_agent
 from config import decode
 from messages import ConfigError, Ping, Pong
 
@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _start(*args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # Nothing listens at this URL, so the node embeds its own nats-server.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AF_NATS_URL": f"nats://127.0.0.1:{free_port()}"}
     return subprocess.Popen(
         [sys.executable, "-m", "bridges", *args],
         stdout=subprocess.PIPE,
@@ -65,6 +66,7 @@ def test_actorfleet_run_prints_its_tree_and_exits_zero_on_sigterm() -> None:
     try:
         lines = _wait_ready(proc)
         assert any("agents.ping" in line for line in lines)
+        assert any("nats-server (process" in line for line in lines)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
