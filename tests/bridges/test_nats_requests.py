@@ -22,8 +22,20 @@ from messages import (
     Unavailable,
     encode,
 )
-from tests.agents import HANDLED, Crash, Echo, Echoed, Forward, Inspect, Refuse, WorkerAgent
+from tests.agents import (
+    HANDLED,
+    Block,
+    Crash,
+    Echo,
+    Echoed,
+    Forward,
+    Inspect,
+    Refuse,
+    WorkerAgent,
+    gate,
+)
 from tests.bridges.conftest import BridgeFactory
+from tests.conftest import WAIT
 
 
 @pytest.fixture
@@ -200,3 +212,20 @@ async def test_every_agent_type_is_discoverable_as_a_micro_service(
     schema = json.loads(endpoint["metadata"]["schema"])
     assert "Echo" in schema["$defs"]
     assert stats["endpoints"][0]["num_requests"] >= 0
+
+
+def test_a_closing_bridge_still_answers_the_requests_its_agents_are_handling(
+    runtime: Runtime, connect: BridgeFactory, caller: Runtime
+) -> None:
+    WorkerAgent.spawn(runtime, instance="slow")
+    bridge = connect(runtime, [WorkerAgent])
+    entered, release = gate("drain")
+    pending = caller.ref("worker").ask_async(Block(gate="drain"), timeout=WAIT)
+    assert entered.wait(WAIT)
+    closing = bridge.io.submit(bridge.close())
+    # The bridge now refuses new requests but waits for the one in flight.
+    with pytest.raises(Unavailable):
+        caller.ref("worker").ask(Echo(text="too late"), timeout=WAIT)
+    release.set()
+    assert pending.get() == "drain"
+    closing.result(WAIT)

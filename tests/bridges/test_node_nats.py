@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bridges import NatsBridge, NatsServer, build_node, free_port
 from config import decode
-from messages import Ping, Pong
+from messages import ChildExited, ChildRestarted, Ping, Pong
 from supervisors import ChildStatistics, SupervisorStatistics
-from tests.conftest import WAIT
+from tests.conftest import WAIT, EventRecorder
 
 
 def _bridges(stats: SupervisorStatistics) -> SupervisorStatistics:
@@ -26,7 +27,7 @@ def _child(stats: SupervisorStatistics, child_id: str) -> ChildStatistics:
     return child
 
 
-def _settings(url: str, **nats: object) -> dict[str, object]:
+def _settings(url: str, **nats: object) -> dict[str, Any]:
     return {
         "node": {"name": "n1"},
         "nats": {"url": url, **nats},
@@ -109,3 +110,32 @@ def test_with_no_server_at_the_url_the_node_embeds_one_and_stops_it(tmp_path: Pa
         assert node.run(handle_signals=False) == 0
     with pytest.raises(ProcessLookupError):
         os.kill(server.pid, 0)
+
+
+@pytest.mark.slow
+def test_a_connection_given_up_crashes_the_bridge_and_its_supervisor_starts_a_new_one(
+    nats_server: NatsServer,
+) -> None:
+    settings = _settings(
+        nats_server.url, embed=False, max_reconnect_attempts=1, reconnect_wait=0.05
+    )
+    settings["nats"]["connect_timeout"] = WAIT
+    node = build_node(decode(settings))
+    recorder = EventRecorder()
+    node.runtime.events.subscribe(recorder)
+    node.start()
+    try:
+        nats_server.kill()
+        recorder.wait_for(lambda e: isinstance(e, ChildExited) and e.child_id == "nats")
+        nats_server.start()
+        recorder.wait_for(lambda e: isinstance(e, ChildRestarted) and e.child_id == "nats")
+        nats = _child(_bridges(node.root.statistics()), "nats")
+        assert nats.restarts == 1
+        assert nats.last_exit is not None
+        assert "connection was closed" in nats.last_exit
+        assert nats.detail is not None
+        assert nats.detail.startswith("connected")
+        assert node.runtime.ref("ping").ask(Ping(payload="again"), timeout=WAIT).payload == "again"
+    finally:
+        node.stop()
+        assert node.run(handle_signals=False) == 0
