@@ -9,6 +9,7 @@ to the loop when it is settled; the loop never waits on an actor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import math
@@ -82,6 +83,7 @@ class ConnectionState(enum.StrEnum):
 
     CONNECTING = "connecting"
     CONNECTED = "connected"
+    DRAINING = "draining"
     DISCONNECTED = "disconnected"
     CLOSED = "closed"
 
@@ -226,6 +228,10 @@ class NatsBridge:
         for service in self._services:
             await service.stop()
         self._services.clear()
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            # Once the server has seen the unsubscribes, no new request comes here.
+            await nc.flush(timeout=max(1, math.ceil(self.settings.drain_timeout)))
+        self._set_state(ConnectionState.DRAINING)
         if self._in_flight:
             self._idle.clear()
             try:

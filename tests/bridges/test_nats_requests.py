@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import msgspec
@@ -220,10 +221,13 @@ def test_a_closing_bridge_still_answers_the_requests_its_agents_are_handling(
     WorkerAgent.spawn(runtime, instance="slow")
     bridge = connect(runtime, [WorkerAgent])
     entered, release = gate("drain")
+    draining = threading.Event()
+    bridge.on_state_change(lambda state: state == "draining" and draining.set())
     pending = caller.ref("worker").ask_async(Block(gate="drain"), timeout=WAIT)
     assert entered.wait(WAIT)
     closing = bridge.io.submit(bridge.close())
-    # The bridge now refuses new requests but waits for the one in flight.
+    assert draining.wait(WAIT)
+    # The bridge no longer takes requests but waits for the one in flight.
     with pytest.raises(Unavailable):
         caller.ref("worker").ask(Echo(text="too late"), timeout=WAIT)
     release.set()
