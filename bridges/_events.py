@@ -115,22 +115,18 @@ class EventRouter:
         self._js = self.bridge.nc.jetstream()
         subjects = self.bridge.subjects
         s = self.settings
-        await self._ensure_stream(
-            StreamConfig(
-                name=s.stream,
-                subjects=[subjects.all_events()],
-                num_replicas=s.replicas,
-                duplicate_window=s.duplicate_window,
+        for name, subject in (
+            (s.stream, subjects.all_events()),
+            (s.dead_letter_stream, subjects.all_dead_letters()),
+        ):
+            await self._ensure_stream(
+                StreamConfig(
+                    name=name,
+                    subjects=[subject],
+                    num_replicas=s.replicas,
+                    duplicate_window=s.duplicate_window,
+                )
             )
-        )
-        await self._ensure_stream(
-            StreamConfig(
-                name=s.dead_letter_stream,
-                subjects=[subjects.all_dead_letters()],
-                num_replicas=s.replicas,
-                duplicate_window=s.duplicate_window,
-            )
-        )
 
     async def _ensure_stream(self, config: StreamConfig) -> None:
         try:

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata as distribution
 from typing import TYPE_CHECKING, Any, Final
 
@@ -381,14 +381,7 @@ class NatsBridge:
             PayloadTooLarge: If it would not be accepted.
             BadRequest: If it cannot be encoded.
         """
-        try:
-            body = encode(message)
-        except (TypeError, msgspec.EncodeError) as exc:
-            msg = f"cannot encode {type(message).__name__}: {exc}"
-            raise BadRequest(msg) from exc
-        if len(body) > self._max_payload:
-            raise PayloadTooLarge(len(body), self._max_payload)
-        return body
+        return self._size_checked(encode, message)
 
     def deliver(self, agent_type: str, call: Call) -> bool:
         """Send a call to `agent_type` over NATS (any thread); False if not connected."""
@@ -415,10 +408,13 @@ class NatsBridge:
             PayloadTooLarge: If it would not be accepted.
             BadRequest: If it cannot be encoded.
         """
+        return self._size_checked(encode_request, payload, meta)
+
+    def _size_checked(self, encoder: Callable[..., bytes], message: Any, *rest: Any) -> bytes:
         try:
-            body = encode_request(payload, meta)
+            body = encoder(message, *rest)
         except (TypeError, msgspec.EncodeError) as exc:
-            msg = f"cannot encode {type(payload).__name__}: {exc}"
+            msg = f"cannot encode {type(message).__name__}: {exc}"
             raise BadRequest(msg) from exc
         if len(body) > self._max_payload:
             raise PayloadTooLarge(len(body), self._max_payload)

@@ -112,15 +112,7 @@ def metadata_headers(meta: Metadata) -> dict[str, str]:
         headers[PRIORITY] = meta.priority.value
     if meta.deadline != math.inf:
         headers[DEADLINE] = repr(meta.deadline)
-    if meta.correlation_id is not None:
-        headers[CORRELATION_ID] = meta.correlation_id
-    if meta.sender is not None:
-        headers[SENDER] = meta.sender
-    if meta.traceparent is not None:
-        headers[TRACEPARENT] = meta.traceparent
-    if meta.tracestate is not None:
-        headers[TRACESTATE] = meta.tracestate
-    return headers
+    return _with_cause(headers, meta)
 
 
 def event_headers(meta: Metadata) -> dict[str, str]:
@@ -129,15 +121,18 @@ def event_headers(meta: Metadata) -> dict[str, str]:
     Deadline and priority belong to requests; a consumer gives each
     delivery its own handling deadline.
     """
-    headers = {MSG_ID: meta.id}
-    if meta.correlation_id is not None:
-        headers[CORRELATION_ID] = meta.correlation_id
-    if meta.sender is not None:
-        headers[SENDER] = meta.sender
-    if meta.traceparent is not None:
-        headers[TRACEPARENT] = meta.traceparent
-    if meta.tracestate is not None:
-        headers[TRACESTATE] = meta.tracestate
+    return _with_cause({MSG_ID: meta.id}, meta)
+
+
+def _with_cause(headers: dict[str, str], meta: Metadata) -> dict[str, str]:
+    """Add the optional fields (correlation id, sender, trace context) that are set."""
+    optional = (
+        (CORRELATION_ID, meta.correlation_id),
+        (SENDER, meta.sender),
+        (TRACEPARENT, meta.traceparent),
+        (TRACESTATE, meta.tracestate),
+    )
+    headers.update({name: value for name, value in optional if value is not None})
     return headers
 
 
