@@ -12,10 +12,11 @@ import pytest
 
 from actors import Runtime
 from bridges import NatsServer
-from bridges._wire import DEADLINE, ID, decode_reply
+from bridges._wire import DEADLINE, ID, REPLY_TYPE, decode_reply, metadata_headers
 from messages import (
     BadRequest,
     InternalError,
+    Metadata,
     NotFound,
     PayloadTooLarge,
     Priority,
@@ -233,3 +234,29 @@ def test_a_closing_bridge_still_answers_the_requests_its_agents_are_handling(
     release.set()
     assert pending.get() == "drain"
     closing.result(WAIT)
+
+
+async def test_any_nats_client_can_call_an_agent_with_metadata_in_headers(
+    served: Runtime, nats_server: NatsServer
+) -> None:
+    meta = Metadata(
+        id="from-elsewhere",
+        deadline=time.time() + 3,
+        correlation_id="corr-9",
+        priority=Priority.SHEDDABLE,
+        sender="other-service",
+    )
+    nc = await nats.connect(nats_server.url)
+    try:
+        msg = await nc.request(
+            "af.agent.worker", encode(Inspect()), 2, headers=metadata_headers(meta)
+        )
+    finally:
+        await nc.close()
+    assert msg.headers is not None
+    assert msg.headers[REPLY_TYPE] == "Budget"
+    budget = decode_reply(msg.data, msg.headers)
+    assert budget.deadline == meta.deadline
+    assert budget.priority == Priority.SHEDDABLE
+    assert budget.correlation_id == "corr-9"
+    assert budget.sender == "other-service"
