@@ -12,7 +12,7 @@ from typing import Final
 import msgspec
 
 import config
-from bridges._app import build_node
+from bridges._app import build_node, import_agent
 from messages import ActorfleetError, StartFailed
 from supervisors import Supervisor, SupervisorStatistics, pin_cpus
 
@@ -44,7 +44,8 @@ def _print_tree(tree: SupervisorStatistics, indent: str = "") -> None:
         if child.supervisor is not None:
             _print_tree(child.supervisor, indent + "  ")
         else:
-            print(f"{indent}  {child.id} ({child.kind}, {child.restart}) {child.status}")
+            detail = f": {child.detail}" if child.detail else ""
+            print(f"{indent}  {child.id} ({child.kind}, {child.restart}) {child.status}{detail}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -57,8 +58,10 @@ def _run(args: argparse.Namespace) -> int:
     node = build_node(settings)
 
     def ready(root: Supervisor) -> None:
-        types = ", ".join(node.runtime.directory.types()) or "none"
-        print(f"actorfleet node {node.runtime.node} running; agent types: {types}")
+        types = ", ".join(
+            sorted({import_agent(p.agent, key="").agent_type for p in settings.pools})
+        )
+        print(f"actorfleet node {node.runtime.node} running; agent types: {types or 'none'}")
         _print_tree(root.statistics())
         print("ready", flush=True)
         if args.duration is not None:
