@@ -1,0 +1,132 @@
+"""The scripted backend: deterministic, rule-driven replies for tests and GPU-less runs.
+
+It is named as what it is everywhere it shows (`backend="scripted"` in
+results, statistics and logs): nothing it says comes from a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Sequence
+from typing import Final
+
+import msgspec
+
+from inference._backend import Emit, Generation, prompt_text
+from messages import FinishReason, GenerateRequest
+
+NAME: Final = "scripted"
+DEFAULT_REPLY: Final = "I do not have a scripted answer for that."
+_WORD: Final = re.compile(r"\S+\s*")
+
+
+class Rule(msgspec.Struct, frozen=True, kw_only=True):
+    """Answer `reply` when `pattern` (a regular expression) is found in the prompt.
+
+    Attributes:
+        pattern: Searched case-insensitively in the prompt's last line.
+        reply: The text to answer, streamed word by word.
+    """
+
+    pattern: str
+    reply: str
+
+
+class ScriptedBackend:
+    """Replies chosen by the first matching rule, one word per `token_delay`.
+
+    Args:
+        rules: Tried in order; the first whose pattern is found answers.
+        default: The reply when no rule matches.
+        model: Name shown in results.
+        token_delay: Seconds per generated token (simulated decoding).
+        prefill_delay: Seconds before the first token (simulated prefill).
+        capacity: Generations run at once.
+        context_length: Most prompt plus completion tokens.
+        fail_with: If set, every generation raises this (for breaker tests).
+    """
+
+    def __init__(
+        self,
+        rules: Sequence[Rule] = (),
+        *,
+        default: str = DEFAULT_REPLY,
+        model: str = "scripted",
+        token_delay: float = 0.0,
+        prefill_delay: float = 0.0,
+        capacity: int = 4,
+        context_length: int = 4096,
+        fail_with: BaseException | None = None,
+    ) -> None:
+        self.rules = tuple(rules)
+        self._compiled = [(re.compile(r.pattern, re.IGNORECASE), r.reply) for r in self.rules]
+        self.default = default
+        self._model = model
+        self.token_delay = token_delay
+        self.prefill_delay = prefill_delay
+        self._capacity = capacity
+        self._context_length = context_length
+        self.fail_with = fail_with
+
+    @property
+    def name(self) -> str:
+        """Always `scripted`."""
+        return NAME
+
+    @property
+    def model(self) -> str:
+        """The configured model name."""
+        return self._model
+
+    @property
+    def capacity(self) -> int:
+        """Generations run at once."""
+        return self._capacity
+
+    @property
+    def context_length(self) -> int:
+        """Most prompt plus completion tokens."""
+        return self._context_length
+
+    def count_tokens(self, request: GenerateRequest) -> int:
+        """Words of the prompt: the scripted backend's tokens."""
+        return len(_WORD.findall(prompt_text(request)))
+
+    def reply_for(self, request: GenerateRequest) -> str:
+        """The scripted reply: the first rule matching the prompt's last line."""
+        last_line = prompt_text(request).rstrip().rsplit("\n", 1)[-1]
+        for pattern, reply in self._compiled:
+            if pattern.search(last_line):
+                return reply
+        return self.default
+
+    async def generate(self, request: GenerateRequest, emit: Emit) -> Generation:
+        """Stream the scripted reply, honouring max_tokens and stop strings."""
+        started = time.monotonic()
+        if self.fail_with is not None:
+            raise self.fail_with
+        text = self.reply_for(request)
+        for stop in request.stop:
+            cut = text.find(stop)
+            if cut >= 0:
+                text = text[:cut]
+        tokens = _WORD.findall(text)
+        finish = FinishReason.STOP
+        if len(tokens) > request.max_tokens:
+            tokens, finish = tokens[: request.max_tokens], FinishReason.LENGTH
+        if self.prefill_delay:
+            await asyncio.sleep(self.prefill_delay)
+        first_token_s = time.monotonic() - started
+        for token in tokens:
+            if self.token_delay:
+                await asyncio.sleep(self.token_delay)
+            emit(token)
+        return Generation(
+            text="".join(tokens),
+            finish_reason=finish,
+            prompt_tokens=self.count_tokens(request),
+            completion_tokens=len(tokens),
+            first_token_s=first_token_s,
+        )

@@ -1,0 +1,133 @@
+"""The inference protocol: a generation request, streamed chunks, the final result."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import msgspec
+
+from messages._base import Message
+
+MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=1 << 20)]
+Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """One turn of a chat prompt.
+
+    Attributes:
+        role: `system`, `user` or `assistant`.
+        content: The turn's text.
+    """
+
+    role: str
+    content: str
+
+
+class Sampling(msgspec.Struct, frozen=True, kw_only=True):
+    """How tokens are drawn. The defaults are greedy decoding.
+
+    Attributes:
+        temperature: 0 is greedy.
+        top_p: Nucleus sampling mass (1 keeps every token).
+        top_k: Keep the k most likely tokens (0 keeps all).
+        repetition_penalty: 1 applies none.
+    """
+
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=5)] = 0.0
+    top_p: Probability = 1.0
+    top_k: Annotated[int, msgspec.Meta(ge=0)] = 0
+    repetition_penalty: Annotated[float, msgspec.Meta(ge=0.5, le=5)] = 1.0
+
+
+class GenerateRequest(Message, frozen=True, kw_only=True):
+    """Ask the inference pool for a completion.
+
+    Exactly one of `prompt` and `messages` is given. Deadline and priority
+    come from the request's metadata, like any other request's.
+
+    Attributes:
+        prompt: Raw prompt text.
+        messages: Chat turns, rendered with the model's chat template.
+        max_tokens: Most tokens to generate.
+        sampling: Sampling settings.
+        seed: Seed for sampling; the same seed, prompt and settings give
+            the same text on the same model and backend.
+        stop: Strings that end the generation (not included in the text).
+        tier: Preferred model tier (`large`, `small`, ...); None: the pool's default.
+        may_degrade: Whether a smaller tier may answer when the preferred one
+            would miss the deadline, is full or is down.
+    """
+
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    max_tokens: MaxTokens = 256
+    sampling: Sampling = msgspec.field(default_factory=Sampling)
+    seed: int | None = None
+    stop: list[str] = msgspec.field(default_factory=list)
+    tier: str | None = None
+    may_degrade: bool = True
+
+
+class FinishReason(enum.StrEnum):
+    """Why a generation ended."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    """What a generation cost and where its time went.
+
+    Attributes:
+        prompt_tokens: Tokens in the prompt.
+        completion_tokens: Tokens generated.
+        queue_s: Seconds waiting for a slot in the pool.
+        prefill_s: Seconds until the first token (after the queue).
+        generate_s: Seconds from the first token to the last.
+    """
+
+    prompt_tokens: int
+    completion_tokens: int
+    queue_s: float = 0.0
+    prefill_s: float = 0.0
+    generate_s: float = 0.0
+
+
+class TokenChunk(Message, frozen=True, kw_only=True):
+    """A piece of a streamed generation.
+
+    Attributes:
+        index: Position of this chunk in the stream, from 0.
+        text: The new text.
+    """
+
+    index: int
+    text: str
+
+
+class GenerateResult(Message, frozen=True, kw_only=True):
+    """The end of a generation.
+
+    Attributes:
+        text: The whole generated text (streamed or not).
+        finish_reason: Why it ended.
+        usage: Token counts and timings.
+        tier: The tier that answered (may differ from the one asked for).
+        model: The model that answered.
+        backend: `exllamav2`, `openai` or `scripted`.
+        degraded: Whether a smaller tier answered than the one preferred.
+    """
+
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    tier: str
+    model: str
+    backend: str
+    degraded: bool = False
+
+
+InferenceMessage = GenerateRequest | TokenChunk | GenerateResult
