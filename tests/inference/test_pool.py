@@ -172,10 +172,10 @@ async def test_nothing_waits_in_the_queue_past_its_deadline() -> None:
     p = pool(queue_bound=10, token_delay=0.05)
     blocker = asyncio.ensure_future(p.submit(ask(may_degrade=False), meta()))
     await asyncio.sleep(0)
-    started = time.monotonic()
     with pytest.raises(RequestTimeout):
         await p.submit(ask(may_degrade=False), meta(timeout=0.03))
-    assert time.monotonic() - started < 0.15
+    # Answered at its own deadline, not when the slot it waited for freed.
+    assert not blocker.done()
     await blocker
     assert p.statistics().tiers[0].timeouts == 1
 
