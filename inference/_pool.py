@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 
@@ -64,11 +64,16 @@ class TierSpec(msgspec.Struct, frozen=True, kw_only=True):
             use only half of it).
         breaker_threshold: Consecutive failures that take the tier out.
         breaker_cooldown: Seconds out before a probe request is let in.
+        degrade_wait: How long, as a share of the tier's expected service time,
+            a request that may degrade waits for this tier before it goes to
+            a smaller one. This keeps the tier's latency flat under load; a
+            request that may not degrade waits as long as its deadline allows.
     """
 
     name: str
     workers: list[Backend]
     queue_bound: int = 64
+    degrade_wait: Annotated[float, msgspec.Meta(ge=0)] = 0.25
     breaker_threshold: int = 3
     breaker_cooldown: float = 5.0
 
@@ -108,8 +113,10 @@ class _Job:
         "future",
         "meta",
         "on_chunk",
+        "preferred",
         "queued_at",
         "request",
+        "reroute",
         "task",
         "tier",
         "timer",
@@ -130,6 +137,8 @@ class _Job:
         self.degraded = False
         self.queued_at = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
+        self.reroute: asyncio.TimerHandle | None = None
+        self.preferred: _Tier | None = None
         self.task: asyncio.Task[None] | None = None
 
     def fail(self, error: BaseException) -> None:
@@ -147,6 +156,7 @@ class _Tier:
         self.busy = [0] * len(self.workers)
         self.slots = sum(w.capacity for w in self.workers)
         self.queue_bound = spec.queue_bound
+        self.degrade_wait = spec.degrade_wait
         self.queues: dict[Priority, collections.deque[_Job]] = {
             p: collections.deque() for p in PRIORITIES
         }
@@ -154,6 +164,7 @@ class _Tier:
         self.ewma_prefill: float | None = None
         self.ewma_token: float | None = None
         self.ewma_tokens: float | None = None
+        self.running: dict[_Job, tuple[float, float]] = {}
         self.admitted = self.degraded_in = self.rejected = self.timeouts = self.failures = 0
 
     @property
@@ -185,12 +196,24 @@ class _Tier:
         return prefill + (self.ewma_token or 0.0) * tokens
 
     def wait_s(self, job: _Job) -> float:
-        """Expected seconds before `job` would start if queued now."""
+        """Expected seconds before `job` would start if queued now.
+
+        Each running generation is expected to end when its expected service
+        time has passed since it started; the `n`-th in line beyond the free
+        slots starts when the `n`-th of those ends (a full service time later
+        for each further round of slots).
+        """
         ahead = sum(len(self.queues[p]) for p in PRIORITIES[: _RANK[job.meta.priority] + 1])
-        waves = (self.in_flight + ahead + 1 - self.slots) / self.slots
-        if waves <= 0:
+        beyond = self.in_flight + ahead + 1 - self.slots
+        if beyond <= 0:
             return 0.0
-        return math.ceil(waves) * self.service_s(job)
+        now = time.monotonic()
+        ends = sorted(
+            max(0.0, expected - (now - started)) for started, expected in self.running.values()
+        )
+        rounds, index = divmod(beyond - 1, max(len(ends), 1))
+        first = ends[index] if ends else 0.0
+        return first + rounds * self.service_s(job)
 
     def queue_room(self, priority: Priority) -> bool:
         bound = self.queue_bound
@@ -307,17 +330,21 @@ class InferencePool:
         except AgentError as error:
             job.fail(error)
             return
+        job.preferred = candidates[0]
+        self._place(job, candidates, start_only=start_only)
+
+    def _place(self, job: _Job, candidates: Sequence[_Tier], *, start_only: bool) -> None:
+        """Start, queue or refuse `job` on the first of `candidates` that can answer in time."""
         remaining = job.meta.deadline - time.time()
         if remaining <= 0:
-            job.fail(RequestTimeout("deadline passed before the pool took the request"))
+            job.fail(RequestTimeout("deadline passed before the pool could place the request"))
             return
-        preferred = candidates[0]
         retry_after = math.inf
         for tier in candidates:
             if not tier.breaker.would_allow() or not self._fits(job, tier):
                 retry_after = min(retry_after, tier.breaker.retry_after() or math.inf)
                 continue
-            job.degraded = tier is not preferred
+            job.degraded = tier is not job.preferred
             worker = tier.free_worker()
             if worker is not None and tier.breaker.allow():
                 self._count_admission(job, tier)
@@ -327,12 +354,16 @@ class InferencePool:
             retry_after = min(retry_after, wait)
             if start_only or wait + tier.service_s(job) > remaining:
                 continue
+            patience = self._patience(job, tier, candidates)
+            if wait > patience:
+                continue  # a smaller tier answers sooner than this one's queue
             if tier.queue_room(job.meta.priority) or self._shed_for(job, tier):
                 self._count_admission(job, tier)
-                self._enqueue(job, tier)
+                self._enqueue(job, tier, patience)
                 return
         self.rejections += 1
-        preferred.rejected += 1
+        if job.preferred is not None:
+            job.preferred.rejected += 1
         error_type = PoolFull if start_only else Overloaded
         job.fail(
             error_type(
@@ -340,6 +371,12 @@ class InferencePool:
                 retry_after=None if retry_after == math.inf else round(retry_after, 3),
             )
         )
+
+    def _patience(self, job: _Job, tier: _Tier, candidates: Sequence[_Tier]) -> float:
+        """How long `job` may wait for `tier` before a smaller tier should take it."""
+        if tier is candidates[-1]:
+            return math.inf
+        return tier.degrade_wait * tier.service_s(job)
 
     def _validate(self, job: _Job, tier: _Tier) -> None:
         prompt_text(job.request)
@@ -383,12 +420,30 @@ class InferencePool:
 
     # -- queueing -------------------------------------------------------------
 
-    def _enqueue(self, job: _Job, tier: _Tier) -> None:
+    def _enqueue(self, job: _Job, tier: _Tier, patience: float) -> None:
         job.tier = tier
-        job.queued_at = time.monotonic()
         tier.queues[job.meta.priority].append(job)
         loop = asyncio.get_running_loop()
         job.timer = loop.call_later(job.meta.deadline - time.time(), self._expire, job)
+        if patience != math.inf:
+            # Still waiting when its patience runs out (more important work came
+            # first, or a slot took longer to free), it moves down a tier.
+            job.reroute = loop.call_later(patience, self._reroute, job)
+
+    def _reroute(self, job: _Job) -> None:
+        job.reroute = None
+        tier = job.tier
+        if tier is None or job not in tier.queues[job.meta.priority]:
+            return
+        tier.queues[job.meta.priority].remove(job)
+        self._unschedule(job)
+        tier.admitted -= 1
+        self.admissions -= 1
+        if job.degraded:
+            self.degrades -= 1
+            tier.degraded_in -= 1
+        index = self._tiers.index(tier)
+        self._place(job, self._tiers[index + 1 :], start_only=False)
 
     def _expire(self, job: _Job) -> None:
         tier = job.tier
@@ -401,9 +456,10 @@ class InferencePool:
             job.fail(RequestTimeout(f"no {tier.name} slot freed before the deadline"))
 
     def _unschedule(self, job: _Job) -> None:
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
+        for timer in (job.timer, job.reroute):
+            if timer is not None:
+                timer.cancel()
+        job.timer = job.reroute = None
 
     def _pump(self, tier: _Tier) -> None:
         while tier.queued:
@@ -419,6 +475,7 @@ class InferencePool:
     def _start(self, job: _Job, tier: _Tier, worker: int) -> None:
         job.tier = tier
         tier.busy[worker] += 1
+        tier.running[job] = (time.monotonic(), tier.service_s(job))
         job.task = asyncio.ensure_future(self._run(job, tier, worker))
 
     async def _run(self, job: _Job, tier: _Tier, worker: int) -> None:
@@ -479,6 +536,7 @@ class InferencePool:
             if not verdict:
                 tier.breaker.release_probe()
             tier.busy[worker] -= 1
+            del tier.running[job]
             self._pump(tier)
 
     def _cancel(self, job: _Job) -> None:

@@ -234,3 +234,42 @@ async def test_a_worker_death_reported_by_its_supervisor_counts_toward_the_break
         p.tier_failed("large")
     assert p.statistics().tiers[0].breaker == BreakerState.OPEN
     assert (await p.submit(ask(), meta())).degraded
+
+
+async def test_a_request_that_may_degrade_does_not_wait_long_for_its_tier() -> None:
+    p = pool(queue_bound=10, token_delay=0.02)
+    await p.submit(ask(), meta())  # the large tier learns it takes ~80 ms
+    blocker = asyncio.ensure_future(p.submit(ask(may_degrade=False), meta()))
+    await asyncio.sleep(0)
+    # Waiting ~80 ms is more than a quarter of the tier's service time.
+    moved = await p.submit(ask(), meta())
+    assert (moved.tier, moved.degraded) == ("small", True)
+    # One that may not degrade waits as long as its deadline allows.
+    assert (await p.submit(ask(may_degrade=False), meta())).tier == "large"
+    await blocker
+
+
+async def test_a_queued_request_overtaken_by_more_important_work_moves_down_a_tier() -> None:
+    large = ScriptedBackend(RULES, model="big", token_delay=0.02, capacity=1)
+    small = ScriptedBackend(RULES, model="tiny", capacity=1)
+    p = InferencePool(
+        [
+            TierSpec(name="large", workers=[large], queue_bound=10, degrade_wait=1.5),
+            TierSpec(name="small", workers=[small]),
+        ]
+    )
+    await p.submit(ask(), meta())  # ~80 ms per request on the large tier
+    blocker = asyncio.ensure_future(p.submit(ask(may_degrade=False), meta()))
+    await asyncio.sleep(0)
+    patient = asyncio.ensure_future(p.submit(ask(), meta()))  # queued: ~80 ms <= 120 ms
+    await asyncio.sleep(0)
+    assert p.statistics().tiers[0].queued == 1
+    critical = [
+        asyncio.ensure_future(p.submit(ask(may_degrade=False), meta(priority=Priority.CRITICAL)))
+        for _ in range(2)
+    ]
+    result = await patient
+    assert (result.tier, result.degraded) == ("small", True)
+    assert [r.tier for r in await asyncio.gather(blocker, *critical)] == ["large"] * 3
+    stats = p.statistics()
+    assert (stats.degrades, stats.tiers[0].admitted, stats.tiers[1].degraded_in) == (1, 4, 1)
