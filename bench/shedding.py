@@ -98,7 +98,7 @@ def fifo_pool() -> Serve:
     backend = large()
     slots = asyncio.Semaphore(LARGE_SLOTS)
 
-    async def serve(request: GenerateRequest, meta: Metadata) -> GenerateResult:
+    async def serve(request: GenerateRequest, _meta: Metadata) -> GenerateResult:
         async with slots:
             generation = await backend.generate(request, lambda _text: None)
         return GenerateResult(
