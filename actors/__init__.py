@@ -7,7 +7,15 @@ from actors._context import Context
 from actors._lifecycle import ExitLink, ExitListener, ExitReason
 from actors._ref import AgentRef, LocalAgentRef, TypeRef
 from actors._reply import Reply
-from actors._runtime import AgentDefaults, Directory, EventBus, Runtime, Transport
+from actors._runtime import (
+    AgentDefaults,
+    Directory,
+    EventBus,
+    GenerationStream,
+    Inference,
+    Runtime,
+    Transport,
+)
 from actors._state import MemoryStore, StateStore
 from actors._timers import TimerHandle, Timers
 
@@ -22,6 +30,8 @@ __all__ = [
     "ExitLink",
     "ExitListener",
     "ExitReason",
+    "GenerationStream",
+    "Inference",
     "LocalAgentRef",
     "MemoryStore",
     "PingAgent",

@@ -8,13 +8,21 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from messages import Event, Unavailable, require_event
+from messages import (
+    BadRequest,
+    Event,
+    GenerateRequest,
+    GenerateResult,
+    Unavailable,
+    new_message_id,
+    require_event,
+)
 
 if TYPE_CHECKING:
     from actors._agent import Agent
     from actors._ref import AgentRef
     from actors._reply import Reply
-    from actors._runtime import Runtime
+    from actors._runtime import GenerationStream, Inference, Runtime
     from actors._state import StateStore
     from messages import Metadata
 
@@ -97,6 +105,43 @@ class Context:
         transport.publish(event, meta)
         return message_id
 
+    def generate(self, request: GenerateRequest | str, **fields: Any) -> GenerateResult:
+        """Ask the inference pool for a completion and wait for it (within this deadline).
+
+        `request` is a `GenerateRequest`, or a prompt string with the
+        request's other fields as keywords. The generation inherits this
+        message's deadline and priority.
+
+        Raises:
+            messages.Unavailable: If the node runs no inference pool.
+            messages.AgentError: Overloaded, timeout, bad request, ...
+        """
+        return self._inference().generate(_request(request, fields), self._cause())
+
+    def generate_stream(self, request: GenerateRequest | str, **fields: Any) -> GenerationStream:
+        """Like `generate`, but iterate over the chunks as they are produced.
+
+        The final `GenerateResult` is the stream's `result` once the
+        iteration ends; `close()` it to stop early and free the slot.
+        """
+        return self._inference().stream(_request(request, fields), self._cause())
+
+    def _inference(self) -> Inference:
+        inference = self._agent.runtime.inference
+        if inference is None:
+            msg = f"node {self._agent.runtime.node} runs no inference pool"
+            raise Unavailable(msg)
+        return inference
+
+    def _cause(self) -> Metadata:
+        return msgspec.structs.replace(
+            self.metadata,
+            id=new_message_id(),
+            correlation_id=self.metadata.id,
+            sender=self._agent.name,
+            delivery=1,
+        )
+
     def remaining(self) -> float:
         """Seconds left before the deadline (negative once it has passed)."""
         return self.metadata.deadline - time.time()
@@ -125,3 +170,15 @@ class Context:
         if isinstance(target, str):
             return self._agent.runtime.ref(target)
         return target
+
+
+def _request(request: GenerateRequest | str, fields: dict[str, Any]) -> GenerateRequest:
+    if isinstance(request, GenerateRequest):
+        if fields:
+            return msgspec.structs.replace(request, **fields)
+        return request
+    try:
+        return msgspec.convert({"prompt": request, **fields}, GenerateRequest)
+    except msgspec.ValidationError as exc:
+        msg = f"bad generate() arguments: {exc}"
+        raise BadRequest(msg) from exc

@@ -15,10 +15,19 @@ from actors._ref import TypeRef
 from actors._timers import Timers
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from actors._agent import Agent
     from actors._call import Call
     from actors._state import StateStore
-    from messages import Event, Metadata, SupervisionEvent
+    from messages import (
+        Event,
+        GenerateRequest,
+        GenerateResult,
+        Metadata,
+        SupervisionEvent,
+        TokenChunk,
+    )
 
 EventListener = Callable[["SupervisionEvent"], None]
 
@@ -42,6 +51,39 @@ class Transport(Protocol):
         Raises:
             messages.AgentError: Typed failure (unavailable, timeout, ...).
         """
+        ...
+
+
+class Inference(Protocol):
+    """How agents reach the inference pool (`ctx.generate`); the pool lives on the I/O loop."""
+
+    def generate(self, request: GenerateRequest, meta: Metadata) -> GenerateResult:
+        """Generate and wait for the result, no later than `meta.deadline`.
+
+        Raises:
+            messages.AgentError: Typed failure (overloaded, timeout, bad request, ...).
+        """
+        ...
+
+    def stream(self, request: GenerateRequest, meta: Metadata) -> GenerationStream:
+        """Generate, yielding chunks as they come; the result follows the last."""
+        ...
+
+
+class GenerationStream(Protocol):
+    """Chunks of a generation as they arrive; `result` once the iteration ends."""
+
+    def __iter__(self) -> Iterator[TokenChunk]:
+        """Yield chunks until the generation ends (raises its typed error, if any)."""
+        ...
+
+    @property
+    def result(self) -> GenerateResult:
+        """The final result (after the iteration has ended)."""
+        ...
+
+    def close(self) -> None:
+        """Stop early: the generation is cancelled and its slot freed."""
         ...
 
 
@@ -139,6 +181,7 @@ class Runtime:
     Attributes:
         transport: The bridge to other nodes, while one is connected.
         prefer_local: Serve asks to a type with local agents without the transport.
+        inference: The inference pool, while one runs (`ctx.generate`).
     """
 
     def __init__(
@@ -157,6 +200,7 @@ class Runtime:
         self._type_refs: dict[str, TypeRef] = {}
         self.transport: Transport | None = None
         self.prefer_local = True
+        self.inference: Inference | None = None
         self._closers: list[Callable[[], object]] = []
 
     def ref(self, agent_type: str) -> TypeRef:

@@ -7,9 +7,11 @@ from typing import Final
 
 from actors import Agent, AgentDefaults, MemoryStore, Runtime
 from bridges._bridge_child import embedded_server, embedded_server_child, nats_bridge_child
+from bridges._inference_child import inference_pool_child
 from bridges._loop import IoLoop
 from bridges._nats import NatsBridge
 from config import PoolSettings, Settings
+from inference import pool_from_settings
 from messages import ConfigError
 from supervisors import (
     Backoff,
@@ -23,6 +25,7 @@ from supervisors import (
 
 ROOT_NAME: Final = "root"
 BRIDGES_NAME: Final = "bridges"
+INFERENCE_NAME: Final = "inference"
 
 
 def import_agent(path: str, *, key: str) -> type[Agent]:
@@ -78,12 +81,29 @@ def _backoff(settings: Settings) -> Backoff:
     )
 
 
+def _inference_spec(settings: Settings, runtime: Runtime, io: IoLoop) -> SupervisorSpec:
+    """The inference supervisor: the pool, built from `[inference]`."""
+    return SupervisorSpec(
+        name=INFERENCE_NAME,
+        strategy=Strategy.ONE_FOR_ONE,
+        children=[
+            inference_pool_child(
+                runtime,
+                io,
+                lambda: pool_from_settings(settings.inference),
+                shutdown=settings.supervision.shutdown_timeout,
+            )
+        ],
+        max_restarts=settings.supervision.max_restarts,
+        period=settings.supervision.period,
+        backoff=_backoff(settings),
+    )
+
+
 def _bridges_spec(
-    settings: Settings, runtime: Runtime, agents: list[type[Agent]]
+    settings: Settings, runtime: Runtime, io: IoLoop, agents: list[type[Agent]]
 ) -> SupervisorSpec:
     """The bridges supervisor: the embedded server (if needed), then the NATS bridge."""
-    io = IoLoop(name=f"actorfleet-io-{runtime.node}").start()
-    runtime.add_closer(io.stop)
     shutdown = settings.supervision.shutdown_timeout
     children = []
     server = embedded_server(settings.nats)
@@ -107,10 +127,11 @@ def _bridges_spec(
 
 
 def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
-    """A node: one supervisor per agent pool, then the bridges (NATS) supervisor.
+    """A node: the inference pool, one supervisor per agent pool, then the bridges.
 
-    Agents start before the bridge subscribes for them, and the bridge drains
-    before they stop (shutdown runs in reverse start order).
+    The inference pool starts before the agents that may use it; agents start
+    before the bridge subscribes for them, and the bridge drains before they
+    stop (shutdown runs in reverse start order).
 
     Raises:
         ConfigError: If a pool names an agent class that cannot be imported.
@@ -123,8 +144,14 @@ def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
         _pool_spec(agent_class, pool, settings, runtime)
         for agent_class, pool in zip(agents, settings.pools, strict=True)
     ]
-    if settings.nats.enabled:
-        specs.append(_bridges_spec(settings, runtime, list(dict.fromkeys(agents))))
+    if settings.nats.enabled or settings.inference.tiers:
+        io = IoLoop(name=f"actorfleet-io-{runtime.node}").start()
+        runtime.add_closer(io.stop)
+        if settings.inference.tiers:
+            # Before the agents, which may generate as soon as they start.
+            specs.insert(0, _inference_spec(settings, runtime, io))
+        if settings.nats.enabled:
+            specs.append(_bridges_spec(settings, runtime, io, list(dict.fromkeys(agents))))
     root = SupervisorSpec(
         name=ROOT_NAME,
         strategy=Strategy.ONE_FOR_ONE,

@@ -139,6 +139,75 @@ class EventSettings(_Section, frozen=True, kw_only=True):
     max_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 64
 
 
+class ScriptedRule(_Section, frozen=True, kw_only=True):
+    """Answer `reply` when `pattern` (a regular expression) is in the prompt's last line."""
+
+    pattern: str
+    reply: str
+
+
+class ScriptedBackendSettings(
+    _Section, frozen=True, kw_only=True, tag="scripted", tag_field="kind"
+):
+    """The scripted backend: rule-driven replies, no model (tests, GPU-less runs).
+
+    Attributes:
+        model: Name shown in results.
+        rules: Tried in order; the first match answers.
+        default_reply: The reply when no rule matches.
+        token_delay: Seconds per generated word (simulated decoding).
+        prefill_delay: Seconds before the first word (simulated prefill).
+        capacity: Generations one worker runs at once.
+        context_length: Most prompt plus completion tokens (words).
+    """
+
+    model: str = "scripted"
+    rules: list[ScriptedRule] = msgspec.field(default_factory=list)
+    default_reply: str = "I do not have a scripted answer for that."
+    token_delay: NonNegative = 0.0
+    prefill_delay: NonNegative = 0.0
+    capacity: Annotated[int, msgspec.Meta(ge=1)] = 4
+    context_length: Annotated[int, msgspec.Meta(ge=1)] = 4096
+
+
+BackendSettings = ScriptedBackendSettings
+
+
+class TierSettings(_Section, frozen=True, kw_only=True):
+    """One model tier of the inference pool (list them largest first).
+
+    Attributes:
+        name: `large`, `small`, ... (requests name it in `tier`).
+        backend: The backend and its settings; `kind` says which.
+        workers: Workers of this tier, each running one backend.
+        queue_bound: Requests that may wait for a slot.
+        degrade_wait: How long, as a share of the tier's expected service
+            time, a request that may degrade waits before a smaller tier takes it.
+        breaker_threshold: Consecutive failures that take the tier out.
+        breaker_cooldown: Seconds out before a probe request is let in.
+    """
+
+    name: Token
+    backend: BackendSettings
+    workers: Annotated[int, msgspec.Meta(ge=1)] = 1
+    queue_bound: Count = 64
+    degrade_wait: NonNegative = 0.25
+    breaker_threshold: Annotated[int, msgspec.Meta(ge=1)] = 3
+    breaker_cooldown: NonNegative = 5.0
+
+
+class InferenceSettings(_Section, frozen=True, kw_only=True):
+    """The inference pool behind `ctx.generate`.
+
+    Attributes:
+        default_tier: The tier of a request that names none; empty: the first.
+        tiers: The tiers, largest first; none means no pool on this node.
+    """
+
+    default_tier: str = ""
+    tiers: list[TierSettings] = msgspec.field(default_factory=list)
+
+
 class PoolSettings(_Section, frozen=True, kw_only=True):
     """A pool of agents of one class under its own supervisor.
 
@@ -162,6 +231,7 @@ class Settings(_Section, frozen=True, kw_only=True):
     state: StateSettings = msgspec.field(default_factory=StateSettings)
     nats: NatsSettings = msgspec.field(default_factory=NatsSettings)
     events: EventSettings = msgspec.field(default_factory=EventSettings)
+    inference: InferenceSettings = msgspec.field(default_factory=InferenceSettings)
     pools: list[PoolSettings] = msgspec.field(default_factory=list)
 
 

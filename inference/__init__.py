@@ -2,6 +2,7 @@
 
 from inference._backend import Backend, Emit, Generation, prompt_text
 from inference._breaker import Breaker, BreakerState
+from inference._client import PoolClient, Stream
 from inference._pool import (
     InferencePool,
     PoolFull,
@@ -9,7 +10,8 @@ from inference._pool import (
     TierSpec,
     TierStatistics,
 )
-from inference._scripted import Rule, ScriptedBackend
+from inference._scripted import Rule, ScriptedBackend, scripted_from_settings
+from inference._settings import pool_from_settings
 
 __all__ = [
     "Backend",
@@ -18,11 +20,15 @@ __all__ = [
     "Emit",
     "Generation",
     "InferencePool",
+    "PoolClient",
     "PoolFull",
     "PoolStatistics",
     "Rule",
     "ScriptedBackend",
+    "Stream",
     "TierSpec",
     "TierStatistics",
+    "pool_from_settings",
     "prompt_text",
+    "scripted_from_settings",
 ]

@@ -380,6 +380,9 @@ class InferencePool:
 
     def _validate(self, job: _Job, tier: _Tier) -> None:
         prompt_text(job.request)
+        if job.request.max_tokens < 1:
+            msg = f"max_tokens must be at least 1, not {job.request.max_tokens}"
+            raise BadRequest(msg)
         prompt_tokens = tier.workers[0].count_tokens(job.request)
         if prompt_tokens + job.request.max_tokens > tier.context_length:
             msg = (

@@ -10,12 +10,15 @@ import asyncio
 import re
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
 from inference._backend import Emit, Generation, prompt_text
 from messages import FinishReason, GenerateRequest
+
+if TYPE_CHECKING:
+    from config import ScriptedBackendSettings
 
 NAME: Final = "scripted"
 DEFAULT_REPLY: Final = "I do not have a scripted answer for that."
@@ -130,3 +133,16 @@ class ScriptedBackend:
             completion_tokens=len(tokens),
             first_token_s=first_token_s,
         )
+
+
+def scripted_from_settings(settings: ScriptedBackendSettings) -> ScriptedBackend:
+    """A scripted backend configured by a tier's `[backend]` table."""
+    return ScriptedBackend(
+        [Rule(pattern=r.pattern, reply=r.reply) for r in settings.rules],
+        default=settings.default_reply,
+        model=settings.model,
+        token_delay=settings.token_delay,
+        prefill_delay=settings.prefill_delay,
+        capacity=settings.capacity,
+        context_length=settings.context_length,
+    )

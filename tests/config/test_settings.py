@@ -79,6 +79,12 @@ def test_every_key_of_the_settings_is_documented_in_default_toml() -> None:
         config.BackoffSettings,
         config.PoolSettings,
         config.StateSettings,
+        config.NatsSettings,
+        config.EventSettings,
+        config.InferenceSettings,
+        config.TierSettings,
+        config.ScriptedBackendSettings,
+        config.ScriptedRule,
     ):
         for key in section.__struct_fields__:
             assert f"{key} =" in text or f"{key}:" in text or f".{key}]" in text, key

@@ -1,0 +1,31 @@
+"""Build the pool's tiers from settings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from inference._pool import InferencePool, TierSpec
+from inference._scripted import scripted_from_settings
+
+if TYPE_CHECKING:
+    from config import InferenceSettings
+
+
+def pool_from_settings(settings: InferenceSettings) -> InferencePool:
+    """An inference pool with fresh backends for each tier's workers.
+
+    Raises:
+        ValueError: If there are no tiers or the default tier is unknown.
+    """
+    tiers = [
+        TierSpec(
+            name=tier.name,
+            workers=[scripted_from_settings(tier.backend) for _ in range(tier.workers)],
+            queue_bound=tier.queue_bound,
+            degrade_wait=tier.degrade_wait,
+            breaker_threshold=tier.breaker_threshold,
+            breaker_cooldown=tier.breaker_cooldown,
+        )
+        for tier in settings.tiers
+    ]
+    return InferencePool(tiers, default_tier=settings.default_tier or None)
