@@ -42,6 +42,9 @@ class InferencePoolAgent(Agent):
     def _detach(self) -> None:
         if self.runtime.inference is self.client:
             self.runtime.inference = None
+        io = self.client.io
+        if io.running:
+            io.submit(self.client.pool.aclose())
 
 
 def inference_pool_child(

@@ -170,7 +170,27 @@ class ScriptedBackendSettings(
     context_length: Annotated[int, msgspec.Meta(ge=1)] = 4096
 
 
-BackendSettings = ScriptedBackendSettings
+class OpenAIBackendSettings(_Section, frozen=True, kw_only=True, tag="openai", tag_field="kind"):
+    """Any OpenAI-compatible server (vLLM, TabbyAPI, llama.cpp server), streamed.
+
+    Attributes:
+        url: Base URL up to `/v1`, e.g. `http://127.0.0.1:8000/v1`.
+        model: The model name the server serves.
+        api_key_env: Environment variable holding the API key; empty: none.
+        capacity: Requests one worker sends at once.
+        context_length: The model's context, in tokens.
+        connect_timeout: Seconds to connect.
+    """
+
+    url: str
+    model: str
+    api_key_env: str = ""
+    capacity: Annotated[int, msgspec.Meta(ge=1)] = 8
+    context_length: Annotated[int, msgspec.Meta(ge=1)] = 8192
+    connect_timeout: Positive = 5.0
+
+
+BackendSettings = ScriptedBackendSettings | OpenAIBackendSettings
 
 
 class TierSettings(_Section, frozen=True, kw_only=True):

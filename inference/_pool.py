@@ -275,6 +275,7 @@ class InferencePool:
             msg = f"default tier {self.default_tier!r} is not one of {list(self._by_name)}"
             raise ValueError(msg)
         self.admissions = self.degrades = self.rejections = 0
+        self._idle: asyncio.Event | None = None
 
     @property
     def tier_names(self) -> list[str]:
@@ -514,33 +515,51 @@ class InferencePool:
             job.fail(Unavailable(f"the {tier.name} worker failed: {type(exc).__name__}"))
         else:
             verdict = True
-            finished = time.monotonic()
-            tier.learn(generation, started, finished)
             tier.breaker.success()
-            if not job.future.done():
-                job.future.set_result(
-                    GenerateResult(
-                        text=generation.text,
-                        finish_reason=generation.finish_reason,
-                        usage=Usage(
-                            prompt_tokens=generation.prompt_tokens,
-                            completion_tokens=generation.completion_tokens,
-                            queue_s=queue_s,
-                            prefill_s=generation.first_token_s,
-                            generate_s=max(finished - started - generation.first_token_s, 0.0),
-                        ),
-                        tier=tier.name,
-                        model=backend.model,
-                        backend=backend.name,
-                        degraded=job.degraded,
-                    )
-                )
+            self._succeed(job, tier, backend, generation, started=started, queue_s=queue_s)
         finally:
-            if not verdict:
-                tier.breaker.release_probe()
-            tier.busy[worker] -= 1
-            del tier.running[job]
-            self._pump(tier)
+            self._release(job, tier, worker, verdict=verdict)
+
+    def _succeed(
+        self,
+        job: _Job,
+        tier: _Tier,
+        backend: Backend,
+        generation: Generation,
+        *,
+        started: float,
+        queue_s: float,
+    ) -> None:
+        finished = time.monotonic()
+        tier.learn(generation, started, finished)
+        if job.future.done():
+            return
+        job.future.set_result(
+            GenerateResult(
+                text=generation.text,
+                finish_reason=generation.finish_reason,
+                usage=Usage(
+                    prompt_tokens=generation.prompt_tokens,
+                    completion_tokens=generation.completion_tokens,
+                    queue_s=queue_s,
+                    prefill_s=generation.first_token_s,
+                    generate_s=max(finished - started - generation.first_token_s, 0.0),
+                ),
+                tier=tier.name,
+                model=backend.model,
+                backend=backend.name,
+                degraded=job.degraded,
+            )
+        )
+
+    def _release(self, job: _Job, tier: _Tier, worker: int, *, verdict: bool) -> None:
+        if not verdict:
+            tier.breaker.release_probe()
+        tier.busy[worker] -= 1
+        del tier.running[job]
+        self._pump(tier)
+        if self._idle is not None and self._is_idle():
+            self._idle.set()
 
     def _cancel(self, job: _Job) -> None:
         """The caller went away: drop the job from its queue, or stop its run."""
@@ -550,6 +569,25 @@ class InferencePool:
             tier.queues[job.meta.priority].remove(job)
         if job.task is not None and not job.task.done():
             job.task.cancel()
+
+    def _is_idle(self) -> bool:
+        return all(t.in_flight == 0 and t.queued == 0 for t in self._tiers)
+
+    async def join(self) -> None:
+        """Wait until no generation runs or waits (for shutdown, and tests)."""
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        while not self._is_idle():
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def aclose(self) -> None:
+        """Close the backends that hold connections (HTTP clients)."""
+        for tier in self._tiers:
+            for worker in tier.workers:
+                close = getattr(worker, "aclose", None)
+                if close is not None:
+                    await close()
 
     # -- health ---------------------------------------------------------------
 

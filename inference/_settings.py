@@ -4,11 +4,30 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from config import OpenAIBackendSettings, ScriptedBackendSettings
+from inference._openai import OpenAIBackend, api_key_from_env
 from inference._pool import InferencePool, TierSpec
 from inference._scripted import scripted_from_settings
 
 if TYPE_CHECKING:
-    from config import InferenceSettings
+    from config import BackendSettings, InferenceSettings
+    from inference._backend import Backend
+
+
+def backend_from_settings(settings: BackendSettings) -> Backend:
+    """One worker's backend, as a tier's `[backend]` table describes it."""
+    match settings:
+        case ScriptedBackendSettings():
+            return scripted_from_settings(settings)
+        case OpenAIBackendSettings():
+            return OpenAIBackend(
+                settings.url,
+                settings.model,
+                api_key=api_key_from_env(settings.api_key_env),
+                capacity=settings.capacity,
+                context_length=settings.context_length,
+                connect_timeout=settings.connect_timeout,
+            )
 
 
 def pool_from_settings(settings: InferenceSettings) -> InferencePool:
@@ -20,7 +39,7 @@ def pool_from_settings(settings: InferenceSettings) -> InferencePool:
     tiers = [
         TierSpec(
             name=tier.name,
-            workers=[scripted_from_settings(tier.backend) for _ in range(tier.workers)],
+            workers=[backend_from_settings(tier.backend) for _ in range(tier.workers)],
             queue_bound=tier.queue_bound,
             degrade_wait=tier.degrade_wait,
             breaker_threshold=tier.breaker_threshold,

@@ -1,0 +1,219 @@
+"""The openai backend: any OpenAI-compatible server (vLLM, TabbyAPI, llama.cpp), streamed.
+
+It speaks `POST {url}/chat/completions` with `"stream": true` and reads the
+Server-Sent Events as they arrive, on the node's I/O loop through one
+shared `httpx.AsyncClient`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Final
+
+import httpx
+
+from inference._backend import Emit, Generation, prompt_text
+from messages import (
+    BadRequest,
+    FinishReason,
+    Forbidden,
+    GenerateRequest,
+    NotFound,
+    Overloaded,
+)
+
+NAME: Final = "openai"
+CHARS_PER_TOKEN: Final = 4
+_DATA: Final = "data:"
+_DONE: Final = "[DONE]"
+_FINISH: Final = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
+_HTTP_BAD_REQUEST: Final = 400
+_HTTP_UNAUTHORIZED: Final = 401
+_HTTP_FORBIDDEN: Final = 403
+_HTTP_NOT_FOUND: Final = 404
+_HTTP_UNPROCESSABLE: Final = 422
+_HTTP_TOO_MANY: Final = 429
+
+
+class UpstreamError(Exception):
+    """Raised when the model server fails (5xx, bad stream, connection lost)."""
+
+
+class OpenAIBackend:
+    """A tier worker backed by an OpenAI-compatible HTTP server.
+
+    Args:
+        url: Base URL up to `/v1` (e.g. `http://127.0.0.1:8000/v1`).
+        model: The model name the server serves.
+        api_key: Bearer token, if the server wants one.
+        capacity: Generations sent at once.
+        context_length: The model's context, in tokens.
+        connect_timeout: Seconds to connect.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        capacity: int = 8,
+        context_length: int = 8192,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._model = model
+        self._api_key = api_key
+        self._capacity = capacity
+        self._context_length = context_length
+        self._connect_timeout = connect_timeout
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def name(self) -> str:
+        """Always `openai`."""
+        return NAME
+
+    @property
+    def model(self) -> str:
+        """The served model's name."""
+        return self._model
+
+    @property
+    def capacity(self) -> int:
+        """Generations sent at once."""
+        return self._capacity
+
+    @property
+    def context_length(self) -> int:
+        """The model's context, in tokens."""
+        return self._context_length
+
+    def count_tokens(self, request: GenerateRequest) -> int:
+        """An estimate (4 characters a token): the server's tokenizer is not here."""
+        return len(prompt_text(request)) // CHARS_PER_TOKEN + 1
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+            self._client = httpx.AsyncClient(
+                headers=headers,
+                timeout=httpx.Timeout(None, connect=self._connect_timeout),
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def body(self, request: GenerateRequest) -> dict[str, Any]:
+        """The chat-completions request for `request`."""
+        if request.messages is not None:
+            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        else:
+            messages = [{"role": "user", "content": prompt_text(request)}]
+        body: dict[str, Any] = {
+            "model": self._model,
+            "messages": messages,
+            "max_tokens": request.max_tokens,
+            "temperature": request.sampling.temperature,
+            "top_p": request.sampling.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.sampling.top_k:
+            body["top_k"] = request.sampling.top_k
+        if request.sampling.repetition_penalty != 1.0:
+            body["repetition_penalty"] = request.sampling.repetition_penalty
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.stop:
+            body["stop"] = request.stop
+        return body
+
+    async def generate(self, request: GenerateRequest, emit: Emit) -> Generation:
+        """Stream one chat completion, emitting each content delta."""
+        started = time.monotonic()
+        first_token_s: float | None = None
+        pieces: list[str] = []
+        finish = FinishReason.STOP
+        usage: dict[str, int] = {}
+        try:
+            async with self._http().stream(
+                "POST", f"{self.url}/chat/completions", json=self.body(request)
+            ) as response:
+                if response.status_code >= _HTTP_BAD_REQUEST:
+                    await response.aread()
+                    raise _http_error(response)
+                async for line in response.aiter_lines():
+                    chunk = _event(line)
+                    if chunk is None:
+                        continue
+                    usage = chunk.get("usage") or usage
+                    for choice in chunk.get("choices") or ():
+                        text = (choice.get("delta") or {}).get("content") or ""
+                        if text:
+                            if first_token_s is None:
+                                first_token_s = time.monotonic() - started
+                            pieces.append(text)
+                            emit(text)
+                        reason = choice.get("finish_reason")
+                        if reason:
+                            finish = _FINISH.get(reason, FinishReason.STOP)
+        except httpx.HTTPError as exc:
+            msg = f"{self.url}: {type(exc).__name__}: {exc}"
+            raise UpstreamError(msg) from exc
+        text = "".join(pieces)
+        return Generation(
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=usage.get("prompt_tokens", self.count_tokens(request)),
+            completion_tokens=usage.get("completion_tokens", len(pieces)),
+            first_token_s=time.monotonic() - started if first_token_s is None else first_token_s,
+        )
+
+
+def _event(line: str) -> dict[str, Any] | None:
+    """The JSON of one `data:` line; None for other lines and the end marker."""
+    if not line.startswith(_DATA):
+        return None
+    data = line[len(_DATA) :].strip()
+    if not data or data == _DONE:
+        return None
+    try:
+        chunk = json.loads(data)
+    except ValueError as exc:
+        msg = f"malformed stream event: {data[:80]!r}"
+        raise UpstreamError(msg) from exc
+    if not isinstance(chunk, dict):
+        msg = f"malformed stream event: {data[:80]!r}"
+        raise UpstreamError(msg)
+    return chunk
+
+
+def _http_error(response: httpx.Response) -> Exception:
+    """The typed error for a refused request; upstream failures are not the caller's fault."""
+    status = response.status_code
+    detail = response.text[:200]
+    if status in {_HTTP_BAD_REQUEST, _HTTP_UNPROCESSABLE}:
+        return BadRequest(f"the model server refused the request: {detail}")
+    if status in {_HTTP_UNAUTHORIZED, _HTTP_FORBIDDEN}:
+        return Forbidden(f"the model server refused our credentials ({status})")
+    if status == _HTTP_NOT_FOUND:
+        return NotFound(f"the model server has no such model or route: {detail}")
+    if status == _HTTP_TOO_MANY:
+        retry = response.headers.get("retry-after")
+        return Overloaded(
+            "the model server is rate-limiting us",
+            retry_after=float(retry) if retry and retry.replace(".", "", 1).isdigit() else None,
+        )
+    return UpstreamError(f"the model server answered {status}: {detail}")
+
+
+def api_key_from_env(variable: str) -> str | None:
+    """The API key in environment variable `variable` (empty name: none)."""
+    return os.environ.get(variable) or None if variable else None
