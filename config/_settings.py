@@ -190,7 +190,23 @@ class OpenAIBackendSettings(_Section, frozen=True, kw_only=True, tag="openai", t
     connect_timeout: Positive = 5.0
 
 
-BackendSettings = ScriptedBackendSettings | OpenAIBackendSettings
+class ExLlamaV2BackendSettings(
+    _Section, frozen=True, kw_only=True, tag="exllamav2", tag_field="kind"
+):
+    """A quantized EXL2/GPTQ model on this node's CUDA GPU (the `gpu` extra).
+
+    Attributes:
+        model_dir: The model directory.
+        cache_mode: KV cache precision: `FP16`, `Q4`, `Q6` or `Q8`.
+        max_seq_len: Context length; 0 keeps the model's.
+    """
+
+    model_dir: str
+    cache_mode: Literal["FP16", "Q4", "Q6", "Q8"] = "FP16"
+    max_seq_len: Count = 0
+
+
+BackendSettings = ScriptedBackendSettings | OpenAIBackendSettings | ExLlamaV2BackendSettings
 
 
 class TierSettings(_Section, frozen=True, kw_only=True):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from config import OpenAIBackendSettings, ScriptedBackendSettings
+from config import ExLlamaV2BackendSettings, OpenAIBackendSettings, ScriptedBackendSettings
+from inference._exllamav2 import Engine, ExLlamaV2Backend
 from inference._openai import OpenAIBackend, api_key_from_env
 from inference._pool import InferencePool, TierSpec
 from inference._scripted import scripted_from_settings
@@ -28,6 +29,13 @@ def backend_from_settings(settings: BackendSettings) -> Backend:
                 context_length=settings.context_length,
                 connect_timeout=settings.connect_timeout,
             )
+        case ExLlamaV2BackendSettings():
+            engine = Engine(
+                settings.model_dir,
+                cache_mode=settings.cache_mode,
+                max_seq_len=settings.max_seq_len or None,
+            )
+            return ExLlamaV2Backend(engine)
 
 
 def pool_from_settings(settings: InferenceSettings) -> InferencePool:

@@ -1,0 +1,329 @@
+"""The exllamav2 backend: quantized EXL2/GPTQ models on a GPU, continuous batching.
+
+`Engine` owns one model, its cache and an `ExLlamaV2DynamicGenerator`, and
+drives the generator from its own thread: jobs come in through a queue,
+stream events go out through callbacks. `ExLlamaV2Backend` is the pool's
+`Backend` over an engine: it turns events into `emit` calls on the I/O loop
+and cancels the job when its task is cancelled (deadline passed, caller
+gone).
+
+exllamav2, torch and CUDA are imported only when an engine is built: on a
+machine without them, choosing this backend fails at start with a
+`ConfigError` that says what is missing.
+
+With flash-attn >= 2.5.7 the generator runs paged (continuous batching of
+many jobs); without it, unpaged, one job at a time, and the backend's
+`capacity` says so, so the pool never sends it more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from inference._backend import Emit, Generation, prompt_text
+from messages import ConfigError, FinishReason, GenerateRequest
+
+logger: Final = logging.getLogger("actorfleet.inference.exllamav2")
+
+NAME: Final = "exllamav2"
+CACHE_MODES: Final = ("FP16", "Q4", "Q6", "Q8")
+FLASH_ATTN_MIN: Final = (2, 5, 7)
+_CONFIG_KEY: Final = "inference.tiers.backend"
+
+Event = dict[str, Any]
+OnEvent = Callable[[Event], None]
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """`2.5.7.post1` -> (2, 5, 7): the numeric release part of a version."""
+    parts: list[int] = []
+    for piece in version.split("."):
+        digits = ""
+        for char in piece:
+            if not char.isdigit():
+                break
+            digits += char
+        if not digits:
+            break
+        parts.append(int(digits))
+        if digits != piece:
+            break
+    return tuple(parts)
+
+
+def paged_attention_available() -> bool:
+    """Whether flash-attn >= 2.5.7 is installed (paged attention, batching)."""
+    try:
+        installed = importlib.metadata.version("flash-attn")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return version_tuple(installed) >= FLASH_ATTN_MIN
+
+
+def render_prompt(request: GenerateRequest) -> str:
+    """The text the model reads: the raw prompt, or chat turns ending with `assistant:`."""
+    text = prompt_text(request)  # validates: exactly one of prompt and messages, not empty
+    if request.messages is None:
+        return text
+    turns = "".join(f"{m.role}: {m.content}\n" for m in request.messages)
+    return f"{turns}assistant:"
+
+
+class Engine:
+    """One model on the GPU and the thread that drives its dynamic generator.
+
+    Args:
+        model_dir: An EXL2 or GPTQ model directory.
+        cache_mode: `FP16`, `Q4`, `Q6` or `Q8` (the KV cache's precision).
+        max_seq_len: Context length; None keeps the model's.
+
+    Raises:
+        ConfigError: exllamav2 or torch is not installed, no CUDA device is
+            visible, or the cache mode is unknown.
+    """
+
+    def __init__(
+        self, model_dir: str, *, cache_mode: str = "FP16", max_seq_len: int | None = None
+    ) -> None:
+        if cache_mode not in CACHE_MODES:
+            raise ConfigError(_CONFIG_KEY, f"cache_mode must be one of {CACHE_MODES}")
+        try:
+            import torch  # noqa: PLC0415 - optional, GPU only
+            from exllamav2 import (  # noqa: PLC0415
+                ExLlamaV2,
+                ExLlamaV2Cache,
+                ExLlamaV2Cache_Q4,
+                ExLlamaV2Cache_Q6,
+                ExLlamaV2Cache_Q8,
+                ExLlamaV2Config,
+                ExLlamaV2Tokenizer,
+            )
+            from exllamav2.generator import (  # noqa: PLC0415
+                ExLlamaV2DynamicGenerator,
+                ExLlamaV2DynamicJob,
+                ExLlamaV2Sampler,
+            )
+        except ImportError as exc:
+            msg = f"the exllamav2 backend needs the 'gpu' extra (pip install '.[gpu]'): {exc}"
+            raise ConfigError(_CONFIG_KEY, msg) from exc
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                _CONFIG_KEY, "the exllamav2 backend needs a CUDA GPU; none is visible"
+            )
+        caches = {
+            "FP16": ExLlamaV2Cache,
+            "Q4": ExLlamaV2Cache_Q4,
+            "Q6": ExLlamaV2Cache_Q6,
+            "Q8": ExLlamaV2Cache_Q8,
+        }
+        self._torch = torch
+        self._job_class = ExLlamaV2DynamicJob
+        self._sampler = ExLlamaV2Sampler
+        config = ExLlamaV2Config(model_dir)
+        if max_seq_len is not None:
+            config.max_seq_len = max_seq_len
+        self.paged = paged_attention_available()
+        if not self.paged:
+            config.no_flash_attn = True
+        self.model = ExLlamaV2(config)
+        cache = caches[cache_mode](self.model, max_seq_len=config.max_seq_len, lazy=True)
+        self.model.load_autosplit(cache)
+        self.tokenizer = ExLlamaV2Tokenizer(config)
+        self.generator = ExLlamaV2DynamicGenerator(
+            model=self.model,
+            cache=cache,
+            tokenizer=self.tokenizer,
+            paged=self.paged,
+            max_batch_size=None if self.paged else 1,
+        )
+        self.capacity = self.generator.max_batch_size if self.paged else 1
+        self.context_length: int = config.max_seq_len
+        self.model_name = model_dir.rstrip("/").rsplit("/", 1)[-1]
+        self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._callbacks: dict[int, OnEvent] = {}
+        self._jobs: dict[int, Any] = {}
+        self._next_id = 0
+        self._id_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._drive, name="exllamav2-engine", daemon=True)
+        self._stopped = False
+        self._thread.start()
+
+    def encode(self, text: str) -> Any:
+        """Token ids (a [1, n] tensor) of `text`, with the BOS token."""
+        return self.tokenizer.encode(text, add_bos=True)
+
+    def submit(self, request: GenerateRequest, on_event: OnEvent) -> int:
+        """Queue a generation; `on_event(event)` is called from the engine thread."""
+        settings = self._sampler.Settings()
+        settings.temperature = request.sampling.temperature
+        settings.top_p = request.sampling.top_p
+        settings.top_k = request.sampling.top_k
+        settings.token_repetition_penalty = request.sampling.repetition_penalty
+        stops: list[int | str] = [self.tokenizer.eos_token_id, *request.stop]
+        with self._id_lock:
+            job_id = self._next_id
+            self._next_id += 1
+        job = self._job_class(
+            input_ids=self.encode(render_prompt(request)),
+            max_new_tokens=request.max_tokens,
+            gen_settings=settings,
+            seed=request.seed,
+            stop_conditions=stops,
+            identifier=job_id,
+        )
+        self._commands.put(("enqueue", (job_id, job, on_event)))
+        return job_id
+
+    def cancel(self, job_id: int) -> None:
+        """Stop a job (its slot and cache pages are freed on the engine thread)."""
+        self._commands.put(("cancel", job_id))
+
+    def close(self) -> None:
+        """Stop the engine thread (jobs still running are dropped)."""
+        self._stopped = True
+        self._commands.put(("stop", None))
+        self._thread.join(timeout=10)
+
+    def _drive(self) -> None:
+        while not self._stopped:
+            idle = not self.generator.num_remaining_jobs()
+            try:
+                command = self._commands.get() if idle else self._commands.get_nowait()
+            except queue.Empty:
+                command = None
+            if command is not None:
+                self._apply(*command)
+                continue
+            try:
+                results = self.generator.iterate()
+            except Exception as exc:
+                logger.exception("the dynamic generator failed")
+                self._fail_all(exc)
+                continue
+            for event in results:
+                self._deliver(event)
+
+    def _apply(self, verb: str, argument: Any) -> None:
+        if verb == "enqueue":
+            job_id, job, on_event = argument
+            self._callbacks[job_id] = on_event
+            self._jobs[job_id] = job
+            try:
+                self.generator.enqueue(job)
+            except Exception as exc:  # noqa: BLE001 - e.g. the job cannot fit the cache
+                self._callbacks.pop(job_id, None)
+                self._jobs.pop(job_id, None)
+                on_event({"error": exc})
+        elif verb == "cancel":
+            job = self._jobs.pop(argument, None)
+            self._callbacks.pop(argument, None)
+            if job is not None:
+                self.generator.cancel(job)
+
+    def _deliver(self, event: Event) -> None:
+        job_id = event.get("identifier")
+        if not isinstance(job_id, int):
+            return
+        callback = self._callbacks.get(job_id)
+        if callback is None:
+            return
+        if event.get("eos"):
+            self._callbacks.pop(job_id, None)
+            self._jobs.pop(job_id, None)
+        callback(event)
+
+    def _fail_all(self, error: Exception) -> None:
+        callbacks, self._callbacks = self._callbacks, {}
+        for job in self._jobs.values():
+            try:
+                self.generator.cancel(job)
+            except Exception:
+                logger.debug("cancel after failure failed", exc_info=True)
+        self._jobs.clear()
+        for callback in callbacks.values():
+            callback({"error": error})
+
+
+class GeneratorFailed(Exception):
+    """Raised when the engine reports a failure for a job."""
+
+
+class ExLlamaV2Backend:
+    """The pool's view of an `Engine`: async, streaming, cancellable."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @property
+    def name(self) -> str:
+        """Always `exllamav2`."""
+        return NAME
+
+    @property
+    def model(self) -> str:
+        """The model directory's name."""
+        return self.engine.model_name
+
+    @property
+    def capacity(self) -> int:
+        """Jobs batched at once: the generator's batch size, or 1 when unpaged."""
+        return self.engine.capacity
+
+    @property
+    def context_length(self) -> int:
+        """The model's context length."""
+        return self.engine.context_length
+
+    def count_tokens(self, request: GenerateRequest) -> int:
+        """Prompt tokens, by the model's own tokenizer."""
+        return int(self.engine.encode(render_prompt(request)).shape[-1])
+
+    async def generate(self, request: GenerateRequest, emit: Emit) -> Generation:
+        """Run one job on the engine, streaming its text through `emit`."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        started = time.monotonic()
+
+        def on_event(event: Event) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        job_id = self.engine.submit(request, on_event)
+        first_token_s: float | None = None
+        pieces: list[str] = []
+        try:
+            while True:
+                event = await events.get()
+                if "error" in event:
+                    msg = f"the exllamav2 generator failed: {event['error']}"
+                    raise GeneratorFailed(msg)
+                text = event.get("text", "")
+                if text:
+                    if first_token_s is None:
+                        first_token_s = time.monotonic() - started
+                    pieces.append(text)
+                    emit(text)
+                if event.get("eos"):
+                    return _generation(event, pieces, first_token_s, started)
+        except asyncio.CancelledError:
+            self.engine.cancel(job_id)
+            raise
+
+
+def _generation(
+    event: Event, pieces: list[str], first_token_s: float | None, started: float
+) -> Generation:
+    reason = event.get("eos_reason")
+    return Generation(
+        text="".join(pieces),
+        finish_reason=FinishReason.LENGTH if reason == "max_new_tokens" else FinishReason.STOP,
+        prompt_tokens=int(event.get("prompt_tokens", 0)),
+        completion_tokens=int(event.get("new_tokens", len(pieces))),
+        first_token_s=time.monotonic() - started if first_token_s is None else first_token_s,
+    )
