@@ -32,19 +32,19 @@ NORMAL = ExitReason(ExitKind.NORMAL)
 
 
 class ExitLink:
-    """A one-shot exit notice from a child to whoever linked to it.
+    """A one-shot exit notice from a child to every party linked to it.
 
     Linking after the child has exited delivers the exit at once, as linking
     to a dead process does in Erlang, so a child that dies while it is being
-    started is never missed.
+    started is never missed. Listeners run in the order they linked.
     """
 
-    __slots__ = ("_exited", "_listener", "_lock", "_once", "reason")
+    __slots__ = ("_exited", "_listeners", "_lock", "_once", "reason")
 
     def __init__(self) -> None:
         self._exited = threading.Event()
         self._lock = threading.Lock()
-        self._listener: ExitListener | None = None
+        self._listeners: list[ExitListener] = []
         self._once = itertools.count()
         self.reason: ExitReason | None = None
 
@@ -53,19 +53,19 @@ class ExitLink:
         with self._lock:
             reason = self.reason
             if reason is None:
-                self._listener = listener
+                self._listeners.append(listener)
                 return
         listener(reason)
 
     def exit(self, reason: ExitReason) -> bool:
-        """Record the exit and notify the listener; only the first call counts."""
+        """Record the exit and notify the listeners; only the first call counts."""
         if next(self._once):
             return False
         with self._lock:
             self.reason = reason
-            listener, self._listener = self._listener, None
+            listeners, self._listeners = self._listeners, []
         self._exited.set()
-        if listener is not None:
+        for listener in listeners:
             listener(reason)
         return True
 

@@ -268,6 +268,10 @@ class TypeRef(_RefBase):
             return True
         return transport.deliver(self._agent_type, call)
 
+    def members(self) -> tuple[Agent, ...]:
+        """The live local agents of the type."""
+        return self._runtime.directory.members(self._agent_type)
+
     def deliver_local(self, call: Call) -> bool:
         """Put `call` in the mailbox of a live local member; False if there is none."""
         members = self._runtime.directory.members(self._agent_type)

@@ -110,19 +110,44 @@ class Directory:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._members: dict[str, tuple[Agent, ...]] = {}
+        self._watchers: dict[str, tuple[Callable[[int], None], ...]] = {}
 
     def register(self, agent: Agent) -> None:
         """Add a live agent under its type."""
         with self._lock:
             current = self._members.get(agent.agent_type, ())
             self._members[agent.agent_type] = (*current, agent)
+        self._notify(agent.agent_type)
 
     def unregister(self, agent: Agent) -> None:
         """Remove an agent (no-op if it is not registered)."""
         with self._lock:
             current = self._members.get(agent.agent_type, ())
-            if agent in current:
-                self._members[agent.agent_type] = tuple(a for a in current if a is not agent)
+            if agent not in current:
+                return
+            self._members[agent.agent_type] = tuple(a for a in current if a is not agent)
+        self._notify(agent.agent_type)
+
+    def watch(self, agent_type: str, watcher: Callable[[int], None]) -> Callable[[], None]:
+        """Call `watcher(count)` whenever an agent of `agent_type` comes or goes.
+
+        It runs on the thread that registered or unregistered the agent and
+        must be quick. Returns a function that stops the watching.
+        """
+        with self._lock:
+            self._watchers[agent_type] = (*self._watchers.get(agent_type, ()), watcher)
+
+        def unwatch() -> None:
+            with self._lock:
+                current = self._watchers.get(agent_type, ())
+                self._watchers[agent_type] = tuple(w for w in current if w is not watcher)
+
+        return unwatch
+
+    def _notify(self, agent_type: str) -> None:
+        count = len(self._members.get(agent_type, ()))
+        for watcher in self._watchers.get(agent_type, ()):
+            watcher(count)
 
     def members(self, agent_type: str) -> tuple[Agent, ...]:
         """The live local agents of a type."""

@@ -73,7 +73,8 @@ class Timers:
             with self._cond:
                 while not self._closed and (not self._heap or self._heap[0][0] > time.monotonic()):
                     wait = self._heap[0][0] - time.monotonic() if self._heap else None
-                    self._cond.wait(wait)
+                    # An absurd (or infinite) delay waits as long as a wait may.
+                    self._cond.wait(None if wait is None else min(wait, threading.TIMEOUT_MAX))
                 if self._closed:
                     return
                 _, _, handle = heapq.heappop(self._heap)

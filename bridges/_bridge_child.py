@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,8 +12,9 @@ from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 from actors import Agent, LocalAgentRef, Runtime
-from bridges._embedded import NatsServer, port_answers
+from bridges._embedded import LOOPBACK, NatsServer, port_answers
 from bridges._nats import NatsBridge
+from messages import Unavailable
 from supervisors import ChildHandle, ChildKind, ChildSpec, ProcessChild, Restart
 
 if TYPE_CHECKING:
@@ -66,7 +69,9 @@ def nats_bridge_child(make_bridge: Callable[[], NatsBridge], *, shutdown: float)
 
     def start() -> ChildHandle:
         bridge = make_bridge()
-        wait_for_server(bridge.url, timeout=bridge.settings.connect_timeout)
+        if not wait_for_server(bridge.url, timeout=bridge.settings.connect_timeout):
+            msg = f"no NATS server answers at {bridge.url}"
+            raise Unavailable(msg)
         bridge.io.run(bridge.start(), timeout=bridge.settings.connect_timeout + _START_MARGIN)
         handle: LocalAgentRef = NatsBridgeAgent.spawn(bridge.runtime, instance="0", bridge=bridge)
         return handle
@@ -92,26 +97,48 @@ def embedded_server_child(server: NatsServer, *, shutdown: float) -> ChildSpec:
 
 
 def wait_for_server(url: str, *, timeout: float) -> bool:
-    """Wait until the first server of `url` accepts connections; False if it never does."""
-    host, port = host_port(url)
+    """Wait until a server of the `url` list accepts connections; False if none does."""
+    servers = host_ports(url)
     limit = time.monotonic() + timeout
-    while not port_answers(host, port):
+    while not any(port_answers(host, port) for host, port in servers):
         if time.monotonic() >= limit:
             return False
         time.sleep(_POLL)
     return True
 
 
-def host_port(url: str) -> tuple[str, int]:
-    """Host and port of the first server in a NATS URL list."""
-    first = url.split(",", maxsplit=1)[0].strip()
-    parts = urlsplit(first if "://" in first else f"nats://{first}")
-    return parts.hostname or "127.0.0.1", parts.port or _NATS_PORT
+def host_ports(url: str) -> list[tuple[str, int]]:
+    """Host and port of each server in a comma-separated NATS URL list."""
+    found = []
+    for item in url.split(","):
+        text = item.strip()
+        parts = urlsplit(text if "://" in text else f"nats://{text}")
+        found.append((parts.hostname or LOOPBACK, parts.port or _NATS_PORT))
+    return found
 
 
 def embedded_server(settings: NatsSettings) -> NatsServer | None:
-    """The server to embed: None if one answers at the configured URL or embedding is off."""
-    if not settings.embed or port_answers(*host_port(settings.url)):
+    """The server to embed, or None.
+
+    None if embedding is off, if any server of the URL list answers, or if
+    the URL is not one loopback address: a node must not start a private
+    broker in place of a remote or clustered one that is down (it would cut
+    itself off). The embedded server listens on the URL's own port, so other
+    nodes on this host find it, and keeps its JetStream data in
+    `nats.store_dir` (default `<temp dir>/actorfleet-nats-<port>`).
+    """
+    servers = host_ports(settings.url)
+    if not settings.embed or any(port_answers(host, port) for host, port in servers):
         return None
-    store = Path(settings.store_dir or Path(gettempdir()) / "actorfleet-nats")
-    return NatsServer(store_dir=store)
+    [(host, port), *others] = servers
+    if others or not _is_loopback(host):
+        return None
+    store = Path(settings.store_dir or Path(gettempdir()) / f"actorfleet-nats-{port}")
+    return NatsServer(port=port, store_dir=store)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False

@@ -59,6 +59,9 @@ _FETCH_WAIT: Final = 1.0
 _RETRY_PAUSE: Final = 0.1
 _STREAM_IN_USE: Final = 10058
 _ACK_MARGIN: Final = 5.0
+_PER_AGENT: Final = 2
+# JetStream acknowledges a stored message in milliseconds; never wait longer than this.
+_PUBLISH_ACK_MAX: Final = 30.0
 
 
 class EventStatistics(msgspec.Struct, kw_only=True):
@@ -80,6 +83,31 @@ class Outcome(enum.StrEnum):
 
 
 SettleListener = Callable[[str, int, Outcome], None]
+
+
+class Flow:
+    """Events one consumer has handed out and not yet settled (loop thread only).
+
+    The bridge counts them too, so a graceful close waits for their acks.
+    """
+
+    def __init__(self, bridge: NatsBridge) -> None:
+        self.bridge = bridge
+        self.in_flight = 0
+        self._room = asyncio.Event()
+
+    def take(self) -> None:
+        self.in_flight += 1
+        self.bridge.track(+1)
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.bridge.track(-1)
+        self._room.set()
+
+    async def wait_for_room(self) -> None:
+        self._room.clear()
+        await self._room.wait()
 
 
 class EventRouter:
@@ -152,7 +180,6 @@ class EventRouter:
             with contextlib.suppress(nats.errors.Error):
                 await subscription.unsubscribe()
         self._subscriptions.clear()
-        self._js = None
 
     async def publish(self, event: Event, body: bytes, meta: Metadata) -> bool:
         """Store an encoded event; True if stored, False if its id was a duplicate.
@@ -163,7 +190,7 @@ class EventRouter:
         """
         event_name = self._event_name(require_event(event))
         headers = event_headers(meta)
-        timeout = meta.deadline - time.time()
+        timeout = min(meta.deadline - time.time(), _PUBLISH_ACK_MAX)
         try:
             ack = await self.js.publish(
                 self.bridge.subjects.event(event_name), body, timeout=timeout, headers=headers
@@ -194,18 +221,20 @@ class EventRouter:
         event_name = check_token(event_type.__name__, what="event type")
         durable = f"{agent_class.agent_type}_{event_name}"
         s = self.settings
-        subscription = await self.js.pull_subscribe(
-            self.bridge.subjects.event(event_name),
-            durable=durable,
-            stream=s.stream,
-            config=ConsumerConfig(
+        subject = self.bridge.subjects.event(event_name)
+        # Create, or update an existing durable to the current settings.
+        await self.js.add_consumer(
+            s.stream,
+            ConsumerConfig(
                 durable_name=durable,
+                filter_subject=subject,
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
                 ack_wait=s.handler_timeout + _ACK_MARGIN,
                 max_ack_pending=s.max_in_flight * 16,
             ),
         )
+        subscription = await self.js.pull_subscribe_bind(durable=durable, stream=s.stream)
         self._subscriptions.append(subscription)
         task = asyncio.ensure_future(self._pull(subscription, event_type, local))
         self._tasks.append(task)
@@ -216,33 +245,45 @@ class EventRouter:
         event_type: type[Event],
         local: TypeRef,
     ) -> None:
-        free = asyncio.Semaphore(self.settings.max_in_flight)
+        """Fetch no more events than the local agents can start soon.
+
+        Each live agent of the type gets at most `_PER_AGENT` events at a time
+        (one running, one waiting), so an event's handling deadline is not
+        spent queueing behind others, and events this node cannot take stay
+        on the server for other nodes. With no agent here, nothing is fetched.
+        """
         decoder = msgspec.msgpack.Decoder(event_type)
+        flow = Flow(self.bridge)
         while not self._stopping:
-            await free.acquire()
-            wanted = 1
-            while not free.locked() and wanted < self.settings.max_in_flight:
-                await free.acquire()
-                wanted += 1
+            members = len(self.bridge.runtime.directory.members(local.name))
+            limit = min(self.settings.max_in_flight, members * _PER_AGENT)
+            if limit == 0:
+                await asyncio.sleep(_RETRY_PAUSE)  # an agent restarting: look again soon
+                continue
+            wanted = limit - flow.in_flight
+            if wanted <= 0:
+                await flow.wait_for_room()
+                continue
             try:
                 messages = await subscription.fetch(wanted, timeout=_FETCH_WAIT)
             except (nats.errors.TimeoutError, TimeoutError):
-                messages = []
+                continue
+            except nats.errors.ConnectionClosedError:
+                return
             except (nats.errors.Error, OSError) as exc:
                 logger.debug("event fetch failed (%s); retrying", exc)
-                messages = []
                 await asyncio.sleep(_RETRY_PAUSE)
-            for _ in range(wanted - len(messages)):
-                free.release()
+                continue
             for msg in messages:
-                self._dispatch(msg, decoder, local, free)
+                flow.take()
+                self._dispatch(msg, decoder, local, flow)
 
     def _dispatch(
         self,
         msg: Msg,
         decoder: msgspec.msgpack.Decoder[Any],
         local: TypeRef,
-        free: asyncio.Semaphore,
+        free: Flow,
     ) -> None:
         delivery = msg.metadata.num_delivered or 1
         s = self.settings
@@ -264,9 +305,7 @@ class EventRouter:
             lambda r: self.bridge.outbox.put(self._on_handled, msg, r, delivery, free)
         )
 
-    async def _on_handled(
-        self, msg: Msg, reply: Reply[Any], delivery: int, free: asyncio.Semaphore
-    ) -> None:
+    async def _on_handled(self, msg: Msg, reply: Reply[Any], delivery: int, free: Flow) -> None:
         result = reply.result()
         if isinstance(result, BaseException):
             self.statistics.failed += 1
@@ -275,18 +314,16 @@ class EventRouter:
             self.statistics.handled += 1
             await self._settle(msg, None, final=True, free=free)
 
-    def _settle_soon(
-        self, msg: Msg, error: BaseException, *, final: bool, free: asyncio.Semaphore
-    ) -> None:
+    def _settle_soon(self, msg: Msg, error: BaseException, *, final: bool, free: Flow) -> None:
         self.bridge.outbox.put(self._settle_positional, msg, error, final, free)
 
     async def _settle_positional(
-        self, msg: Msg, error: BaseException | None, final: bool, free: asyncio.Semaphore
+        self, msg: Msg, error: BaseException | None, final: bool, free: Flow
     ) -> None:
         await self._settle(msg, error, final=final, free=free)
 
     async def _settle(
-        self, msg: Msg, error: BaseException | None, *, final: bool, free: asyncio.Semaphore
+        self, msg: Msg, error: BaseException | None, *, final: bool, free: Flow
     ) -> None:
         """Ack, nak or dead-letter; runs in the bridge's outbox (acks and naks are quick)."""
         if error is not None and final:
@@ -312,9 +349,7 @@ class EventRouter:
             free.release()
         self._notify(msg, outcome)
 
-    async def _dead_letter_and_term(
-        self, msg: Msg, error: BaseException, free: asyncio.Semaphore
-    ) -> None:
+    async def _dead_letter_and_term(self, msg: Msg, error: BaseException, free: Flow) -> None:
         try:
             await self._dead_letter(msg, error)
             await msg.term()

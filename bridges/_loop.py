@@ -82,8 +82,10 @@ class IoLoop:
         """Schedule `coro` on the loop; return a thread-safe future of its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def run(self, coro: Coroutine[Any, Any, T], *, timeout: float) -> T:
+    def run(self, coro: Coroutine[Any, Any, T], *, timeout: float | None) -> T:
         """Run `coro` on the loop and wait for its result, from another thread.
+
+        `timeout` None (or infinite) waits as long as it takes.
 
         Raises:
             RuntimeError: If called on the loop thread itself (it would deadlock).
@@ -95,6 +97,8 @@ class IoLoop:
             msg = "IoLoop.run() called on the loop thread"
             raise RuntimeError(msg)
         future = self.submit(coro)
+        if timeout is not None and timeout >= threading.TIMEOUT_MAX:
+            timeout = None
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:

@@ -39,6 +39,7 @@ from bridges._wire import (
     encode_reply_envelope,
     encode_request,
     envelope_decoder,
+    event_headers,
     is_envelope,
     metadata_from_headers,
     open_envelope,
@@ -68,6 +69,8 @@ if TYPE_CHECKING:
 logger: Final = logging.getLogger("actorfleet.nats")
 
 _VERSION: Final = "0.0.0"
+# Tries of a request while nodes answer "no agent of this type here".
+_ELSEWHERE_ATTEMPTS: Final = 3
 _MICRO_NAME_MAX: Final = 64
 
 
@@ -100,6 +103,20 @@ def request_types(agent_class: type[Agent]) -> tuple[type[Message], ...]:
 def event_types(agent_class: type[Agent]) -> tuple[type[Event], ...]:
     """The domain events an agent subscribes to."""
     return tuple(t for t in agent_class.handlers if isinstance(t, type) and issubclass(t, Event))
+
+
+class _Endpoint:
+    """One served agent type: its decoders, schema and (while it has agents) service."""
+
+    def __init__(self, agent_class: type[Agent], local: TypeRef) -> None:
+        self.agent_class = agent_class
+        self.local = local
+        self.types = request_types(agent_class)
+        union = typing.Union[self.types] if self.types else None  # noqa: UP007 - run time
+        self.decoders = (decoder_for(union), envelope_decoder(union)) if union is not None else None
+        self.schema = msgspec.json.encode(msgspec.json.schema(union)).decode() if union else "{}"
+        self.service: Service | None = None
+        self.lock = asyncio.Lock()
 
 
 class NatsBridge:
@@ -135,7 +152,8 @@ class NatsBridge:
         self.state_since = time.time()
         self.reconnects = 0
         self._nc: Client | None = None
-        self._services: list[Service] = []
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._unwatch: list[typing.Callable[[], None]] = []
         self._max_payload = 1 << 20
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -180,23 +198,26 @@ class NatsBridge:
         """
         self._set_state(ConnectionState.CONNECTING)
         s = self.settings
+        connect = nats.connect(
+            self.url.split(","),
+            name=self.runtime.node,
+            connect_timeout=max(1, math.ceil(s.connect_timeout)),
+            reconnect_time_wait=s.reconnect_wait,
+            # nats-py reads 0 as "forever"; here 0 means "never reconnect".
+            allow_reconnect=s.max_reconnect_attempts != 0,
+            max_reconnect_attempts=s.max_reconnect_attempts,
+            drain_timeout=max(1, math.ceil(s.drain_timeout)),
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            closed_cb=self._on_connection_closed,
+        )
         try:
-            self._nc = await nats.connect(
-                self.url.split(","),
-                name=self.runtime.node,
-                connect_timeout=max(1, math.ceil(s.connect_timeout)),
-                reconnect_time_wait=s.reconnect_wait,
-                max_reconnect_attempts=s.max_reconnect_attempts,
-                allow_reconnect=True,
-                drain_timeout=max(1, math.ceil(s.drain_timeout)),
-                error_cb=self._on_error,
-                disconnected_cb=self._on_disconnected,
-                reconnected_cb=self._on_reconnected,
-                closed_cb=self._on_connection_closed,
-            )
-        except (OSError, nats.errors.Error) as exc:
+            # With reconnects allowed nats-py retries the first connect forever.
+            self._nc = await asyncio.wait_for(connect, s.connect_timeout)
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
             self._set_state(ConnectionState.CLOSED)
-            msg = f"cannot connect to NATS at {self.url}: {exc}"
+            msg = f"cannot connect to NATS at {self.url}: {str(exc) or type(exc).__name__}"
             raise Unavailable(msg) from exc
         self._max_payload = self._nc.max_payload
         self._set_state(ConnectionState.CONNECTED)
@@ -212,41 +233,68 @@ class NatsBridge:
         self.runtime.transport = self
 
     async def close(self) -> None:
-        """Stop serving, wait (bounded) for in-flight replies, drain, disconnect.
+        """Stop serving, let in-flight work finish (bounded), drain, disconnect.
 
-        Replies to requests that were already handed to agents still go out:
-        the connection stays up until they are written or the drain timeout
-        passes.
+        Replies to requests already handed to agents, and acks of events
+        being handled, still go out: the connection stays up until they are
+        written or `nats.drain_timeout` passes. Requests this node sent and
+        that are still unanswered then fail with `Unavailable`. Safe to call
+        more than once, and after the connection was lost.
         """
         if self.runtime.transport is self:
             self.runtime.transport = None
-        nc = self._nc
-        if nc is None or self._closing:
+        if self._closing:
             return
         self._closing = True
-        await self.events.stop()
-        for service in self._services:
-            await service.stop()
-        self._services.clear()
-        with contextlib.suppress(nats.errors.Error, TimeoutError):
-            # Once the server has seen the unsubscribes, no new request comes here.
-            await nc.flush(timeout=max(1, math.ceil(self.settings.drain_timeout)))
-        self._set_state(ConnectionState.DRAINING)
-        if self._in_flight:
-            self._idle.clear()
-            try:
-                await asyncio.wait_for(self._idle.wait(), self.settings.drain_timeout)
-            except TimeoutError:
-                logger.warning("%d replies still pending at shutdown", self._in_flight)
-        await self.outbox.stop()
-        self._on_closed.clear()
-        self._nc = None
+        nc = self._nc
         try:
-            await nc.drain()
-        except (nats.errors.Error, OSError) as exc:
-            logger.warning("NATS drain failed: %s", exc)
-            await nc.close()
-        self._set_state(ConnectionState.CLOSED)
+            for unwatch in self._unwatch:
+                unwatch()
+            self._unwatch.clear()
+            await self.events.stop()
+            for endpoint in self._endpoints.values():
+                await self._resync(endpoint)  # closing: leaves every queue group
+            if nc is not None and nc.is_connected:
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    # Once the server has seen the unsubscribes, no new request comes here.
+                    await nc.flush(timeout=max(1, math.ceil(self.settings.drain_timeout)))
+            self._set_state(ConnectionState.DRAINING)
+            await self._settle_in_flight()
+            await self.outbox.stop()
+            for task in list(self._requests):
+                task.cancel()
+        finally:
+            self._on_closed.clear()
+            self._nc = None
+            if nc is not None and not nc.is_closed:
+                await self._disconnect(nc)
+            self._set_state(ConnectionState.CLOSED)
+
+    async def _settle_in_flight(self) -> None:
+        if not self._in_flight:
+            return
+        self._idle.clear()
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.settings.drain_timeout)
+        except TimeoutError:
+            logger.warning("%d requests or events still in flight at shutdown", self._in_flight)
+
+    async def _disconnect(self, nc: Client) -> None:
+        try:
+            if nc.is_connected:
+                await asyncio.wait_for(nc.drain(), self.settings.drain_timeout + 1)
+            else:
+                await nc.close()
+        except Exception as exc:  # noqa: BLE001 - the connection is going away either way
+            logger.warning("NATS disconnect: %s", exc)
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    def track(self, delta: int) -> None:
+        """Count work that must finish before a graceful close (loop thread only)."""
+        self._in_flight += delta
+        if not self._in_flight:
+            self._idle.set()
 
     def _set_state(self, state: ConnectionState) -> None:
         self.state = state
@@ -281,11 +329,47 @@ class NatsBridge:
 
     async def _serve(self, agent_class: type[Agent]) -> None:
         agent_type = check_token(agent_class.agent_type, what="agent type")
-        types = request_types(agent_class)
-        union = typing.Union[types] if types else None  # noqa: UP007 - built at run time
-        decoders = (decoder_for(union), envelope_decoder(union)) if union is not None else None
-        schema = msgspec.json.encode(msgspec.json.schema(union)).decode() if union else "{}"
-        local = self.runtime.ref(agent_type)
+        endpoint = _Endpoint(agent_class, self.runtime.ref(agent_type))
+        self._endpoints[agent_type] = endpoint
+        for event_type in event_types(agent_class):
+            await self.events.consume(agent_class, event_type, endpoint.local)
+        self._unwatch.append(
+            self.runtime.directory.watch(
+                agent_type, lambda _count: self.io.call_soon(self._resync_soon, endpoint)
+            )
+        )
+        await self._resync(endpoint)
+
+    def service(self, agent_type: str) -> Service | None:
+        """The micro service serving `agent_type`, while this node has agents of it."""
+        endpoint = self._endpoints.get(agent_type)
+        return None if endpoint is None else endpoint.service
+
+    def _resync_soon(self, endpoint: _Endpoint) -> None:
+        task = asyncio.ensure_future(self._resync(endpoint))
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
+    async def _resync(self, endpoint: _Endpoint) -> None:
+        """Be in the type's queue group exactly while this node has live agents of it.
+
+        A node whose agents of a type are all down (crashed, restarting)
+        leaves the queue group, so NATS sends the type's requests to nodes
+        that can answer them, or answers no-responders if none can.
+        """
+        async with endpoint.lock:
+            wanted = bool(endpoint.local.members()) and not self._closing and self._nc is not None
+            if wanted and endpoint.service is None:
+                endpoint.service = await self._add_service(endpoint)
+            elif not wanted and endpoint.service is not None:
+                service, endpoint.service = endpoint.service, None
+                with contextlib.suppress(Exception):
+                    await service.stop()
+
+    async def _add_service(self, endpoint: _Endpoint) -> Service:
+        agent_class, local = endpoint.agent_class, endpoint.local
+        agent_type = agent_class.agent_type
+        decoders = endpoint.decoders
 
         async def on_request(request: Request) -> None:
             self._on_request(request._msg, local, decoders)  # noqa: SLF001 - we answer later
@@ -303,14 +387,12 @@ class NatsBridge:
             queue_group=agent_type,
             handler=on_request,
             metadata={
-                "requests": ",".join(t.__name__ for t in types),
+                "requests": ",".join(t.__name__ for t in endpoint.types),
                 "events": ",".join(t.__name__ for t in event_types(agent_class)),
-                "schema": schema,
+                "schema": endpoint.schema,
             },
         )
-        self._services.append(service)
-        for event_type in event_types(agent_class):
-            await self.events.consume(agent_class, event_type, local)
+        return service
 
     def _on_request(
         self,
@@ -343,19 +425,23 @@ class NatsBridge:
             return
         reply: Reply[Any] | None = Reply(meta.deadline) if msg.reply else None
         if not local.deliver_local(Call(payload, meta, reply)):
-            gone = Unavailable(f"no agent of type {local.name} on this node")
+            gone = Unavailable(f"no agent of type {local.name} on this node", retry_after=0.0)
             self._respond_error(msg, gone, enveloped=enveloped)
             return
         if reply is not None:
-            self._in_flight += 1
+            self.track(+1)
             reply.add_done_callback(lambda r: self.outbox.put(self._answer, msg, r, enveloped))
 
     async def _answer(self, msg: Msg, reply: Reply[Any], enveloped: bool) -> None:
-        self._in_flight -= 1
-        body, headers = _encode_answer(reply.result(), enveloped=enveloped)
-        await self._send(msg.reply, body, headers)
-        if not self._in_flight:
-            self._idle.set()
+        try:
+            body, headers = _encode_answer(reply.result(), enveloped=enveloped)
+            size = len(body) + _headers_size(headers)
+            if size > self._max_payload:
+                too_large = PayloadTooLarge(size, self._max_payload)
+                body, headers = _encode_answer(too_large, enveloped=enveloped)
+            await self._send(msg.reply, body, headers)
+        finally:
+            self.track(-1)
 
     def _respond_error(self, msg: Msg, error: BaseException, *, enveloped: bool) -> None:
         if msg.reply:
@@ -410,14 +496,22 @@ class NatsBridge:
         """
         return self._size_checked(encode_request, payload, meta)
 
-    def _size_checked(self, encoder: Callable[..., bytes], message: Any, *rest: Any) -> bytes:
+    def _size_checked(
+        self,
+        encoder: Callable[..., bytes],
+        message: Any,
+        *rest: Any,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
         try:
             body = encoder(message, *rest)
-        except (TypeError, msgspec.EncodeError) as exc:
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
             msg = f"cannot encode {type(message).__name__}: {exc}"
             raise BadRequest(msg) from exc
-        if len(body) > self._max_payload:
-            raise PayloadTooLarge(len(body), self._max_payload)
+        # The server counts headers against its limit too.
+        size = len(body) + _headers_size(headers)
+        if size > self._max_payload:
+            raise PayloadTooLarge(size, self._max_payload)
         return body
 
     def _start_request(self, subject: str, body: bytes, reply: Reply[Any]) -> None:
@@ -430,8 +524,30 @@ class NatsBridge:
             reply.set(await self._request(subject, body, reply.deadline))
         except AgentError as error:
             reply.fail(error)
+        except asyncio.CancelledError:
+            reply.fail(Unavailable(f"the NATS bridge closed before {subject} answered"))
+            raise
+        except Exception as exc:
+            logger.exception("request to %s failed", subject)
+            reply.fail(InternalError(f"request to {subject} failed: {type(exc).__name__}"))
 
     async def _request(self, subject: str, body: bytes, deadline: float) -> Any:
+        """Send, and retry at once while a node answers that it has no agent of the type.
+
+        In a queue group a node whose agents are all down (restarting, say)
+        still receives requests; it answers `unavailable` with a zero
+        `retry_after`, and NATS picks a member at random, so trying again
+        usually reaches a node that can serve.
+        """
+        for _ in range(_ELSEWHERE_ATTEMPTS - 1):
+            try:
+                return await self._request_once(subject, body, deadline)
+            except Unavailable as error:
+                if error.retry_after != 0:
+                    raise
+        return await self._request_once(subject, body, deadline)
+
+    async def _request_once(self, subject: str, body: bytes, deadline: float) -> Any:
         timeout = deadline - time.time()
         if timeout <= 0:
             msg = f"deadline passed before sending to {subject}"
@@ -468,7 +584,7 @@ class NatsBridge:
         if timeout <= 0:
             msg = f"deadline passed before publishing {type(event).__name__}"
             raise RequestTimeout(msg)
-        body = self.encode_checked(event)
+        body = self._size_checked(encode, event, headers=event_headers(meta))
         try:
             self.io.run(self.events.publish(event, body, meta), timeout=timeout)
         except TimeoutError:
@@ -477,7 +593,8 @@ class NatsBridge:
 
     async def publish_async(self, event: Event, meta: Metadata) -> bool:
         """Store `event` from the loop; True if new, False if a duplicate id."""
-        return await self.events.publish(event, self.encode_checked(event), meta)
+        body = self._size_checked(encode, event, headers=event_headers(meta))
+        return await self.events.publish(event, body, meta)
 
 
 def _encode_answer(result: Any, *, enveloped: bool) -> tuple[bytes, dict[str, str] | None]:
@@ -490,5 +607,15 @@ def _encode_answer(result: Any, *, enveloped: bool) -> tuple[bytes, dict[str, st
         if enveloped:
             return encode_reply_envelope(result), None
         return encode_reply(result)
-    except (TypeError, msgspec.EncodeError):
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
         return _encode_answer(InternalError("the reply could not be encoded"), enveloped=enveloped)
+
+
+_HEADER_OVERHEAD: Final = 12  # "NATS/1.0\r\n" and the closing "\r\n"
+
+
+def _headers_size(headers: dict[str, str] | None) -> int:
+    """Bytes the headers add to a message on the wire (upper bound)."""
+    if not headers:
+        return 0
+    return _HEADER_OVERHEAD + sum(len(k) + len(v) + 4 for k, v in headers.items())

@@ -64,6 +64,8 @@ ERROR_MESSAGE: Final = "Af-Error"
 SERVICE_ERROR: Final = "Nats-Service-Error"
 
 ERROR_TAG: Final = "ErrorReply"
+# No request from the network may ask for a longer budget than this.
+MAX_BUDGET_S: Final = 24 * 3600.0
 _PRIORITIES: Final = {p.value: p for p in Priority}
 _TOKEN: Final = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -150,6 +152,21 @@ def event_metadata(headers: dict[str, str] | None, deadline: float, delivery: in
     )
 
 
+def bounded_deadline(deadline: float, *, what: str) -> float:
+    """A deadline from the network, no later than `MAX_BUDGET_S` from now.
+
+    An infinite or absurd deadline would hold a handler (and its hung-handler
+    timer) forever; it is cut to the longest budget a node grants.
+
+    Raises:
+        BadRequest: If it is not a number.
+    """
+    if math.isnan(deadline):
+        msg = f"{what} is not a number"
+        raise BadRequest(msg)
+    return min(deadline, time.time() + MAX_BUDGET_S)
+
+
 def metadata_from_headers(
     headers: dict[str, str] | None, *, default_timeout: float, delivery: int = 1
 ) -> Metadata:
@@ -171,9 +188,7 @@ def metadata_from_headers(
         except ValueError:
             msg = f"header {DEADLINE} is not a number: {raw_deadline!r}"
             raise BadRequest(msg) from None
-        if math.isnan(deadline):
-            msg = f"header {DEADLINE} is not a number: {raw_deadline!r}"
-            raise BadRequest(msg)
+        deadline = bounded_deadline(deadline, what=f"header {DEADLINE}")
     raw_priority = headers.get(PRIORITY, Priority.DEFAULT.value)
     priority = _PRIORITIES.get(raw_priority)
     if priority is None:
@@ -245,12 +260,9 @@ def open_envelope(envelope: tuple[Any, ...]) -> tuple[Any, Metadata]:
     if version != ENVELOPE_VERSION:
         msg = f"envelope version {version} is not supported (this node reads {ENVELOPE_VERSION})"
         raise BadRequest(msg)
-    if math.isnan(deadline):
-        msg = "the envelope's deadline is not a number"
-        raise BadRequest(msg)
     meta = Metadata(
         id=id_,
-        deadline=deadline,
+        deadline=bounded_deadline(deadline, what="the envelope's deadline"),
         correlation_id=correlation_id,
         priority=priority,
         sender=sender,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from actors import Agent, Context, handler
@@ -50,6 +51,12 @@ class Inspect(Message, frozen=True, kw_only=True):
     pass
 
 
+class Grow(Message, frozen=True, kw_only=True):
+    """Ask for an Echoed reply of `size` characters."""
+
+    size: int
+
+
 GATES: dict[str, threading.Event] = {}
 ENTERED: dict[str, threading.Event] = {}
 HANDLED: list[str] = []
@@ -69,6 +76,10 @@ class WorkerAgent(Agent):
     def echo(self, msg: Echo, ctx: Context) -> Echoed:
         HANDLED.append(msg.text)
         return Echoed(text=msg.text, by=self.name)
+
+    @handler
+    def grow(self, msg: Grow, ctx: Context) -> Echoed:
+        return Echoed(text="x" * msg.size, by=self.name)
 
     @handler
     def ping(self, msg: Ping, ctx: Context) -> Pong:
@@ -150,7 +161,8 @@ class OrderAgent(Agent):
     """Publishes OrderPlaced on PlaceOrder; records each OrderPlaced delivery.
 
     An order id `fail-N` fails its first N deliveries, `poison` always fails,
-    `crash-N` crashes the agent on its first N deliveries.
+    `crash-N` crashes the agent on its first N deliveries, `gate-NAME`
+    blocks until the test opens gate NAME, `busy-S` works for S seconds.
     """
 
     @handler
@@ -167,6 +179,11 @@ class OrderAgent(Agent):
             raise Overloaded("cannot take this order")
         if kind == "fail" and ctx.delivery <= int(count):
             raise Overloaded("not yet")
+        if kind == "gate":
+            ENTERED[count].set()
+            GATES[count].wait(10)
+        if kind == "busy":
+            time.sleep(float(count))  # simulated work, not synchronisation
         if kind == "crash" and ctx.delivery <= int(count):
             raise RuntimeError("crashed mid-handling")
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -49,3 +50,15 @@ def test_close_ends_the_thread() -> None:
     timers = Timers(name="closing-timers")
     timers.close()
     assert all(t.name != "closing-timers" for t in threading.enumerate())
+
+
+def test_an_endless_delay_does_not_stop_the_timer_thread() -> None:
+    timers = Timers(name="test-endless")
+    fired = threading.Event()
+    try:
+        timers.call_later(math.inf, lambda: None)
+        timers.call_later(1e300, lambda: None)
+        timers.call_later(0.01, fired.set)
+        assert fired.wait(2)
+    finally:
+        timers.close()

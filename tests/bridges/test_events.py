@@ -10,11 +10,18 @@ import msgspec
 import pytest
 
 from actors import Runtime
-from bridges import NatsBridge, Outcome
+from bridges import NatsBridge, NatsServer, Outcome
 from config import EventSettings
 from messages import BadRequest, Metadata, Ping, Unavailable
 from supervisors import Strategy, Supervisor, SupervisorSpec, agent_child
-from tests.agents import DELIVERIES, OrderAgent, OrderPlaced, PlaceOrder, wait_deliveries
+from tests.agents import (
+    DELIVERIES,
+    OrderAgent,
+    OrderPlaced,
+    PlaceOrder,
+    gate,
+    wait_deliveries,
+)
 from tests.bridges.conftest import BridgeFactory
 from tests.conftest import WAIT
 
@@ -138,3 +145,70 @@ def test_publishing_something_that_is_not_an_event_is_a_bad_request(
 ) -> None:
     with pytest.raises(BadRequest, match="Ping"):
         orders.publish(Ping(), Metadata(id="not-an-event", deadline=time.time() + WAIT))  # type: ignore[arg-type]
+
+
+def test_events_wait_on_the_server_not_in_a_busy_agents_mailbox(
+    runtime: Runtime, connect: BridgeFactory
+) -> None:
+    DELIVERIES.clear()
+    OrderAgent.spawn(runtime)
+    tight = EventSettings(max_deliver=1, handler_timeout=0.5, backoff=[0.01])
+    bridge = connect(runtime, [OrderAgent], events=tight)
+    for i in range(6):
+        bridge.publish(OrderPlaced(order_id="busy-0.2"), _meta(f"busy-{i}"))
+    # One agent, 0.2 s each, 0.5 s budget: fetched all at once, most would
+    # time out queued; fetched two at a time, each starts within its budget.
+    assert wait_deliveries(lambda d: len(d) >= 6, WAIT * 2)
+    assert bridge.events.statistics.dead_lettered == 0
+
+
+def test_a_closing_bridge_acks_the_events_its_agents_are_handling(
+    runtime: Runtime, connect: BridgeFactory, nats_server: NatsServer
+) -> None:
+    DELIVERIES.clear()
+    OrderAgent.spawn(runtime)
+    bridge = connect(runtime, [OrderAgent], events=FAST_RETRIES)
+    entered, release = gate("closing-events")
+    bridge.publish(OrderPlaced(order_id="gate-closing-events"), _meta("gated"))
+    assert entered.wait(WAIT)
+    closing = bridge.io.submit(bridge.close())
+    release.set()
+    closing.result(WAIT)
+    # A fresh connection sees the event acked, not waiting for redelivery.
+    observer = connect(Runtime(node="observer"))
+    info = observer.io.run(
+        observer.events.js.consumer_info(FAST_RETRIES.stream, "order_OrderPlaced"), timeout=WAIT
+    )
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    assert info.ack_floor.stream_seq == 1
+
+
+def test_a_durable_consumer_takes_the_current_settings(
+    runtime: Runtime, connect: BridgeFactory
+) -> None:
+    OrderAgent.spawn(runtime)
+    first = connect(runtime, [OrderAgent], events=EventSettings(handler_timeout=30.0))
+    first.io.run(first.close(), timeout=WAIT)
+    second = connect(runtime, [OrderAgent], events=EventSettings(handler_timeout=2.0))
+    info = second.io.run(
+        second.events.js.consumer_info("AF_EVENTS", "order_OrderPlaced"), timeout=WAIT
+    )
+    assert info.config.ack_wait == 7.0  # handler_timeout + 5 s
+
+
+def test_a_lost_connection_stops_the_consumers(
+    runtime: Runtime, connect: BridgeFactory, nats_server: NatsServer
+) -> None:
+    OrderAgent.spawn(runtime)
+    bridge = connect(runtime, [OrderAgent], max_reconnect_attempts=0)
+    closed = threading.Event()
+    bridge.on_state_change(lambda state: state == "closed" and closed.set())
+    nats_server.kill()
+    assert closed.wait(WAIT)
+    bridge.io.run(bridge.close(), timeout=WAIT)
+    assert bridge.events._tasks == []
+    assert bridge.state == "closed"
+
+
+def _meta(message_id: str) -> Metadata:
+    return Metadata(id=message_id, deadline=time.time() + WAIT)

@@ -11,8 +11,15 @@ import nats
 import pytest
 
 from actors import Runtime
-from bridges import NatsServer
-from bridges._wire import DEADLINE, ID, REPLY_TYPE, decode_reply, metadata_headers
+from bridges import IoLoop, NatsServer
+from bridges._wire import (
+    DEADLINE,
+    ID,
+    MAX_BUDGET_S,
+    REPLY_TYPE,
+    decode_reply,
+    metadata_headers,
+)
 from messages import (
     BadRequest,
     InternalError,
@@ -31,6 +38,7 @@ from tests.agents import (
     Echo,
     Echoed,
     Forward,
+    Grow,
     Inspect,
     Refuse,
     WorkerAgent,
@@ -141,7 +149,9 @@ def test_local_agents_are_asked_without_crossing_nats(
     WorkerAgent.spawn(runtime, instance="local")
     bridge = connect(runtime, [WorkerAgent])
     runtime.ref("worker").ask(Echo(text="local"), timeout=2)
-    stats = bridge._services[0].stats()
+    service = bridge.service("worker")
+    assert service is not None
+    stats = service.stats()
     assert stats.endpoints[0].num_requests == 0
 
 
@@ -151,7 +161,9 @@ def test_prefer_local_off_sends_even_local_asks_through_nats(
     WorkerAgent.spawn(runtime, instance="local")
     bridge = connect(runtime, [WorkerAgent], prefer_local=False)
     runtime.ref("worker").ask(Echo(text="via nats"), timeout=2)
-    assert bridge._services[0].stats().endpoints[0].num_requests == 1
+    service = bridge.service("worker")
+    assert service is not None
+    assert service.stats().endpoints[0].num_requests == 1
 
 
 async def test_an_expired_request_is_refused_without_being_handled(
@@ -260,3 +272,66 @@ async def test_any_nats_client_can_call_an_agent_with_metadata_in_headers(
     assert budget.priority == Priority.SHEDDABLE
     assert budget.correlation_id == "corr-9"
     assert budget.sender == "other-service"
+
+
+def test_a_reply_over_the_server_limit_is_a_typed_error_not_a_timeout(
+    served: Runtime, caller: Runtime
+) -> None:
+    # The reply's size error travels as its wire code, bad_request.
+    with pytest.raises(BadRequest, match="over the limit"):
+        caller.ref("worker").ask(Grow(size=2 << 20), timeout=WAIT)
+
+
+def test_an_unencodable_request_is_a_bad_request(served: Runtime, caller: Runtime) -> None:
+    with pytest.raises(BadRequest, match="cannot encode"):
+        caller.ref("worker").ask(Echoed(text="x", by=2**70), timeout=WAIT)  # type: ignore[arg-type]
+
+
+async def test_an_endless_deadline_from_the_network_is_bounded(
+    served: Runtime, nats_server: NatsServer
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        msg = await nc.request("af.agent.worker", encode(Inspect()), 2, headers={DEADLINE: "inf"})
+    finally:
+        await nc.close()
+    budget = decode_reply(msg.data, msg.headers)
+    assert budget.deadline <= time.time() + MAX_BUDGET_S
+    # The node's timers still run: a local ask with a short deadline times out on time.
+    assert served.ref("worker").ask(Echo(text="after"), timeout=WAIT).text == "after"
+
+
+def test_a_node_without_live_agents_leaves_the_queue_group(
+    runtime: Runtime, other_runtime: Runtime, connect: BridgeFactory, io: IoLoop
+) -> None:
+    emptied = Runtime(node="emptied")
+    try:
+        WorkerAgent.spawn(emptied, instance="doomed").kill()
+        emptied_bridge = connect(emptied, [WorkerAgent])  # serves a type it has no agent of
+        assert emptied_bridge.service("worker") is None
+        WorkerAgent.spawn(runtime, instance="alive")
+        connect(runtime, [WorkerAgent])
+        connect(other_runtime)
+        workers = other_runtime.ref("worker")
+        answers = [workers.ask(Echo(text=str(i)), timeout=WAIT) for i in range(20)]
+        assert {a.by for a in answers} == {"worker/alive"}
+        # Its agent back, the node rejoins the queue group and gets requests again.
+        WorkerAgent.spawn(emptied, instance="back")
+        assert any(
+            workers.ask(Echo(text="again"), timeout=WAIT).by == "worker/back" for _ in range(200)
+        )
+    finally:
+        emptied.close()
+
+
+def test_requests_in_flight_fail_unavailable_when_the_callers_bridge_closes(
+    served: Runtime, other_runtime: Runtime, connect: BridgeFactory
+) -> None:
+    bridge = connect(other_runtime)
+    entered, release = gate("closing-caller")
+    pending = other_runtime.ref("worker").ask_async(Block(gate="closing-caller"), timeout=WAIT)
+    assert entered.wait(WAIT)
+    bridge.io.run(bridge.close(), timeout=WAIT)
+    with pytest.raises(Unavailable, match="closed before"):
+        pending.get(timeout=1)
+    release.set()

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from bridges import NatsBridge, NatsServer, build_node, free_port
-from config import decode
-from messages import ChildExited, ChildRestarted, Ping, Pong
+from actors import Runtime
+from bridges import IoLoop, NatsBridge, NatsServer, build_node, embedded_server, free_port
+from config import EventSettings, NatsSettings, decode
+from messages import ChildExited, ChildRestarted, Ping, Pong, Unavailable
 from supervisors import ChildStatistics, SupervisorStatistics
 from tests.conftest import WAIT, EventRecorder
 
@@ -102,8 +103,8 @@ def test_with_no_server_at_the_url_the_node_embeds_one_and_stops_it(tmp_path: Pa
         assert node.runtime.ref("ping").ask(Ping(payload="x"), timeout=WAIT).payload == "x"
         detail = _child(_bridges(node.root.statistics()), "nats").detail
         assert detail is not None
-        assert detail.startswith("connected nats://127.0.0.1:")
-        assert url not in detail
+        # It listens at the configured URL, where other nodes on this host look.
+        assert detail.startswith(f"connected {url}")
         assert (tmp_path / "js" / "jetstream").is_dir()
     finally:
         node.stop()
@@ -139,3 +140,56 @@ def test_a_connection_given_up_crashes_the_bridge_and_its_supervisor_starts_a_ne
     finally:
         node.stop()
         assert node.run(handle_signals=False) == 0
+
+
+def test_a_killed_bridge_is_closed_and_replaced(nats_server: NatsServer) -> None:
+    node = build_node(decode(_settings(nats_server.url, embed=False)))
+    recorder = EventRecorder()
+    node.runtime.events.subscribe(recorder)
+    node.start()
+    try:
+        old = node.runtime.transport
+        assert isinstance(old, NatsBridge)
+        closed = threading.Event()
+        old.on_state_change(lambda state: state == "closed" and closed.set())
+        [agent] = node.runtime.directory.members("nats-bridge")
+        agent.kill()
+        recorder.wait_for(lambda e: isinstance(e, ChildRestarted) and e.child_id == "nats")
+        assert closed.wait(WAIT)
+        assert node.runtime.transport is not old
+        assert isinstance(node.runtime.transport, NatsBridge)
+        assert node.runtime.ref("ping").ask(Ping(payload="new"), timeout=WAIT).payload == "new"
+    finally:
+        node.stop()
+        assert node.run(handle_signals=False) == 0
+
+
+def test_embedding_happens_only_for_one_loopback_url_that_nothing_answers(
+    nats_server: NatsServer,
+) -> None:
+    dead = f"nats://127.0.0.1:{free_port()}"
+    one = embedded_server(NatsSettings(url=dead))
+    assert one is not None
+    assert one.url == dead
+    assert "actorfleet-nats-" in str(one.store_dir)
+    # A cluster list with one live member: use the cluster, embed nothing.
+    assert embedded_server(NatsSettings(url=f"{dead},{nats_server.url}")) is None
+    # A remote server that is down must not be replaced by a private one.
+    assert embedded_server(NatsSettings(url="nats://192.0.2.1:4222")) is None
+    assert embedded_server(NatsSettings(url=dead, embed=False)) is None
+
+
+def test_a_start_with_no_server_fails_within_the_connect_timeout(io: IoLoop) -> None:
+    runtime = Runtime(node="lonely")
+    bridge = NatsBridge(
+        runtime,
+        io,
+        NatsSettings(url=f"nats://127.0.0.1:{free_port()}", connect_timeout=0.5),
+        EventSettings(),
+    )
+    try:
+        with pytest.raises(Unavailable, match="cannot connect"):
+            io.run(bridge.start(), timeout=WAIT)
+        assert bridge.state == "closed"
+    finally:
+        runtime.close()
