@@ -60,6 +60,7 @@ _RETRY_PAUSE: Final = 0.1
 _STREAM_IN_USE: Final = 10058
 _ACK_MARGIN: Final = 5.0
 _PER_AGENT: Final = 2
+_EWMA_WEIGHT: Final = 0.2
 # JetStream acknowledges a stored message in milliseconds; never wait longer than this.
 _PUBLISH_ACK_MAX: Final = 30.0
 
@@ -88,19 +89,49 @@ SettleListener = Callable[[str, int, Outcome], None]
 class Flow:
     """Events one consumer has handed out and not yet settled (loop thread only).
 
-    The bridge counts them too, so a graceful close waits for their acks.
+    It learns how long an agent takes per event (an EWMA of the time from
+    hand-out to settle, divided by how many were ahead of it per agent) and
+    hands out no more than the local agents can start well within the
+    handling deadline. The bridge counts these events too, so a graceful
+    close waits for their acks.
     """
 
-    def __init__(self, bridge: NatsBridge) -> None:
+    def __init__(self, bridge: NatsBridge, settings: EventSettings) -> None:
         self.bridge = bridge
+        self.settings = settings
         self.in_flight = 0
+        self.per_event_s: float | None = None
         self._room = asyncio.Event()
 
-    def take(self) -> None:
+    def limit(self, members: int) -> int:
+        """Events to have out at once with `members` live local agents."""
+        if members == 0:
+            return 0
+        # Until it has measured an agent, a consumer starts small.
+        per_agent = _PER_AGENT
+        if self.per_event_s is not None:
+            # Keep the last event's wait under half its handling deadline.
+            affordable = self.settings.handler_timeout / (2 * max(self.per_event_s, 1e-6))
+            per_agent = max(_PER_AGENT, int(min(affordable, self.settings.max_in_flight)))
+        return min(self.settings.max_in_flight, members * per_agent)
+
+    def take(self) -> tuple[float, int]:
+        """Count one event out; returns what `release` needs to learn from it."""
         self.in_flight += 1
         self.bridge.track(+1)
+        return time.monotonic(), self.in_flight
+
+    def learn(self, taken: tuple[float, int], members: int) -> None:
+        """Learn from a handled event how long an agent takes per event."""
+        started, position = taken
+        sample = (time.monotonic() - started) / max(1.0, position / max(members, 1))
+        if self.per_event_s is None:
+            self.per_event_s = sample
+        else:
+            self.per_event_s += _EWMA_WEIGHT * (sample - self.per_event_s)
 
     def release(self) -> None:
+        """Count one event settled."""
         self.in_flight -= 1
         self.bridge.track(-1)
         self._room.set()
@@ -253,10 +284,10 @@ class EventRouter:
         on the server for other nodes. With no agent here, nothing is fetched.
         """
         decoder = msgspec.msgpack.Decoder(event_type)
-        flow = Flow(self.bridge)
+        flow = Flow(self.bridge, self.settings)
         while not self._stopping:
             members = len(self.bridge.runtime.directory.members(local.name))
-            limit = min(self.settings.max_in_flight, members * _PER_AGENT)
+            limit = flow.limit(members)
             if limit == 0:
                 await asyncio.sleep(_RETRY_PAUSE)  # an agent restarting: look again soon
                 continue
@@ -275,8 +306,7 @@ class EventRouter:
                 await asyncio.sleep(_RETRY_PAUSE)
                 continue
             for msg in messages:
-                flow.take()
-                self._dispatch(msg, decoder, local, flow)
+                self._dispatch(msg, decoder, local, flow, flow.take())
 
     def _dispatch(
         self,
@@ -284,6 +314,7 @@ class EventRouter:
         decoder: msgspec.msgpack.Decoder[Any],
         local: TypeRef,
         free: Flow,
+        taken: tuple[float, int],
     ) -> None:
         delivery = msg.metadata.num_delivered or 1
         s = self.settings
@@ -301,12 +332,22 @@ class EventRouter:
         reply: Reply[Any] = Reply(meta.deadline)
         if not local.deliver_local(Call(event, meta, reply)):
             reply.fail(Unavailable(f"no agent of type {local.name} on this node"))
+        learn = (taken, len(local.members()))
         reply.add_done_callback(
-            lambda r: self.bridge.outbox.put(self._on_handled, msg, r, delivery, free)
+            lambda r: self.bridge.outbox.put(self._on_handled, msg, r, delivery, free, learn)
         )
 
-    async def _on_handled(self, msg: Msg, reply: Reply[Any], delivery: int, free: Flow) -> None:
+    async def _on_handled(
+        self,
+        msg: Msg,
+        reply: Reply[Any],
+        delivery: int,
+        free: Flow,
+        learn: tuple[tuple[float, int], int],
+    ) -> None:
         result = reply.result()
+        if not isinstance(result, BaseException):
+            free.learn(*learn)
         if isinstance(result, BaseException):
             self.statistics.failed += 1
             await self._settle(msg, result, final=delivery >= self.settings.max_deliver, free=free)
