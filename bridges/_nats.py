@@ -534,40 +534,38 @@ class NatsBridge:
     async def _request(self, subject: str, body: bytes, deadline: float) -> Any:
         """Send, and retry at once while a node answers that it has no agent of the type.
 
-        In a queue group a node whose agents are all down (restarting, say)
-        still receives requests; it answers `unavailable` with a zero
-        `retry_after`, and NATS picks a member at random, so trying again
-        usually reaches a node that can serve.
+        In a queue group a node whose agents all just died still receives
+        requests until it has left the group; it answers `unavailable` with a
+        zero `retry_after`, and NATS picks a member at random, so trying again
+        reaches a node that can serve.
         """
-        for _ in range(_ELSEWHERE_ATTEMPTS - 1):
+        tries_left = _ELSEWHERE_ATTEMPTS
+        while True:
+            timeout = deadline - time.time()
+            if timeout <= 0:
+                msg = f"deadline passed before sending to {subject}"
+                raise RequestTimeout(msg)
+            nc = self._nc
+            if nc is None:
+                msg = "the NATS bridge is not connected"
+                raise Unavailable(msg)
             try:
-                return await self._request_once(subject, body, deadline)
+                response = await nc.request(subject, body, timeout=timeout)
+            except nats.errors.NoRespondersError:
+                msg = f"no agent answers on {subject}"
+                raise Unavailable(msg) from None
+            except (nats.errors.TimeoutError, TimeoutError):
+                msg = f"no reply from {subject} within {timeout:.3f} s"
+                raise RequestTimeout(msg) from None
+            except (nats.errors.Error, OSError) as exc:
+                msg = f"request to {subject} failed: {exc}"
+                raise Unavailable(msg) from exc
+            try:
+                return decode_reply(response.data, response.headers)
             except Unavailable as error:
-                if error.retry_after != 0:
+                tries_left -= 1
+                if error.retry_after != 0 or not tries_left:
                     raise
-        return await self._request_once(subject, body, deadline)
-
-    async def _request_once(self, subject: str, body: bytes, deadline: float) -> Any:
-        timeout = deadline - time.time()
-        if timeout <= 0:
-            msg = f"deadline passed before sending to {subject}"
-            raise RequestTimeout(msg)
-        nc = self._nc
-        if nc is None:
-            msg = "the NATS bridge is not connected"
-            raise Unavailable(msg)
-        try:
-            response = await nc.request(subject, body, timeout=timeout)
-        except nats.errors.NoRespondersError:
-            msg = f"no agent answers on {subject}"
-            raise Unavailable(msg) from None
-        except (nats.errors.TimeoutError, TimeoutError):
-            msg = f"no reply from {subject} within {timeout:.3f} s"
-            raise RequestTimeout(msg) from None
-        except (nats.errors.Error, OSError) as exc:
-            msg = f"request to {subject} failed: {exc}"
-            raise Unavailable(msg) from exc
-        return decode_reply(response.data, response.headers)
 
     async def ask(self, agent_type: str, message: Any, meta: Metadata) -> Any:
         """Ask an agent type over NATS from the loop itself (for loop-side callers).
