@@ -22,45 +22,33 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 import nats
 import nats.errors
-from nats.micro import add_service
-from nats.micro.request import Request
 from nats.micro.service import Service
 
-from actors import Call, Reply, Runtime, TypeRef
+from actors import Call, Reply, Runtime
 from bridges._events import EventRouter
 from bridges._outbox import Outbox
+from bridges._serving import AgentEndpoint, event_types, headers_size
 from bridges._wire import (
     Subjects,
     check_token,
     decode_reply,
-    encode_error,
-    encode_error_envelope,
-    encode_reply,
-    encode_reply_envelope,
     encode_request,
-    envelope_decoder,
     event_headers,
-    is_envelope,
-    metadata_from_headers,
-    open_envelope,
 )
 from messages import (
     AgentError,
     BadRequest,
     Event,
     InternalError,
-    Message,
     Metadata,
     PayloadTooLarge,
     RequestTimeout,
     Unavailable,
-    decoder_for,
     encode,
 )
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
-    from nats.aio.msg import Msg
 
     from actors import Agent
     from bridges._loop import IoLoop
@@ -89,34 +77,6 @@ class ConnectionState(enum.StrEnum):
     DRAINING = "draining"
     DISCONNECTED = "disconnected"
     CLOSED = "closed"
-
-
-def request_types(agent_class: type[Agent]) -> tuple[type[Message], ...]:
-    """The wire message types an agent handles (other handled types stay local)."""
-    return tuple(
-        t
-        for t in agent_class.handlers
-        if isinstance(t, type) and issubclass(t, Message) and not issubclass(t, Event)
-    )
-
-
-def event_types(agent_class: type[Agent]) -> tuple[type[Event], ...]:
-    """The domain events an agent subscribes to."""
-    return tuple(t for t in agent_class.handlers if isinstance(t, type) and issubclass(t, Event))
-
-
-class _Endpoint:
-    """One served agent type: its decoders, schema and (while it has agents) service."""
-
-    def __init__(self, agent_class: type[Agent], local: TypeRef) -> None:
-        self.agent_class = agent_class
-        self.local = local
-        self.types = request_types(agent_class)
-        union = typing.Union[self.types] if self.types else None  # noqa: UP007 - run time
-        self.decoders = (decoder_for(union), envelope_decoder(union)) if union is not None else None
-        self.schema = msgspec.json.encode(msgspec.json.schema(union)).decode() if union else "{}"
-        self.service: Service | None = None
-        self.lock = asyncio.Lock()
 
 
 class NatsBridge:
@@ -152,7 +112,7 @@ class NatsBridge:
         self.state_since = time.time()
         self.reconnects = 0
         self._nc: Client | None = None
-        self._endpoints: dict[str, _Endpoint] = {}
+        self._endpoints: dict[str, AgentEndpoint] = {}
         self._unwatch: list[typing.Callable[[], None]] = []
         self._max_payload = 1 << 20
         self._in_flight = 0
@@ -253,7 +213,7 @@ class NatsBridge:
             self._unwatch.clear()
             await self.events.stop()
             for endpoint in self._endpoints.values():
-                await self._resync(endpoint)  # closing: leaves every queue group
+                await endpoint.resync()  # closing: leaves every queue group
             if nc is not None and nc.is_connected:
                 with contextlib.suppress(nats.errors.Error, TimeoutError):
                     # Once the server has seen the unsubscribes, no new request comes here.
@@ -329,7 +289,7 @@ class NatsBridge:
 
     async def _serve(self, agent_class: type[Agent]) -> None:
         agent_type = check_token(agent_class.agent_type, what="agent type")
-        endpoint = _Endpoint(agent_class, self.runtime.ref(agent_type))
+        endpoint = AgentEndpoint(self, agent_class, self.runtime.ref(agent_type))
         self._endpoints[agent_type] = endpoint
         for event_type in event_types(agent_class):
             await self.events.consume(agent_class, event_type, endpoint.local)
@@ -338,117 +298,30 @@ class NatsBridge:
                 agent_type, lambda _count: self.io.call_soon(self._resync_soon, endpoint)
             )
         )
-        await self._resync(endpoint)
+        await endpoint.resync()
+
+    @property
+    def serving(self) -> bool:
+        """Whether the bridge serves agents now (connected, not closing)."""
+        return self._nc is not None and not self._closing
+
+    @property
+    def max_payload(self) -> int:
+        """The server's largest accepted message, headers included."""
+        return self._max_payload
 
     def service(self, agent_type: str) -> Service | None:
         """The micro service serving `agent_type`, while this node has agents of it."""
         endpoint = self._endpoints.get(agent_type)
         return None if endpoint is None else endpoint.service
 
-    def _resync_soon(self, endpoint: _Endpoint) -> None:
-        task = asyncio.ensure_future(self._resync(endpoint))
+    def _resync_soon(self, endpoint: AgentEndpoint) -> None:
+        task = asyncio.ensure_future(endpoint.resync())
         self._requests.add(task)
         task.add_done_callback(self._requests.discard)
 
-    async def _resync(self, endpoint: _Endpoint) -> None:
-        """Be in the type's queue group exactly while this node has live agents of it.
-
-        A node whose agents of a type are all down (crashed, restarting)
-        leaves the queue group, so NATS sends the type's requests to nodes
-        that can answer them, or answers no-responders if none can.
-        """
-        async with endpoint.lock:
-            wanted = bool(endpoint.local.members()) and not self._closing and self._nc is not None
-            if wanted and endpoint.service is None:
-                endpoint.service = await self._add_service(endpoint)
-            elif not wanted and endpoint.service is not None:
-                service, endpoint.service = endpoint.service, None
-                with contextlib.suppress(Exception):
-                    await service.stop()
-
-    async def _add_service(self, endpoint: _Endpoint) -> Service:
-        agent_class, local = endpoint.agent_class, endpoint.local
-        agent_type = agent_class.agent_type
-        decoders = endpoint.decoders
-
-        async def on_request(request: Request) -> None:
-            self._on_request(request._msg, local, decoders)  # noqa: SLF001 - we answer later
-
-        service = await add_service(
-            self.nc,
-            name=agent_type[:_MICRO_NAME_MAX],
-            version=_package_version(),
-            description=(agent_class.__doc__ or agent_class.__name__).strip().split("\n")[0],
-            metadata={"node": self.runtime.node, "framework": "actorfleet"},
-        )
-        await service.add_endpoint(
-            name=agent_type,
-            subject=self.subjects.agent(agent_type),
-            queue_group=agent_type,
-            handler=on_request,
-            metadata={
-                "requests": ",".join(t.__name__ for t in endpoint.types),
-                "events": ",".join(t.__name__ for t in event_types(agent_class)),
-                "schema": endpoint.schema,
-            },
-        )
-        return service
-
-    def _on_request(
-        self,
-        msg: Msg,
-        local: TypeRef,
-        decoders: tuple[msgspec.msgpack.Decoder[Any], msgspec.msgpack.Decoder[Any]] | None,
-    ) -> None:
-        enveloped = not msg.headers and is_envelope(msg.data)
-        try:
-            if decoders is None:
-                error = f"{local.name} takes no requests over NATS"
-                raise BadRequest(error)
-            if enveloped:
-                payload, meta = open_envelope(decoders[1].decode(msg.data))
-            else:
-                meta = metadata_from_headers(
-                    msg.headers, default_timeout=self.runtime.defaults.ask_timeout
-                )
-                payload = decoders[0].decode(msg.data)
-        except msgspec.DecodeError as exc:
-            bad = BadRequest(f"cannot decode a {local.name} request: {exc}")
-            self._respond_error(msg, bad, enveloped=enveloped)
-            return
-        except AgentError as error:
-            self._respond_error(msg, error, enveloped=enveloped)
-            return
-        if meta.deadline <= time.time():
-            late = RequestTimeout("deadline passed before the request arrived")
-            self._respond_error(msg, late, enveloped=enveloped)
-            return
-        reply: Reply[Any] | None = Reply(meta.deadline) if msg.reply else None
-        if not local.deliver_local(Call(payload, meta, reply)):
-            gone = Unavailable(f"no agent of type {local.name} on this node", retry_after=0.0)
-            self._respond_error(msg, gone, enveloped=enveloped)
-            return
-        if reply is not None:
-            self.track(+1)
-            reply.add_done_callback(lambda r: self.outbox.put(self._answer, msg, r, enveloped))
-
-    async def _answer(self, msg: Msg, reply: Reply[Any], enveloped: bool) -> None:
-        try:
-            body, headers = _encode_answer(reply.result(), enveloped=enveloped)
-            size = len(body) + _headers_size(headers)
-            if size > self._max_payload:
-                too_large = PayloadTooLarge(size, self._max_payload)
-                body, headers = _encode_answer(too_large, enveloped=enveloped)
-            await self._send(msg.reply, body, headers)
-        finally:
-            self.track(-1)
-
-    def _respond_error(self, msg: Msg, error: BaseException, *, enveloped: bool) -> None:
-        if msg.reply:
-            body, headers = _encode_answer(error, enveloped=enveloped)
-            self.outbox.put(self._send, msg.reply, body, headers)
-
-    async def _send(self, subject: str, body: bytes, headers: dict[str, str] | None) -> None:
+    async def send(self, subject: str, body: bytes, headers: dict[str, str] | None) -> None:
+        """Publish on the live connection; a failure is logged (the caller's deadline answers)."""
         nc = self._nc
         if nc is None or not subject:
             return
@@ -482,7 +355,7 @@ class NatsBridge:
             return True
         subject = self.subjects.agent(agent_type)
         if call.reply is None:
-            self.outbox.put(self._send, subject, body, None)
+            self.outbox.put(self.send, subject, body, None)
         else:
             self.io.call_soon(self._start_request, subject, body, call.reply)
         return True
@@ -509,7 +382,7 @@ class NatsBridge:
             msg = f"cannot encode {type(message).__name__}: {exc}"
             raise BadRequest(msg) from exc
         # The server counts headers against its limit too.
-        size = len(body) + _headers_size(headers)
+        size = len(body) + headers_size(headers)
         if size > self._max_payload:
             raise PayloadTooLarge(size, self._max_payload)
         return body
@@ -593,27 +466,3 @@ class NatsBridge:
         """Store `event` from the loop; True if new, False if a duplicate id."""
         body = self._size_checked(encode, event, headers=event_headers(meta))
         return await self.events.publish(event, body, meta)
-
-
-def _encode_answer(result: Any, *, enveloped: bool) -> tuple[bytes, dict[str, str] | None]:
-    """Body and headers of a reply, in the style the request came in."""
-    if isinstance(result, BaseException):
-        if enveloped:
-            return encode_error_envelope(result), None
-        return encode_error(result)
-    try:
-        if enveloped:
-            return encode_reply_envelope(result), None
-        return encode_reply(result)
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
-        return _encode_answer(InternalError("the reply could not be encoded"), enveloped=enveloped)
-
-
-_HEADER_OVERHEAD: Final = 12  # "NATS/1.0\r\n" and the closing "\r\n"
-
-
-def _headers_size(headers: dict[str, str] | None) -> int:
-    """Bytes the headers add to a message on the wire (upper bound)."""
-    if not headers:
-        return 0
-    return _HEADER_OVERHEAD + sum(len(k) + len(v) + 4 for k, v in headers.items())

@@ -448,6 +448,7 @@ class InferencePool:
             tier.degraded_in -= 1
         index = self._tiers.index(tier)
         self._place(job, self._tiers[index + 1 :], start_only=False)
+        self._note_idle()
 
     def _expire(self, job: _Job) -> None:
         tier = job.tier
@@ -458,6 +459,7 @@ class InferencePool:
             queue.remove(job)
             tier.timeouts += 1
             job.fail(RequestTimeout(f"no {tier.name} slot freed before the deadline"))
+            self._note_idle()
 
     def _unschedule(self, job: _Job) -> None:
         for timer in (job.timer, job.reroute):
@@ -481,6 +483,7 @@ class InferencePool:
         tier.busy[worker] += 1
         tier.running[job] = (time.monotonic(), tier.service_s(job))
         job.task = asyncio.ensure_future(self._run(job, tier, worker))
+        job.task.add_done_callback(lambda _task: self._release(job, tier, worker, verdict=False))
 
     async def _run(self, job: _Job, tier: _Tier, worker: int) -> None:
         backend = tier.workers[worker]
@@ -553,13 +556,17 @@ class InferencePool:
         )
 
     def _release(self, job: _Job, tier: _Tier, worker: int, *, verdict: bool) -> None:
+        # Called when the run ends, and again when its task is done: a task
+        # cancelled before its first step never runs `_run` at all.
+        if job not in tier.running:
+            return
+        job.fail(RequestTimeout("the generation was cancelled"))
         if not verdict:
             tier.breaker.release_probe()
         tier.busy[worker] -= 1
         del tier.running[job]
         self._pump(tier)
-        if self._idle is not None and self._is_idle():
-            self._idle.set()
+        self._note_idle()
 
     def _cancel(self, job: _Job) -> None:
         """The caller went away: drop the job from its queue, or stop its run."""
@@ -567,8 +574,14 @@ class InferencePool:
         tier = job.tier
         if tier is not None and job in tier.queues[job.meta.priority]:
             tier.queues[job.meta.priority].remove(job)
+            self._note_idle()
         if job.task is not None and not job.task.done():
             job.task.cancel()
+
+    def _note_idle(self) -> None:
+        """Wake `join()` waiters once nothing runs or waits (called wherever work leaves)."""
+        if self._idle is not None and self._is_idle():
+            self._idle.set()
 
     def _is_idle(self) -> bool:
         return all(t.in_flight == 0 and t.queued == 0 for t in self._tiers)

@@ -1,0 +1,213 @@
+"""Serving one agent type over NATS: queue-group presence, micro discovery, answers.
+
+An `AgentEndpoint` belongs to a `NatsBridge` and runs on its I/O loop. It
+keeps the node in the type's queue group exactly while the node has live
+agents of the type, decodes each request (envelope or bare body with
+headers), hands it to a local agent as a `Call`, and answers through the
+bridge's outbox when the agent's `Reply` is settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import typing
+from importlib import metadata as distribution
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+from nats.micro import add_service
+
+from actors import Call, Reply
+from bridges._wire import (
+    encode_error,
+    encode_error_envelope,
+    encode_reply,
+    encode_reply_envelope,
+    envelope_decoder,
+    is_envelope,
+    metadata_from_headers,
+    open_envelope,
+)
+from messages import (
+    AgentError,
+    BadRequest,
+    Event,
+    InternalError,
+    Message,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unavailable,
+    decoder_for,
+)
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+    from nats.micro.request import Request
+    from nats.micro.service import Service
+
+    from actors import Agent, TypeRef
+    from bridges._nats import NatsBridge
+
+_VERSION: Final = "0.0.0"
+_MICRO_NAME_MAX: Final = 64
+_HEADER_OVERHEAD: Final = 12  # "NATS/1.0\r\n" and the closing "\r\n"
+
+Decoders = tuple[msgspec.msgpack.Decoder[Any], msgspec.msgpack.Decoder[Any]]
+
+
+def _package_version() -> str:
+    try:
+        return distribution.version("actorfleet")
+    except distribution.PackageNotFoundError:
+        return _VERSION
+
+
+def request_types(agent_class: type[Agent]) -> tuple[type[Message], ...]:
+    """The wire message types an agent handles (other handled types stay local)."""
+    return tuple(
+        t
+        for t in agent_class.handlers
+        if isinstance(t, type) and issubclass(t, Message) and not issubclass(t, Event)
+    )
+
+
+def event_types(agent_class: type[Agent]) -> tuple[type[Event], ...]:
+    """The domain events an agent subscribes to."""
+    return tuple(t for t in agent_class.handlers if isinstance(t, type) and issubclass(t, Event))
+
+
+def headers_size(headers: dict[str, str] | None) -> int:
+    """Bytes the headers add to a message on the wire (upper bound)."""
+    if not headers:
+        return 0
+    return _HEADER_OVERHEAD + sum(len(k) + len(v) + 4 for k, v in headers.items())
+
+
+class AgentEndpoint:
+    """One agent type served by a bridge."""
+
+    def __init__(self, bridge: NatsBridge, agent_class: type[Agent], local: TypeRef) -> None:
+        self.bridge = bridge
+        self.agent_class = agent_class
+        self.local = local
+        self.types = request_types(agent_class)
+        union = typing.Union[self.types] if self.types else None  # noqa: UP007 - run time
+        self.decoders: Decoders | None = (
+            (decoder_for(union), envelope_decoder(union)) if union is not None else None
+        )
+        self.schema = msgspec.json.encode(msgspec.json.schema(union)).decode() if union else "{}"
+        self.service: Service | None = None
+        self._lock = asyncio.Lock()
+
+    async def resync(self) -> None:
+        """Be in the type's queue group exactly while this node has live agents of it.
+
+        A node whose agents of a type are all down (crashed, restarting)
+        leaves the queue group, so NATS sends the type's requests to nodes
+        that can answer them, or answers no-responders if none can.
+        """
+        async with self._lock:
+            wanted = bool(self.local.members()) and self.bridge.serving
+            if wanted and self.service is None:
+                self.service = await self._add_service()
+            elif not wanted and self.service is not None:
+                service, self.service = self.service, None
+                with contextlib.suppress(Exception):
+                    await service.stop()
+
+    async def _add_service(self) -> Service:
+        agent_type = self.agent_class.agent_type
+
+        async def on_request(request: Request) -> None:
+            self.on_request(request._msg)  # noqa: SLF001 - micro hides the reply subject
+
+        service = await add_service(
+            self.bridge.nc,
+            name=agent_type[:_MICRO_NAME_MAX],
+            version=_package_version(),
+            description=(self.agent_class.__doc__ or self.agent_class.__name__)
+            .strip()
+            .split("\n")[0],
+            metadata={"node": self.bridge.runtime.node, "framework": "actorfleet"},
+        )
+        await service.add_endpoint(
+            name=agent_type,
+            subject=self.bridge.subjects.agent(agent_type),
+            queue_group=agent_type,
+            handler=on_request,
+            metadata={
+                "requests": ",".join(t.__name__ for t in self.types),
+                "events": ",".join(t.__name__ for t in event_types(self.agent_class)),
+                "schema": self.schema,
+            },
+        )
+        return service
+
+    def on_request(self, msg: Msg) -> None:
+        """Decode, check and hand a request to a local agent (on the loop; never waits)."""
+        local = self.local
+        enveloped = not msg.headers and is_envelope(msg.data)
+        try:
+            if self.decoders is None:
+                error = f"{local.name} takes no requests over NATS"
+                raise BadRequest(error)
+            if enveloped:
+                payload, meta = open_envelope(self.decoders[1].decode(msg.data))
+            else:
+                meta = metadata_from_headers(
+                    msg.headers, default_timeout=self.bridge.runtime.defaults.ask_timeout
+                )
+                payload = self.decoders[0].decode(msg.data)
+        except msgspec.DecodeError as exc:
+            bad = BadRequest(f"cannot decode a {local.name} request: {exc}")
+            self._respond_error(msg, bad, enveloped=enveloped)
+            return
+        except AgentError as error:
+            self._respond_error(msg, error, enveloped=enveloped)
+            return
+        if meta.deadline <= time.time():
+            late = RequestTimeout("deadline passed before the request arrived")
+            self._respond_error(msg, late, enveloped=enveloped)
+            return
+        reply: Reply[Any] | None = Reply(meta.deadline) if msg.reply else None
+        if not local.deliver_local(Call(payload, meta, reply)):
+            gone = Unavailable(f"no agent of type {local.name} on this node", retry_after=0.0)
+            self._respond_error(msg, gone, enveloped=enveloped)
+            return
+        if reply is not None:
+            bridge = self.bridge
+            bridge.track(+1)
+            reply.add_done_callback(lambda r: bridge.outbox.put(self._answer, msg, r, enveloped))
+
+    async def _answer(self, msg: Msg, reply: Reply[Any], enveloped: bool) -> None:
+        bridge = self.bridge
+        try:
+            body, headers = encode_answer(reply.result(), enveloped=enveloped)
+            size = len(body) + headers_size(headers)
+            if size > bridge.max_payload:
+                too_large = PayloadTooLarge(size, bridge.max_payload)
+                body, headers = encode_answer(too_large, enveloped=enveloped)
+            await bridge.send(msg.reply, body, headers)
+        finally:
+            bridge.track(-1)
+
+    def _respond_error(self, msg: Msg, error: BaseException, *, enveloped: bool) -> None:
+        if msg.reply:
+            body, headers = encode_answer(error, enveloped=enveloped)
+            self.bridge.outbox.put(self.bridge.send, msg.reply, body, headers)
+
+
+def encode_answer(result: Any, *, enveloped: bool) -> tuple[bytes, dict[str, str] | None]:
+    """Body and headers of a reply, in the style the request came in."""
+    if isinstance(result, BaseException):
+        if enveloped:
+            return encode_error_envelope(result), None
+        return encode_error(result)
+    try:
+        if enveloped:
+            return encode_reply_envelope(result), None
+        return encode_reply(result)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        return encode_answer(InternalError("the reply could not be encoded"), enveloped=enveloped)
