@@ -66,6 +66,11 @@ class Breaker:
             return True
         return False
 
+    @property
+    def probing(self) -> bool:
+        """Whether a probe request is out (half-open)."""
+        return self._probing
+
     def would_allow(self) -> bool:
         """Like `allow`, without taking the probe slot."""
         state = self.state

@@ -29,6 +29,7 @@ from messages import (
     BadRequest,
     GenerateRequest,
     GenerateResult,
+    InternalError,
     Metadata,
     NotFound,
     Overloaded,
@@ -47,11 +48,16 @@ OnChunk = Callable[[TokenChunk], None]
 PRIORITIES: Final = (Priority.CRITICAL, Priority.DEFAULT, Priority.SHEDDABLE)
 _RANK: Final = {p: i for i, p in enumerate(PRIORITIES)}
 EWMA_WEIGHT: Final = 0.2
+OVERRUN_SHARE: Final = 0.25
 SHEDDABLE_QUEUE_SHARE: Final = 0.5
 
 
 class PoolFull(Overloaded):
     """Raised by `submit_nowait` when no tier can start the request at once."""
+
+
+class _CallerFailed(Exception):
+    """Raised inside a generation when the caller's chunk callback failed."""
 
 
 class TierSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,6 +120,7 @@ class _Job:
         "meta",
         "on_chunk",
         "preferred",
+        "probe",
         "queued_at",
         "request",
         "reroute",
@@ -139,6 +146,7 @@ class _Job:
         self.timer: asyncio.TimerHandle | None = None
         self.reroute: asyncio.TimerHandle | None = None
         self.preferred: _Tier | None = None
+        self.probe = False
         self.task: asyncio.Task[None] | None = None
 
     def fail(self, error: BaseException) -> None:
@@ -165,6 +173,7 @@ class _Tier:
         self.ewma_token: float | None = None
         self.ewma_tokens: float | None = None
         self.running: dict[_Job, tuple[float, float]] = {}
+        self.pump_timer: asyncio.TimerHandle | None = None
         self.admitted = self.degraded_in = self.rejected = self.timeouts = self.failures = 0
 
     @property
@@ -208,8 +217,10 @@ class _Tier:
         if beyond <= 0:
             return 0.0
         now = time.monotonic()
+        # A generation past its estimate is not about to end: count a share of one.
         ends = sorted(
-            max(0.0, expected - (now - started)) for started, expected in self.running.values()
+            max(OVERRUN_SHARE * expected, expected - (now - started))
+            for started, expected in self.running.values()
         )
         rounds, index = divmod(beyond - 1, max(len(ends), 1))
         first = ends[index] if ends else 0.0
@@ -220,6 +231,15 @@ class _Tier:
         if priority is Priority.SHEDDABLE:
             bound = int(bound * SHEDDABLE_QUEUE_SHARE)
         return self.queued < bound
+
+    def learn_cut(self, tokens: int, started: float, finished: float) -> None:
+        """Learn from a generation cut short: its pace so far bounds the per-token time."""
+        # A lower bound on the true pace, so the estimate jumps to at least it.
+        sample = (finished - started) / max(tokens, 1)
+        if self.ewma_token is None or sample > self.ewma_token:
+            self.ewma_token = sample
+        if self.ewma_tokens is None:
+            self.ewma_tokens = float(max(tokens, 1))
 
     def learn(self, generation: Generation, started: float, finished: float) -> None:
         run = finished - started
@@ -307,9 +327,21 @@ class InferencePool:
     def submit_nowait(
         self, request: GenerateRequest, meta: Metadata, *, on_chunk: OnChunk | None = None
     ) -> asyncio.Future[GenerateResult]:
-        """Start the request at once on a free slot, or raise `PoolFull`."""
+        """Start the request at once on a free slot; return its future.
+
+        Cancelling the future cancels the generation and frees the slot.
+
+        Raises:
+            PoolFull: If no tier can start it now.
+            AgentError: If the request is bad (empty prompt, unknown tier, ...).
+        """
         job = self._new_job(request, meta, on_chunk)
         self._admit(job, start_only=True)
+        if job.future.done() and not job.future.cancelled():
+            error = job.future.exception()
+            if error is not None:
+                raise error
+        job.future.add_done_callback(lambda f: self._cancel(job) if f.cancelled() else None)
         return job.future
 
     def _new_job(self, request: GenerateRequest, meta: Metadata, on_chunk: OnChunk | None) -> _Job:
@@ -346,22 +378,29 @@ class InferencePool:
                 retry_after = min(retry_after, tier.breaker.retry_after() or math.inf)
                 continue
             job.degraded = tier is not job.preferred
+            patience = self._patience(job, tier, candidates)
+            if patience != math.inf and tier.service_s(job) > remaining:
+                continue  # it would miss the deadline here; a smaller tier may not
             worker = tier.free_worker()
-            if worker is not None and tier.breaker.allow():
+            # A free worker takes the request at once, unless others queue for it.
+            if worker is not None and not tier.queued and tier.breaker.allow():
                 self._count_admission(job, tier)
-                self._start(job, tier, worker)
+                self._start(job, tier, worker, probe=tier.breaker.probing)
                 return
             wait = tier.wait_s(job)
-            retry_after = min(retry_after, wait)
+            if tier.ewma_token is not None:  # nothing is known of a cold tier
+                retry_after = min(retry_after, max(wait, tier.service_s(job)))
             if start_only or wait + tier.service_s(job) > remaining:
                 continue
-            patience = self._patience(job, tier, candidates)
             if wait > patience:
                 continue  # a smaller tier answers sooner than this one's queue
             if tier.queue_room(job.meta.priority) or self._shed_for(job, tier):
                 self._count_admission(job, tier)
                 self._enqueue(job, tier, patience)
                 return
+        self._refuse(job, remaining, retry_after, start_only=start_only)
+
+    def _refuse(self, job: _Job, remaining: float, retry_after: float, *, start_only: bool) -> None:
         self.rejections += 1
         if job.preferred is not None:
             job.preferred.rejected += 1
@@ -369,13 +408,17 @@ class InferencePool:
         job.fail(
             error_type(
                 f"no tier can answer within {remaining:.3f} s",
-                retry_after=None if retry_after == math.inf else round(retry_after, 3),
+                retry_after=None if retry_after in {math.inf, 0.0} else round(retry_after, 3),
             )
         )
 
     def _patience(self, job: _Job, tier: _Tier, candidates: Sequence[_Tier]) -> float:
-        """How long `job` may wait for `tier` before a smaller tier should take it."""
-        if tier is candidates[-1]:
+        """How long `job` may wait for `tier` before a smaller tier should take it.
+
+        Forever (up to its deadline) when no smaller candidate could take it now.
+        """
+        later = candidates[list(candidates).index(tier) + 1 :]
+        if not any(t.breaker.would_allow() and self._fits(job, t) for t in later):
             return math.inf
         return tier.degrade_wait * tier.service_s(job)
 
@@ -439,6 +482,10 @@ class InferencePool:
         tier = job.tier
         if tier is None or job not in tier.queues[job.meta.priority]:
             return
+        index = self._tiers.index(tier)
+        smaller = self._tiers[index + 1 :]
+        if not any(t.breaker.would_allow() and self._fits(job, t) for t in smaller):
+            return  # nowhere better to go: it keeps its place and its deadline
         tier.queues[job.meta.priority].remove(job)
         self._unschedule(job)
         tier.admitted -= 1
@@ -446,8 +493,7 @@ class InferencePool:
         if job.degraded:
             self.degrades -= 1
             tier.degraded_in -= 1
-        index = self._tiers.index(tier)
-        self._place(job, self._tiers[index + 1 :], start_only=False)
+        self._place(job, smaller, start_only=False)
         self._note_idle()
 
     def _expire(self, job: _Job) -> None:
@@ -470,16 +516,28 @@ class InferencePool:
     def _pump(self, tier: _Tier) -> None:
         while tier.queued:
             worker = tier.free_worker()
-            if worker is None or not tier.breaker.allow():
+            if worker is None:
+                return
+            if not tier.breaker.allow():
+                # Look again when a probe may go in; queued work is not stranded.
+                delay = tier.breaker.retry_after()
+                if delay and tier.pump_timer is None:
+                    loop = asyncio.get_running_loop()
+                    tier.pump_timer = loop.call_later(delay, self._pump_later, tier)
                 return
             job = next(tier.queues[p].popleft() for p in PRIORITIES if tier.queues[p])
             self._unschedule(job)
-            self._start(job, tier, worker)
+            self._start(job, tier, worker, probe=tier.breaker.probing)
+
+    def _pump_later(self, tier: _Tier) -> None:
+        tier.pump_timer = None
+        self._pump(tier)
 
     # -- running --------------------------------------------------------------
 
-    def _start(self, job: _Job, tier: _Tier, worker: int) -> None:
+    def _start(self, job: _Job, tier: _Tier, worker: int, *, probe: bool) -> None:
         job.tier = tier
+        job.probe = probe
         tier.busy[worker] += 1
         tier.running[job] = (time.monotonic(), tier.service_s(job))
         job.task = asyncio.ensure_future(self._run(job, tier, worker))
@@ -493,7 +551,10 @@ class InferencePool:
         def emit(text: str) -> None:
             nonlocal index
             if job.on_chunk is not None:
-                job.on_chunk(TokenChunk(index=index, text=text))
+                try:
+                    job.on_chunk(TokenChunk(index=index, text=text))
+                except Exception as exc:
+                    raise _CallerFailed from exc
             index += 1
 
         started = time.monotonic()
@@ -501,8 +562,12 @@ class InferencePool:
         try:
             async with asyncio.timeout(job.meta.deadline - time.time()):
                 generation = await backend.generate(job.request, emit)
+        except _CallerFailed as failed:
+            # The caller's own chunk callback raised: its problem, not the worker's.
+            job.fail(InternalError(f"the chunk callback failed: {failed.__cause__!r}"))
         except TimeoutError:
             tier.timeouts += 1
+            tier.learn_cut(index, started, time.monotonic())
             job.fail(RequestTimeout(f"the {tier.name} tier did not finish before the deadline"))
         except asyncio.CancelledError:
             job.fail(RequestTimeout("the generation was cancelled"))
@@ -561,8 +626,9 @@ class InferencePool:
         if job not in tier.running:
             return
         job.fail(RequestTimeout("the generation was cancelled"))
-        if not verdict:
+        if job.probe and not verdict:
             tier.breaker.release_probe()
+        job.probe = False
         tier.busy[worker] -= 1
         del tier.running[job]
         self._pump(tier)

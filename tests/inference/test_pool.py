@@ -12,6 +12,7 @@ from messages import (
     BadRequest,
     FinishReason,
     GenerateRequest,
+    InternalError,
     Metadata,
     NotFound,
     Overloaded,
@@ -105,10 +106,18 @@ async def test_a_request_that_may_not_degrade_is_refused_with_retry_after() -> N
     p = pool(queue_bound=0)
     first = asyncio.ensure_future(p.submit(ask(), meta()))
     await asyncio.sleep(0)
-    with pytest.raises(Overloaded) as refused:
+    with pytest.raises(Overloaded) as cold:
         await p.submit(ask(may_degrade=False), meta())
-    assert refused.value.retry_after is not None
+    # Nothing is known of the tier yet: no retry_after rather than a made-up one.
+    assert cold.value.retry_after is None
     await first
+    second = asyncio.ensure_future(p.submit(ask(), meta()))
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded) as warm:
+        await p.submit(ask(may_degrade=False), meta())
+    assert warm.value.retry_after is not None
+    assert warm.value.retry_after > 0
+    await second
 
 
 async def test_a_request_that_would_miss_its_deadline_waiting_degrades() -> None:
@@ -273,3 +282,55 @@ async def test_a_queued_request_overtaken_by_more_important_work_moves_down_a_ti
     assert [r.tier for r in await asyncio.gather(blocker, *critical)] == ["large"] * 3
     stats = p.statistics()
     assert (stats.degrades, stats.tiers[0].admitted, stats.tiers[1].degraded_in) == (1, 4, 1)
+
+
+async def test_requests_queued_when_a_breaker_opens_are_served_after_its_cooldown() -> None:
+    large = ScriptedBackend(RULES, model="big", capacity=1, fail_with=RuntimeError("boom"))
+    p = InferencePool(
+        [TierSpec(name="large", workers=[large], breaker_threshold=1, breaker_cooldown=0.05)]
+    )
+    failing = asyncio.ensure_future(p.submit(ask(), meta()))
+    waiting = asyncio.ensure_future(p.submit(ask(), meta(timeout=3)))
+    await asyncio.sleep(0)
+    assert p.statistics().tiers[0].queued == 1
+    with pytest.raises(Unavailable):
+        await failing
+    large.fail_with = None  # recovered before the cooldown ends
+    result = await waiting  # let in as the probe, not left to its deadline
+    assert result.tier == "large"
+    assert p.statistics().tiers[0].breaker == BreakerState.CLOSED
+
+
+async def test_a_tier_that_slows_down_is_measured_again_from_the_runs_it_cut() -> None:
+    large = ScriptedBackend(RULES, model="big", token_delay=0.002, capacity=1)
+    p = pool(large=large)
+    await p.submit(ask(), meta())  # learns ~2 ms a token
+    large.token_delay = 0.2  # now 0.8 s a request
+    with pytest.raises(RequestTimeout):
+        await p.submit(ask(may_degrade=False), meta(timeout=0.2))
+    # The cut run taught the pool the new pace: a request that cannot wait
+    # 0.8 s goes to the small tier instead of timing out on the large one.
+    moved = await p.submit(ask(), meta(timeout=0.3))
+    assert moved.tier == "small"
+
+
+async def test_a_failing_chunk_callback_fails_its_request_not_the_tier() -> None:
+    p = pool()
+
+    def broken(_chunk: TokenChunk) -> None:
+        raise ValueError("caller bug")
+
+    for _ in range(3):
+        with pytest.raises(InternalError, match="chunk callback"):
+            await p.submit(ask(may_degrade=False), meta(), on_chunk=broken)
+    stats = p.statistics().tiers[0]
+    assert (stats.failures, stats.breaker) == (0, BreakerState.CLOSED)
+
+
+async def test_cancelling_a_submit_nowait_future_frees_the_slot() -> None:
+    p = pool(token_delay=0.05)
+    future = p.submit_nowait(ask(may_degrade=False), meta())
+    await asyncio.sleep(0.01)
+    future.cancel()
+    await asyncio.wait_for(p.join(), 5)
+    assert p.statistics().tiers[0].in_flight == 0
