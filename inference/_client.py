@@ -6,9 +6,16 @@ import concurrent.futures
 import queue
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Self
 
-from messages import GenerateRequest, GenerateResult, Metadata, RequestTimeout, TokenChunk
+from messages import (
+    GenerateRequest,
+    GenerateResult,
+    Metadata,
+    RequestTimeout,
+    TokenChunk,
+    Unavailable,
+)
 
 if TYPE_CHECKING:
     from bridges import IoLoop
@@ -32,9 +39,13 @@ class PoolClient:
 
     def generate(self, request: GenerateRequest, meta: Metadata) -> GenerateResult:
         """Generate and wait, on the calling (actor) thread."""
+        future = self.io.submit(self.pool.submit(request, meta))
         try:
-            return self.io.run(self.pool.submit(request, meta), timeout=_wait(meta))
-        except TimeoutError:
+            return future.result(_wait(meta))
+        except concurrent.futures.TimeoutError:
+            if future.done():
+                raise  # the pool's own typed RequestTimeout (also a TimeoutError)
+            future.cancel()
             msg = "the inference pool did not answer before the deadline"
             raise RequestTimeout(msg) from None
 
@@ -46,8 +57,17 @@ class PoolClient:
 _END: Final = object()
 
 
+class Cancelled(Unavailable):
+    """Raised when the result of a stream that was closed early is asked for."""
+
+
 class Stream:
-    """Chunks handed from the loop to the iterating thread through a queue."""
+    """Chunks handed from the loop to the iterating thread through a queue.
+
+    Leaving the iteration early (break, an exception) cancels the generation
+    and frees its slot, as `close()` does; use it as a context manager to
+    be sure of that when not iterating at all.
+    """
 
     def __init__(self, client: PoolClient, request: GenerateRequest, meta: Metadata) -> None:
         self._meta = meta
@@ -60,23 +80,43 @@ class Stream:
 
     def __iter__(self) -> Iterator[TokenChunk]:
         """Yield chunks until the generation ends; raise its typed error if it failed."""
-        while True:
-            try:
-                item = self._chunks.get(timeout=max(_wait(self._meta), 0.0))
-            except queue.Empty:
+        finished = False
+        try:
+            while True:
+                try:
+                    item = self._chunks.get(timeout=max(_wait(self._meta), 0.0))
+                except queue.Empty:
+                    msg = "no chunk before the deadline"
+                    raise RequestTimeout(msg) from None
+                if item is _END:
+                    finished = True
+                    self._result = self._outcome()
+                    return
+                assert isinstance(item, TokenChunk)  # noqa: S101 - only chunks and _END queued
+                yield item
+        finally:
+            if not finished:
                 self.close()
-                msg = "no chunk before the deadline"
-                raise RequestTimeout(msg) from None
-            if item is _END:
-                self._result = self._future.result()
-                return
-            assert isinstance(item, TokenChunk)  # noqa: S101 - only chunks and _END are queued
-            yield item
+
+    def _outcome(self) -> GenerateResult:
+        try:
+            return self._future.result()
+        except concurrent.futures.CancelledError:
+            msg = "the stream was closed before the generation ended"
+            raise Cancelled(msg) from None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     @property
     def result(self) -> GenerateResult:
         """The final result; iterate first (this waits for the end if needed)."""
         if self._result is None:
+            if self._future.cancelled():
+                return self._outcome()
             for _chunk in self:
                 pass
         assert self._result is not None  # noqa: S101 - set when the iteration ends

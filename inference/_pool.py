@@ -98,6 +98,7 @@ class TierStatistics(msgspec.Struct, frozen=True, kw_only=True):
     rejected: int
     timeouts: int
     failures: int
+    cancelled: int
     breaker: BreakerState
     breaker_opened: int
     ewma_prefill_ms: float | None
@@ -175,6 +176,7 @@ class _Tier:
         self.running: dict[_Job, tuple[float, float]] = {}
         self.pump_timer: asyncio.TimerHandle | None = None
         self.admitted = self.degraded_in = self.rejected = self.timeouts = self.failures = 0
+        self.cancelled = 0
 
     @property
     def in_flight(self) -> int:
@@ -263,6 +265,7 @@ class _Tier:
             rejected=self.rejected,
             timeouts=self.timeouts,
             failures=self.failures,
+            cancelled=self.cancelled,
             breaker=self.breaker.state,
             breaker_opened=self.breaker.opened,
             ewma_prefill_ms=None if self.ewma_prefill is None else self.ewma_prefill * 1e3,
@@ -570,6 +573,7 @@ class InferencePool:
             tier.learn_cut(index, started, time.monotonic())
             job.fail(RequestTimeout(f"the {tier.name} tier did not finish before the deadline"))
         except asyncio.CancelledError:
+            tier.cancelled += 1
             job.fail(RequestTimeout("the generation was cancelled"))
         except AgentError as error:
             verdict = True

@@ -9,6 +9,7 @@ import pytest
 from actors import Agent, Context, Runtime, handler
 from bridges import build_node
 from config import decode
+from inference import PoolClient
 from messages import (
     BadRequest,
     GenerateResult,
@@ -30,6 +31,7 @@ class Ask(Message, frozen=True, kw_only=True):
     prompt: str
     stream: bool = False
     stop_after: int | None = None
+    close: bool = True
 
 
 class Answer(Message, frozen=True, kw_only=True):
@@ -53,8 +55,11 @@ class WriterAgent(Agent):
             assert isinstance(chunk, TokenChunk)
             chunks.append(chunk.text)
             if msg.stop_after is not None and len(chunks) == msg.stop_after:
-                stream.close()
-                return Answer(text="", tier="", backend="", chunks=chunks)
+                if msg.close:
+                    stream.close()
+                break  # without close(): leaving the loop must free the slot too
+        if msg.stop_after is not None:
+            return Answer(text="", tier="", backend="", chunks=chunks)
         result = stream.result
         return Answer(text=result.text, tier=result.tier, backend=result.backend, chunks=chunks)
 
@@ -98,6 +103,16 @@ def test_closing_a_stream_early_frees_the_slot(node: Node) -> None:
     assert answer.chunks == ["Refunds "]
     # The only large slot is free again: the next request is served there.
     assert writer.ask(Ask(prompt="refund"), timeout=WAIT).tier == "large"
+
+
+def test_leaving_a_stream_without_closing_it_frees_the_slot(node: Node) -> None:
+    writer = node.runtime.ref("writer")
+    answer = writer.ask(Ask(prompt="refund?", stream=True, stop_after=2, close=False), timeout=WAIT)
+    assert answer.chunks == ["Refunds ", "take "]
+    client = node.runtime.inference
+    assert isinstance(client, PoolClient)
+    client.io.run(client.pool.join(), timeout=WAIT)
+    assert client.pool.statistics().tiers[0].cancelled == 1
 
 
 def test_the_pool_is_in_the_tree_before_the_agents(node: Node) -> None:
