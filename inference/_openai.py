@@ -29,10 +29,12 @@ CHARS_PER_TOKEN: Final = 4
 _DATA: Final = "data:"
 _DONE: Final = "[DONE]"
 _FINISH: Final = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
+_FAILED: Final = frozenset({"abort", "error"})
 _HTTP_BAD_REQUEST: Final = 400
 _HTTP_UNAUTHORIZED: Final = 401
 _HTTP_FORBIDDEN: Final = 403
 _HTTP_NOT_FOUND: Final = 404
+_HTTP_TOO_LARGE: Final = 413
 _HTTP_UNPROCESSABLE: Final = 422
 _HTTP_TOO_MANY: Final = 429
 
@@ -137,48 +139,93 @@ class OpenAIBackend:
 
     async def generate(self, request: GenerateRequest, emit: Emit) -> Generation:
         """Stream one chat completion, emitting each content delta."""
-        started = time.monotonic()
-        first_token_s: float | None = None
-        pieces: list[str] = []
-        finish = FinishReason.STOP
-        usage: dict[str, int] = {}
+        completion = _Completion(emit)
         try:
             async with self._http().stream(
                 "POST", f"{self.url}/chat/completions", json=self.body(request)
             ) as response:
-                if response.status_code >= _HTTP_BAD_REQUEST:
-                    await response.aread()
-                    raise _http_error(response)
+                await self._check(response)
                 async for line in response.aiter_lines():
-                    chunk = _event(line)
-                    if chunk is None:
-                        continue
-                    usage = chunk.get("usage") or usage
-                    for choice in chunk.get("choices") or ():
-                        text = (choice.get("delta") or {}).get("content") or ""
-                        if text:
-                            if first_token_s is None:
-                                first_token_s = time.monotonic() - started
-                            pieces.append(text)
-                            emit(text)
-                        reason = choice.get("finish_reason")
-                        if reason:
-                            finish = _FINISH.get(reason, FinishReason.STOP)
+                    if completion.feed(line):
+                        break
         except httpx.HTTPError as exc:
             msg = f"{self.url}: {type(exc).__name__}: {exc}"
             raise UpstreamError(msg) from exc
-        text = "".join(pieces)
+        if not completion.ended:
+            msg = f"{self.url} ended the stream before the generation finished"
+            raise UpstreamError(msg)
+        return completion.generation(self.count_tokens(request))
+
+    async def _check(self, response: httpx.Response) -> None:
+        if response.status_code >= _HTTP_BAD_REQUEST:
+            await response.aread()
+            raise _http_error(response)
+        content_type = response.headers.get("content-type", "")
+        if not content_type.startswith("text/event-stream"):
+            msg = f"{self.url} did not stream (content-type {content_type!r})"
+            raise UpstreamError(msg)
+
+
+class _Completion:
+    """What a chat-completions event stream has said so far."""
+
+    def __init__(self, emit: Emit) -> None:
+        self.emit = emit
+        self.started = time.monotonic()
+        self.first_token_s: float | None = None
+        self.pieces: list[str] = []
+        self.finish = FinishReason.STOP
+        self.usage: dict[str, int] = {}
+        self.ended = False
+
+    def feed(self, line: str) -> bool:
+        """Take one line of the stream; True at its end marker."""
+        if line.startswith(_DATA) and line[len(_DATA) :].strip() == _DONE:
+            self.ended = True
+            return True
+        chunk = _event(line)
+        if chunk is None:
+            return False
+        self.usage = chunk.get("usage") or self.usage
+        for choice in chunk.get("choices") or ():
+            text = (choice.get("delta") or {}).get("content") or ""
+            if text:
+                if self.first_token_s is None:
+                    self.first_token_s = time.monotonic() - self.started
+                self.pieces.append(text)
+                self.emit(text)
+            reason = choice.get("finish_reason")
+            if reason:
+                self.finish = _finish_reason(reason)
+                self.ended = True
+        return False
+
+    def generation(self, estimated_prompt_tokens: int) -> Generation:
+        first = self.first_token_s
         return Generation(
-            text=text,
-            finish_reason=finish,
-            prompt_tokens=usage.get("prompt_tokens", self.count_tokens(request)),
-            completion_tokens=usage.get("completion_tokens", len(pieces)),
-            first_token_s=time.monotonic() - started if first_token_s is None else first_token_s,
+            text="".join(self.pieces),
+            finish_reason=self.finish,
+            prompt_tokens=self.usage.get("prompt_tokens", estimated_prompt_tokens),
+            completion_tokens=self.usage.get("completion_tokens", len(self.pieces)),
+            first_token_s=time.monotonic() - self.started if first is None else first,
         )
 
 
+def _finish_reason(reason: str) -> FinishReason:
+    """The finish reason a server reported; an aborted or failed generation raises."""
+    if reason in _FAILED:
+        msg = f"the model server ended the generation with {reason!r}"
+        raise UpstreamError(msg)
+    return _FINISH.get(reason, FinishReason.STOP)
+
+
 def _event(line: str) -> dict[str, Any] | None:
-    """The JSON of one `data:` line; None for other lines and the end marker."""
+    """The JSON of one `data:` line; None for other lines and the end marker.
+
+    Raises:
+        UpstreamError: For malformed JSON, and for an error event (what vLLM
+            and others send when a generation fails mid-stream).
+    """
     if not line.startswith(_DATA):
         return None
     data = line[len(_DATA) :].strip()
@@ -192,6 +239,9 @@ def _event(line: str) -> dict[str, Any] | None:
     if not isinstance(chunk, dict):
         msg = f"malformed stream event: {data[:80]!r}"
         raise UpstreamError(msg)
+    if "error" in chunk or chunk.get("object") == "error":
+        msg = f"the model server failed mid-stream: {str(chunk.get('error', chunk))[:200]}"
+        raise UpstreamError(msg)
     return chunk
 
 
@@ -199,7 +249,7 @@ def _http_error(response: httpx.Response) -> Exception:
     """The typed error for a refused request; upstream failures are not the caller's fault."""
     status = response.status_code
     detail = response.text[:200]
-    if status in {_HTTP_BAD_REQUEST, _HTTP_UNPROCESSABLE}:
+    if status in {_HTTP_BAD_REQUEST, _HTTP_TOO_LARGE, _HTTP_UNPROCESSABLE}:
         return BadRequest(f"the model server refused the request: {detail}")
     if status in {_HTTP_UNAUTHORIZED, _HTTP_FORBIDDEN}:
         return Forbidden(f"the model server refused our credentials ({status})")

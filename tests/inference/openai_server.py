@@ -1,8 +1,9 @@
 """A small OpenAI-compatible chat-completions server on loopback, for the tests.
 
 It streams `echo: <last user message>` word by word as Server-Sent Events.
-A message containing `overload` gets 429, `crash` gets 500, `slow` streams
-one word per 50 ms; an unknown model gets 404.
+A message containing `overload` gets 429, `crash` gets 500, `nostream` a
+plain JSON 200, `slow` streams one word per 50 ms; `midfail`, `truncate` and
+`abort` start streaming and then fail; an unknown model gets 404.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ class OpenAIServer:
             await _plain(writer, 429, {"error": {"message": "slow down"}}, retry=2)
         elif "crash" in text:
             await _plain(writer, 500, {"error": {"message": "boom"}})
+        elif "nostream" in text:
+            await _plain(writer, 200, {"choices": [{"message": {"content": "whole"}}]})
+        elif text in {"midfail", "truncate", "abort"}:
+            await _broken(text, writer)
         else:
             await _stream(body, text, writer)
 
@@ -102,6 +107,18 @@ async def _stream(body: dict[str, Any], text: str, writer: asyncio.StreamWriter)
     usage = {"prompt_tokens": len(text.split()), "completion_tokens": len(words)}
     await _event(writer, {"choices": [], "usage": usage})
     writer.write(b"data: [DONE]\n\n")
+    await writer.drain()
+
+
+async def _broken(kind: str, writer: asyncio.StreamWriter) -> None:
+    """A stream that starts well and then fails the way real servers do."""
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+    await _event(writer, {"choices": [{"index": 0, "delta": {"content": "Hello"}}]})
+    if kind == "midfail":
+        await _event(writer, {"error": {"message": "CUDA out of memory"}})
+    elif kind == "abort":
+        choice = {"index": 0, "delta": {}, "finish_reason": "abort"}
+        await _event(writer, {"choices": [choice]})
     await writer.drain()
 
 

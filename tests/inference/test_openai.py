@@ -134,3 +134,16 @@ async def test_a_caller_that_goes_away_closes_the_stream_and_frees_the_slot(
         assert len(server.requests) == 1
     finally:
         await backend.aclose()
+
+
+@pytest.mark.parametrize("prompt", ["midfail", "truncate", "abort", "nostream"])
+async def test_a_stream_that_breaks_is_a_worker_failure_not_a_result(
+    server: OpenAIServer, prompt: str
+) -> None:
+    pool, backend = pool_for(server.url)
+    try:
+        with pytest.raises(Unavailable, match="worker failed"):
+            await pool.submit(GenerateRequest(prompt=prompt), meta())
+    finally:
+        await backend.aclose()
+    assert pool.statistics().tiers[0].failures == 1
