@@ -174,11 +174,13 @@ class Context:
 
 def _request(request: GenerateRequest | str, fields: dict[str, Any]) -> GenerateRequest:
     if isinstance(request, GenerateRequest):
-        if fields:
-            return msgspec.structs.replace(request, **fields)
-        return request
+        if not fields:
+            return request
+        base = msgspec.structs.asdict(request)
+    else:
+        base = {"prompt": request}
     try:
-        return msgspec.convert({"prompt": request, **fields}, GenerateRequest)
+        return msgspec.convert({**base, **fields}, GenerateRequest, from_attributes=True)
     except msgspec.ValidationError as exc:
         msg = f"bad generate() arguments: {exc}"
         raise BadRequest(msg) from exc

@@ -246,6 +246,15 @@ class InferenceSettings(_Section, frozen=True, kw_only=True):
     default_tier: str = ""
     tiers: list[TierSettings] = msgspec.field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tiers]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ConfigError(f"inference.tiers[{index}].name", f"tier {name!r} is named twice")
+        if self.default_tier and self.default_tier not in names:
+            reason = f"{self.default_tier!r} is not one of the tiers {names}"
+            raise ConfigError("inference.default_tier", reason)
+
 
 class PoolSettings(_Section, frozen=True, kw_only=True):
     """A pool of agents of one class under its own supervisor.

@@ -19,6 +19,7 @@ many jobs); without it, unpaged, one job at a time, and the backend's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import logging
 import queue
@@ -153,6 +154,7 @@ class Engine:
         self._id_lock = threading.Lock()
         self._thread = threading.Thread(target=self._drive, name="exllamav2-engine", daemon=True)
         self._stopped = False
+        self.failure: BaseException | None = None
         self._thread.start()
 
     def encode(self, text: str) -> Any:
@@ -160,7 +162,14 @@ class Engine:
         return self.tokenizer.encode(text, add_bos=True)
 
     def submit(self, request: GenerateRequest, on_event: OnEvent) -> int:
-        """Queue a generation; `on_event(event)` is called from the engine thread."""
+        """Queue a generation; `on_event(event)` is called from the engine thread.
+
+        Raises:
+            GeneratorFailed: If the engine has failed or been closed.
+        """
+        if self.failure is not None or self._stopped:
+            msg = f"the exllamav2 engine is not running: {self.failure or 'closed'}"
+            raise GeneratorFailed(msg)
         settings = self._sampler.Settings()
         settings.temperature = request.sampling.temperature
         settings.top_p = request.sampling.top_p
@@ -186,29 +195,41 @@ class Engine:
         self._commands.put(("cancel", job_id))
 
     def close(self) -> None:
-        """Stop the engine thread (jobs still running are dropped)."""
+        """Stop the engine thread (jobs still running are dropped) and unload the model."""
         self._stopped = True
         self._commands.put(("stop", None))
         self._thread.join(timeout=10)
+        with contextlib.suppress(Exception):
+            self.model.unload()
 
     def _drive(self) -> None:
-        while not self._stopped:
-            idle = not self.generator.num_remaining_jobs()
-            try:
-                command = self._commands.get() if idle else self._commands.get_nowait()
-            except queue.Empty:
-                command = None
-            if command is not None:
-                self._apply(*command)
-                continue
-            try:
-                results = self.generator.iterate()
-            except Exception as exc:
-                logger.exception("the dynamic generator failed")
-                self._fail_all(exc)
-                continue
-            for event in results:
-                self._deliver(event)
+        try:
+            while not self._stopped:
+                self._step()
+        except Exception as exc:
+            # Anything unexpected ends the engine: every job hears of it and
+            # later submits fail at once, so the tier's breaker sees it.
+            logger.exception("the exllamav2 engine failed")
+            self.failure = exc
+            self._fail_all(exc)
+
+    def _step(self) -> None:
+        idle = not self.generator.num_remaining_jobs()
+        try:
+            command = self._commands.get() if idle else self._commands.get_nowait()
+        except queue.Empty:
+            command = None
+        if command is not None:
+            self._apply(*command)
+            return
+        try:
+            results = self.generator.iterate()
+        except Exception as exc:
+            logger.exception("the dynamic generator failed")
+            self._fail_all(exc)
+            return
+        for event in results:
+            self._deliver(event)
 
     def _apply(self, verb: str, argument: Any) -> None:
         if verb == "enqueue":
@@ -228,6 +249,7 @@ class Engine:
                 self.generator.cancel(job)
 
     def _deliver(self, event: Event) -> None:
+        """Hand one stream event to its job's callback (a failing callback drops that job)."""
         job_id = event.get("identifier")
         if not isinstance(job_id, int):
             return
@@ -237,18 +259,22 @@ class Engine:
         if event.get("eos"):
             self._callbacks.pop(job_id, None)
             self._jobs.pop(job_id, None)
-        callback(event)
+        try:
+            callback(event)
+        except Exception:
+            logger.warning("job %d lost its listener; cancelling it", job_id, exc_info=True)
+            self._apply("cancel", job_id)
 
     def _fail_all(self, error: Exception) -> None:
         callbacks, self._callbacks = self._callbacks, {}
-        for job in self._jobs.values():
-            try:
-                self.generator.cancel(job)
-            except Exception:
-                logger.debug("cancel after failure failed", exc_info=True)
         self._jobs.clear()
+        try:
+            self.generator.clear_queue()  # drops pending and active jobs alike
+        except Exception:
+            logger.debug("clearing the generator's queue failed", exc_info=True)
         for callback in callbacks.values():
-            callback({"error": error})
+            with contextlib.suppress(Exception):
+                callback({"error": error})
 
 
 class GeneratorFailed(Exception):
@@ -297,6 +323,7 @@ class ExLlamaV2Backend:
         job_id = self.engine.submit(request, on_event)
         first_token_s: float | None = None
         pieces: list[str] = []
+        finished = False
         try:
             while True:
                 event = await events.get()
@@ -310,10 +337,17 @@ class ExLlamaV2Backend:
                     pieces.append(text)
                     emit(text)
                 if event.get("eos"):
+                    finished = True
                     return _generation(event, pieces, first_token_s, started)
-        except asyncio.CancelledError:
-            self.engine.cancel(job_id)
-            raise
+        finally:
+            if not finished:
+                # Cancelled, cut at the deadline, or the caller's callback
+                # failed: the GPU job must stop with the pool's slot.
+                self.engine.cancel(job_id)
+
+    async def aclose(self) -> None:
+        """Stop the engine and let the model and its cache go."""
+        await asyncio.to_thread(self.engine.close)
 
 
 def _generation(

@@ -72,6 +72,7 @@ class OpenAIBackend:
         self._context_length = context_length
         self._connect_timeout = connect_timeout
         self._client: httpx.AsyncClient | None = None
+        self._closed = False
 
     @property
     def name(self) -> str:
@@ -98,6 +99,9 @@ class OpenAIBackend:
         return len(prompt_text(request)) // CHARS_PER_TOKEN + 1
 
     def _http(self) -> httpx.AsyncClient:
+        if self._closed:
+            msg = f"the backend for {self.url} is closed"
+            raise UpstreamError(msg)
         if self._client is None:
             headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
             self._client = httpx.AsyncClient(
@@ -107,7 +111,8 @@ class OpenAIBackend:
         return self._client
 
     async def aclose(self) -> None:
-        """Close the HTTP client."""
+        """Close the HTTP client; later generations fail (the pool is retired)."""
+        self._closed = True
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()

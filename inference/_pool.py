@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import time
@@ -299,6 +300,7 @@ class InferencePool:
             raise ValueError(msg)
         self.admissions = self.degrades = self.rejections = 0
         self._idle: asyncio.Event | None = None
+        self._closing = False
 
     @property
     def tier_names(self) -> list[str]:
@@ -360,6 +362,9 @@ class InferencePool:
         return self._tiers[index:] if request.may_degrade else [self._tiers[index]]
 
     def _admit(self, job: _Job, *, start_only: bool) -> None:
+        if self._closing:
+            job.fail(Unavailable("the inference pool is shutting down"))
+            return
         try:
             candidates = self._candidates(job.request)
             self._validate(job, candidates[0])
@@ -664,8 +669,20 @@ class InferencePool:
             self._idle.clear()
             await self._idle.wait()
 
-    async def aclose(self) -> None:
-        """Close the backends that hold connections (HTTP clients)."""
+    async def aclose(self, *, grace: float = 5.0) -> None:
+        """Retire the pool: refuse new work, fail what waits, stop what runs, close backends."""
+        self._closing = True
+        for tier in self._tiers:
+            for queue in tier.queues.values():
+                while queue:
+                    job = queue.popleft()
+                    self._unschedule(job)
+                    job.fail(Unavailable("the inference pool is shutting down"))
+            for job in list(tier.running):
+                if job.task is not None:
+                    job.task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.join(), grace)
         for tier in self._tiers:
             for worker in tier.workers:
                 close = getattr(worker, "aclose", None)
