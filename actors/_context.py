@@ -173,6 +173,10 @@ class Context:
 
 
 def _request(request: GenerateRequest | str, fields: dict[str, Any]) -> GenerateRequest:
+    unknown = sorted(set(fields) - set(GenerateRequest.__struct_fields__))
+    if unknown:
+        msg = f"bad generate() arguments: GenerateRequest has no field {', '.join(unknown)}"
+        raise BadRequest(msg)
     if isinstance(request, GenerateRequest):
         if not fields:
             return request

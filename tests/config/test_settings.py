@@ -90,3 +90,27 @@ def test_every_key_of_the_settings_is_documented_in_default_toml() -> None:
             assert f"{key} =" in text or f"{key}:" in text or f".{key}]" in text, key
     for variable in config.ENV_OVERRIDES:
         assert variable in text
+
+
+def test_tiers_must_have_distinct_names_and_a_known_default() -> None:
+    scripted = {"kind": "scripted"}
+    with pytest.raises(ConfigError, match=r"inference\.tiers\[1\]\.name"):
+        config.decode(
+            {
+                "inference": {
+                    "tiers": [
+                        {"name": "large", "backend": scripted},
+                        {"name": "large", "backend": scripted},
+                    ]
+                }
+            }
+        )
+    with pytest.raises(ConfigError, match=r"inference\.default_tier"):
+        config.decode(
+            {
+                "inference": {
+                    "default_tier": "huge",
+                    "tiers": [{"name": "large", "backend": scripted}],
+                }
+            }
+        )

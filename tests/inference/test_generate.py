@@ -12,6 +12,7 @@ from config import decode
 from inference import PoolClient
 from messages import (
     BadRequest,
+    GenerateRequest,
     GenerateResult,
     Message,
     TokenChunk,
@@ -132,6 +133,14 @@ def test_bad_generate_arguments_are_a_bad_request(node: Node) -> None:
     ref = Bad.spawn(node.runtime)
     with pytest.raises(BadRequest, match="max_tokens"):
         ref.ask(Ask(prompt="x"), timeout=WAIT)
+
+    class Unknown(Agent):
+        @handler
+        def ask(self, msg: Ask, ctx: Context) -> None:
+            ctx.generate(GenerateRequest(prompt=msg.prompt), temperature=0.5)
+
+    with pytest.raises(BadRequest, match="temperature"):
+        Unknown.spawn(node.runtime).ask(Ask(prompt="x"), timeout=WAIT)
 
 
 def test_without_a_pool_generate_is_unavailable(runtime: Runtime) -> None:
