@@ -3,15 +3,10 @@
 from inference._backend import Backend, Emit, Generation, prompt_text
 from inference._breaker import Breaker, BreakerState
 from inference._client import PoolClient, Stream
-from inference._pool import (
-    InferencePool,
-    PoolFull,
-    PoolStatistics,
-    TierSpec,
-    TierStatistics,
-)
+from inference._pool import InferencePool, PoolFull, PoolStatistics
 from inference._scripted import Rule, ScriptedBackend, scripted_from_settings
 from inference._settings import pool_from_settings
+from inference._tier import TierSpec, TierStatistics
 
 __all__ = [
     "Backend",

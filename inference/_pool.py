@@ -13,18 +13,17 @@ answer: a result, or a typed error no later than its deadline.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from typing import Annotated, Final
+from collections.abc import Sequence
+from typing import Final
 
 import msgspec
 
 from inference._backend import Backend, Generation, prompt_text
-from inference._breaker import Breaker, BreakerState
+from inference._tier import PRIORITIES, RANK, Job, OnChunk, Tier, TierSpec, TierStatistics
 from messages import (
     AgentError,
     BadRequest,
@@ -34,7 +33,6 @@ from messages import (
     Metadata,
     NotFound,
     Overloaded,
-    Priority,
     RequestTimeout,
     TokenChunk,
     Unavailable,
@@ -42,15 +40,6 @@ from messages import (
 )
 
 logger: Final = logging.getLogger("actorfleet.inference")
-
-OnChunk = Callable[[TokenChunk], None]
-
-# Highest first: the order queues are served in, and the reverse of shedding.
-PRIORITIES: Final = (Priority.CRITICAL, Priority.DEFAULT, Priority.SHEDDABLE)
-_RANK: Final = {p: i for i, p in enumerate(PRIORITIES)}
-EWMA_WEIGHT: Final = 0.2
-OVERRUN_SHARE: Final = 0.25
-SHEDDABLE_QUEUE_SHARE: Final = 0.5
 
 
 class PoolFull(Overloaded):
@@ -61,51 +50,6 @@ class _CallerFailed(Exception):
     """Raised inside a generation when the caller's chunk callback failed."""
 
 
-class TierSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """One tier: its name, its workers and how much may wait for them.
-
-    Attributes:
-        name: `large`, `small`, ...
-        workers: One backend per worker.
-        queue_bound: Requests that may wait for a slot (sheddable ones may
-            use only half of it).
-        breaker_threshold: Consecutive failures that take the tier out.
-        breaker_cooldown: Seconds out before a probe request is let in.
-        degrade_wait: How long, as a share of the tier's expected service time,
-            a request that may degrade waits for this tier before it goes to
-            a smaller one. This keeps the tier's latency flat under load; a
-            request that may not degrade waits as long as its deadline allows.
-    """
-
-    name: str
-    workers: list[Backend]
-    queue_bound: int = 64
-    degrade_wait: Annotated[float, msgspec.Meta(ge=0)] = 0.25
-    breaker_threshold: int = 3
-    breaker_cooldown: float = 5.0
-
-
-class TierStatistics(msgspec.Struct, frozen=True, kw_only=True):
-    """One tier, now and since start."""
-
-    name: str
-    backend: str
-    model: str
-    slots: int
-    in_flight: int
-    queued: int
-    admitted: int
-    degraded_in: int
-    rejected: int
-    timeouts: int
-    failures: int
-    cancelled: int
-    breaker: BreakerState
-    breaker_opened: int
-    ewma_prefill_ms: float | None
-    ewma_token_ms: float | None
-
-
 class PoolStatistics(msgspec.Struct, frozen=True, kw_only=True):
     """The pool: per-tier figures and totals."""
 
@@ -113,169 +57,6 @@ class PoolStatistics(msgspec.Struct, frozen=True, kw_only=True):
     admissions: int
     degrades: int
     rejections: int
-
-
-class _Job:
-    __slots__ = (
-        "degraded",
-        "future",
-        "meta",
-        "on_chunk",
-        "preferred",
-        "probe",
-        "queued_at",
-        "request",
-        "reroute",
-        "task",
-        "tier",
-        "timer",
-    )
-
-    def __init__(
-        self,
-        request: GenerateRequest,
-        meta: Metadata,
-        on_chunk: OnChunk | None,
-        future: asyncio.Future[GenerateResult],
-    ) -> None:
-        self.request = request
-        self.meta = meta
-        self.on_chunk = on_chunk
-        self.future = future
-        self.tier: _Tier | None = None
-        self.degraded = False
-        self.queued_at = time.monotonic()
-        self.timer: asyncio.TimerHandle | None = None
-        self.reroute: asyncio.TimerHandle | None = None
-        self.preferred: _Tier | None = None
-        self.probe = False
-        self.task: asyncio.Task[None] | None = None
-
-    def fail(self, error: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(error)
-
-
-class _Tier:
-    def __init__(self, spec: TierSpec) -> None:
-        if not spec.workers:
-            msg = f"tier {spec.name!r} has no workers"
-            raise ValueError(msg)
-        self.name = spec.name
-        self.workers = list(spec.workers)
-        self.busy = [0] * len(self.workers)
-        self.slots = sum(w.capacity for w in self.workers)
-        self.queue_bound = spec.queue_bound
-        self.degrade_wait = spec.degrade_wait
-        self.queues: dict[Priority, collections.deque[_Job]] = {
-            p: collections.deque() for p in PRIORITIES
-        }
-        self.breaker = Breaker(threshold=spec.breaker_threshold, cooldown=spec.breaker_cooldown)
-        self.ewma_prefill: float | None = None
-        self.ewma_token: float | None = None
-        self.ewma_tokens: float | None = None
-        self.running: dict[_Job, tuple[float, float]] = {}
-        self.pump_timer: asyncio.TimerHandle | None = None
-        self.admitted = self.degraded_in = self.rejected = self.timeouts = self.failures = 0
-        self.cancelled = 0
-
-    @property
-    def in_flight(self) -> int:
-        return sum(self.busy)
-
-    @property
-    def queued(self) -> int:
-        return sum(len(q) for q in self.queues.values())
-
-    @property
-    def context_length(self) -> int:
-        return min(w.context_length for w in self.workers)
-
-    def free_worker(self) -> int | None:
-        for i, worker in enumerate(self.workers):
-            if self.busy[i] < worker.capacity:
-                return i
-        return None
-
-    def service_s(self, job: _Job) -> float:
-        """Expected seconds to run `job` once started (0 until measured).
-
-        Its length is expected to be the tier's recent average, as most
-        generations stop well before `max_tokens`; never more than that.
-        """
-        prefill = self.ewma_prefill or 0.0
-        tokens = min(float(job.request.max_tokens), self.ewma_tokens or 0.0)
-        return prefill + (self.ewma_token or 0.0) * tokens
-
-    def wait_s(self, job: _Job) -> float:
-        """Expected seconds before `job` would start if queued now.
-
-        Each running generation is expected to end when its expected service
-        time has passed since it started; the `n`-th in line beyond the free
-        slots starts when the `n`-th of those ends (a full service time later
-        for each further round of slots).
-        """
-        ahead = sum(len(self.queues[p]) for p in PRIORITIES[: _RANK[job.meta.priority] + 1])
-        beyond = self.in_flight + ahead + 1 - self.slots
-        if beyond <= 0:
-            return 0.0
-        now = time.monotonic()
-        # A generation past its estimate is not about to end: count a share of one.
-        ends = sorted(
-            max(OVERRUN_SHARE * expected, expected - (now - started))
-            for started, expected in self.running.values()
-        )
-        rounds, index = divmod(beyond - 1, max(len(ends), 1))
-        first = ends[index] if ends else 0.0
-        return first + rounds * self.service_s(job)
-
-    def queue_room(self, priority: Priority) -> bool:
-        bound = self.queue_bound
-        if priority is Priority.SHEDDABLE:
-            bound = int(bound * SHEDDABLE_QUEUE_SHARE)
-        return self.queued < bound
-
-    def learn_cut(self, tokens: int, started: float, finished: float) -> None:
-        """Learn from a generation cut short: its pace so far bounds the per-token time."""
-        # A lower bound on the true pace, so the estimate jumps to at least it.
-        sample = (finished - started) / max(tokens, 1)
-        if self.ewma_token is None or sample > self.ewma_token:
-            self.ewma_token = sample
-        if self.ewma_tokens is None:
-            self.ewma_tokens = float(max(tokens, 1))
-
-    def learn(self, generation: Generation, started: float, finished: float) -> None:
-        run = finished - started
-        tokens = max(generation.completion_tokens, 1)
-        token_s = max(run - generation.first_token_s, 0.0) / tokens
-        self.ewma_prefill = _ewma(self.ewma_prefill, generation.first_token_s)
-        self.ewma_token = _ewma(self.ewma_token, token_s)
-        self.ewma_tokens = _ewma(self.ewma_tokens, float(generation.completion_tokens))
-
-    def statistics(self) -> TierStatistics:
-        worker = self.workers[0]
-        return TierStatistics(
-            name=self.name,
-            backend=worker.name,
-            model=worker.model,
-            slots=self.slots,
-            in_flight=self.in_flight,
-            queued=self.queued,
-            admitted=self.admitted,
-            degraded_in=self.degraded_in,
-            rejected=self.rejected,
-            timeouts=self.timeouts,
-            failures=self.failures,
-            cancelled=self.cancelled,
-            breaker=self.breaker.state,
-            breaker_opened=self.breaker.opened,
-            ewma_prefill_ms=None if self.ewma_prefill is None else self.ewma_prefill * 1e3,
-            ewma_token_ms=None if self.ewma_token is None else self.ewma_token * 1e3,
-        )
-
-
-def _ewma(current: float | None, sample: float) -> float:
-    return sample if current is None else current + EWMA_WEIGHT * (sample - current)
 
 
 class InferencePool:
@@ -292,7 +73,7 @@ class InferencePool:
         if not tiers:
             msg = "an inference pool needs at least one tier"
             raise ValueError(msg)
-        self._tiers = [_Tier(spec) for spec in tiers]
+        self._tiers = [Tier(spec) for spec in tiers]
         self._by_name = {t.name: i for i, t in enumerate(self._tiers)}
         self.default_tier = default_tier or self._tiers[0].name
         if self.default_tier not in self._by_name:
@@ -349,11 +130,11 @@ class InferencePool:
         job.future.add_done_callback(lambda f: self._cancel(job) if f.cancelled() else None)
         return job.future
 
-    def _new_job(self, request: GenerateRequest, meta: Metadata, on_chunk: OnChunk | None) -> _Job:
+    def _new_job(self, request: GenerateRequest, meta: Metadata, on_chunk: OnChunk | None) -> Job:
         future: asyncio.Future[GenerateResult] = asyncio.get_running_loop().create_future()
-        return _Job(request, meta, on_chunk, future)
+        return Job(request, meta, on_chunk, future)
 
-    def _candidates(self, request: GenerateRequest) -> list[_Tier]:
+    def _candidates(self, request: GenerateRequest) -> list[Tier]:
         name = request.tier or self.default_tier
         index = self._by_name.get(name)
         if index is None:
@@ -361,7 +142,7 @@ class InferencePool:
             raise NotFound(msg)
         return self._tiers[index:] if request.may_degrade else [self._tiers[index]]
 
-    def _admit(self, job: _Job, *, start_only: bool) -> None:
+    def _admit(self, job: Job, *, start_only: bool) -> None:
         if self._closing:
             job.fail(Unavailable("the inference pool is shutting down"))
             return
@@ -374,7 +155,7 @@ class InferencePool:
         job.preferred = candidates[0]
         self._place(job, candidates, start_only=start_only)
 
-    def _place(self, job: _Job, candidates: Sequence[_Tier], *, start_only: bool) -> None:
+    def _place(self, job: Job, candidates: Sequence[Tier], *, start_only: bool) -> None:
         """Start, queue or refuse `job` on the first of `candidates` that can answer in time."""
         remaining = job.meta.deadline - time.time()
         if remaining <= 0:
@@ -408,7 +189,7 @@ class InferencePool:
                 return
         self._refuse(job, remaining, retry_after, start_only=start_only)
 
-    def _refuse(self, job: _Job, remaining: float, retry_after: float, *, start_only: bool) -> None:
+    def _refuse(self, job: Job, remaining: float, retry_after: float, *, start_only: bool) -> None:
         self.rejections += 1
         if job.preferred is not None:
             job.preferred.rejected += 1
@@ -420,7 +201,7 @@ class InferencePool:
             )
         )
 
-    def _patience(self, job: _Job, tier: _Tier, candidates: Sequence[_Tier]) -> float:
+    def _patience(self, job: Job, tier: Tier, candidates: Sequence[Tier]) -> float:
         """How long `job` may wait for `tier` before a smaller tier should take it.
 
         Forever (up to its deadline) when no smaller candidate could take it now.
@@ -430,7 +211,7 @@ class InferencePool:
             return math.inf
         return tier.degrade_wait * tier.service_s(job)
 
-    def _validate(self, job: _Job, tier: _Tier) -> None:
+    def _validate(self, job: Job, tier: Tier) -> None:
         prompt_text(job.request)
         if job.request.max_tokens < 1:
             msg = f"max_tokens must be at least 1, not {job.request.max_tokens}"
@@ -443,21 +224,21 @@ class InferencePool:
             )
             raise BadRequest(msg)
 
-    def _fits(self, job: _Job, tier: _Tier) -> bool:
+    def _fits(self, job: Job, tier: Tier) -> bool:
         prompt_tokens = tier.workers[0].count_tokens(job.request)
         return prompt_tokens + job.request.max_tokens <= tier.context_length
 
-    def _count_admission(self, job: _Job, tier: _Tier) -> None:
+    def _count_admission(self, job: Job, tier: Tier) -> None:
         self.admissions += 1
         tier.admitted += 1
         if job.degraded:
             self.degrades += 1
             tier.degraded_in += 1
 
-    def _shed_for(self, job: _Job, tier: _Tier) -> bool:
+    def _shed_for(self, job: Job, tier: Tier) -> bool:
         """Make room by answering the newest less important queued job `Overloaded`."""
         for priority in reversed(PRIORITIES):
-            if _RANK[priority] <= _RANK[job.meta.priority]:
+            if RANK[priority] <= RANK[job.meta.priority]:
                 return False
             queue = tier.queues[priority]
             if queue:
@@ -475,7 +256,7 @@ class InferencePool:
 
     # -- queueing -------------------------------------------------------------
 
-    def _enqueue(self, job: _Job, tier: _Tier, patience: float) -> None:
+    def _enqueue(self, job: Job, tier: Tier, patience: float) -> None:
         job.tier = tier
         tier.queues[job.meta.priority].append(job)
         loop = asyncio.get_running_loop()
@@ -485,7 +266,7 @@ class InferencePool:
             # first, or a slot took longer to free), it moves down a tier.
             job.reroute = loop.call_later(patience, self._reroute, job)
 
-    def _reroute(self, job: _Job) -> None:
+    def _reroute(self, job: Job) -> None:
         job.reroute = None
         tier = job.tier
         if tier is None or job not in tier.queues[job.meta.priority]:
@@ -504,7 +285,7 @@ class InferencePool:
         self._place(job, smaller, start_only=False)
         self._note_idle()
 
-    def _expire(self, job: _Job) -> None:
+    def _expire(self, job: Job) -> None:
         tier = job.tier
         if tier is None:
             return
@@ -515,13 +296,13 @@ class InferencePool:
             job.fail(RequestTimeout(f"no {tier.name} slot freed before the deadline"))
             self._note_idle()
 
-    def _unschedule(self, job: _Job) -> None:
+    def _unschedule(self, job: Job) -> None:
         for timer in (job.timer, job.reroute):
             if timer is not None:
                 timer.cancel()
         job.timer = job.reroute = None
 
-    def _pump(self, tier: _Tier) -> None:
+    def _pump(self, tier: Tier) -> None:
         while tier.queued:
             worker = tier.free_worker()
             if worker is None:
@@ -537,13 +318,13 @@ class InferencePool:
             self._unschedule(job)
             self._start(job, tier, worker, probe=tier.breaker.probing)
 
-    def _pump_later(self, tier: _Tier) -> None:
+    def _pump_later(self, tier: Tier) -> None:
         tier.pump_timer = None
         self._pump(tier)
 
     # -- running --------------------------------------------------------------
 
-    def _start(self, job: _Job, tier: _Tier, worker: int, *, probe: bool) -> None:
+    def _start(self, job: Job, tier: Tier, worker: int, *, probe: bool) -> None:
         job.tier = tier
         job.probe = probe
         tier.busy[worker] += 1
@@ -551,7 +332,7 @@ class InferencePool:
         job.task = asyncio.ensure_future(self._run(job, tier, worker))
         job.task.add_done_callback(lambda _task: self._release(job, tier, worker, verdict=False))
 
-    async def _run(self, job: _Job, tier: _Tier, worker: int) -> None:
+    async def _run(self, job: Job, tier: Tier, worker: int) -> None:
         backend = tier.workers[worker]
         queue_s = time.monotonic() - job.queued_at
         index = 0
@@ -599,8 +380,8 @@ class InferencePool:
 
     def _succeed(
         self,
-        job: _Job,
-        tier: _Tier,
+        job: Job,
+        tier: Tier,
         backend: Backend,
         generation: Generation,
         *,
@@ -629,7 +410,7 @@ class InferencePool:
             )
         )
 
-    def _release(self, job: _Job, tier: _Tier, worker: int, *, verdict: bool) -> None:
+    def _release(self, job: Job, tier: Tier, worker: int, *, verdict: bool) -> None:
         # Called when the run ends, and again when its task is done: a task
         # cancelled before its first step never runs `_run` at all.
         if job not in tier.running:
@@ -643,7 +424,7 @@ class InferencePool:
         self._pump(tier)
         self._note_idle()
 
-    def _cancel(self, job: _Job) -> None:
+    def _cancel(self, job: Job) -> None:
         """The caller went away: drop the job from its queue, or stop its run."""
         self._unschedule(job)
         tier = job.tier

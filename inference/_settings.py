@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 from config import ExLlamaV2BackendSettings, OpenAIBackendSettings, ScriptedBackendSettings
 from inference._exllamav2 import Engine, ExLlamaV2Backend
 from inference._openai import OpenAIBackend, api_key_from_env
-from inference._pool import InferencePool, TierSpec
+from inference._pool import InferencePool
 from inference._scripted import scripted_from_settings
+from inference._tier import TierSpec
 
 if TYPE_CHECKING:
     from config import BackendSettings, InferenceSettings

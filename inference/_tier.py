@@ -1,0 +1,236 @@
+"""A model tier of the inference pool: its workers, queues, estimates and breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from typing import Annotated, Final
+
+import msgspec
+
+from inference._backend import Backend, Generation
+from inference._breaker import Breaker, BreakerState
+from messages import GenerateRequest, GenerateResult, Metadata, Priority, TokenChunk
+
+OnChunk = Callable[[TokenChunk], None]
+
+# Highest first: the order queues are served in, and the reverse of shedding.
+PRIORITIES: Final = (Priority.CRITICAL, Priority.DEFAULT, Priority.SHEDDABLE)
+RANK: Final = {p: i for i, p in enumerate(PRIORITIES)}
+EWMA_WEIGHT: Final = 0.2
+OVERRUN_SHARE: Final = 0.25
+SHEDDABLE_QUEUE_SHARE: Final = 0.5
+
+
+class TierSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One tier: its name, its workers and how much may wait for them.
+
+    Attributes:
+        name: `large`, `small`, ...
+        workers: One backend per worker.
+        queue_bound: Requests that may wait for a slot (sheddable ones may
+            use only half of it).
+        breaker_threshold: Consecutive failures that take the tier out.
+        breaker_cooldown: Seconds out before a probe request is let in.
+        degrade_wait: How long, as a share of the tier's expected service time,
+            a request that may degrade waits for this tier before it goes to
+            a smaller one. This keeps the tier's latency flat under load; a
+            request that may not degrade waits as long as its deadline allows.
+    """
+
+    name: str
+    workers: list[Backend]
+    queue_bound: int = 64
+    degrade_wait: Annotated[float, msgspec.Meta(ge=0)] = 0.25
+    breaker_threshold: int = 3
+    breaker_cooldown: float = 5.0
+
+
+class TierStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """One tier, now and since start."""
+
+    name: str
+    backend: str
+    model: str
+    slots: int
+    in_flight: int
+    queued: int
+    admitted: int
+    degraded_in: int
+    rejected: int
+    timeouts: int
+    failures: int
+    cancelled: int
+    breaker: BreakerState
+    breaker_opened: int
+    ewma_prefill_ms: float | None
+    ewma_token_ms: float | None
+
+
+class Job:
+    """One request inside the pool, from admission to its answer."""
+
+    __slots__ = (
+        "degraded",
+        "future",
+        "meta",
+        "on_chunk",
+        "preferred",
+        "probe",
+        "queued_at",
+        "request",
+        "reroute",
+        "task",
+        "tier",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        request: GenerateRequest,
+        meta: Metadata,
+        on_chunk: OnChunk | None,
+        future: asyncio.Future[GenerateResult],
+    ) -> None:
+        self.request = request
+        self.meta = meta
+        self.on_chunk = on_chunk
+        self.future = future
+        self.tier: Tier | None = None
+        self.degraded = False
+        self.queued_at = time.monotonic()
+        self.timer: asyncio.TimerHandle | None = None
+        self.reroute: asyncio.TimerHandle | None = None
+        self.preferred: Tier | None = None
+        self.probe = False
+        self.task: asyncio.Task[None] | None = None
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+class Tier:
+    """A tier's live state: busy workers, queues, running jobs, EWMAs, counters."""
+
+    def __init__(self, spec: TierSpec) -> None:
+        if not spec.workers:
+            msg = f"tier {spec.name!r} has no workers"
+            raise ValueError(msg)
+        self.name = spec.name
+        self.workers = list(spec.workers)
+        self.busy = [0] * len(self.workers)
+        self.slots = sum(w.capacity for w in self.workers)
+        self.queue_bound = spec.queue_bound
+        self.degrade_wait = spec.degrade_wait
+        self.queues: dict[Priority, collections.deque[Job]] = {
+            p: collections.deque() for p in PRIORITIES
+        }
+        self.breaker = Breaker(threshold=spec.breaker_threshold, cooldown=spec.breaker_cooldown)
+        self.ewma_prefill: float | None = None
+        self.ewma_token: float | None = None
+        self.ewma_tokens: float | None = None
+        self.running: dict[Job, tuple[float, float]] = {}
+        self.pump_timer: asyncio.TimerHandle | None = None
+        self.admitted = self.degraded_in = self.rejected = self.timeouts = self.failures = 0
+        self.cancelled = 0
+
+    @property
+    def in_flight(self) -> int:
+        return sum(self.busy)
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    @property
+    def context_length(self) -> int:
+        return min(w.context_length for w in self.workers)
+
+    def free_worker(self) -> int | None:
+        for i, worker in enumerate(self.workers):
+            if self.busy[i] < worker.capacity:
+                return i
+        return None
+
+    def service_s(self, job: Job) -> float:
+        """Expected seconds to run `job` once started (0 until measured).
+
+        Its length is expected to be the tier's recent average, as most
+        generations stop well before `max_tokens`; never more than that.
+        """
+        prefill = self.ewma_prefill or 0.0
+        tokens = min(float(job.request.max_tokens), self.ewma_tokens or 0.0)
+        return prefill + (self.ewma_token or 0.0) * tokens
+
+    def wait_s(self, job: Job) -> float:
+        """Expected seconds before `job` would start if queued now.
+
+        Each running generation is expected to end when its expected service
+        time has passed since it started; the `n`-th in line beyond the free
+        slots starts when the `n`-th of those ends (a full service time later
+        for each further round of slots).
+        """
+        ahead = sum(len(self.queues[p]) for p in PRIORITIES[: RANK[job.meta.priority] + 1])
+        beyond = self.in_flight + ahead + 1 - self.slots
+        if beyond <= 0:
+            return 0.0
+        now = time.monotonic()
+        # A generation past its estimate is not about to end: count a share of one.
+        ends = sorted(
+            max(OVERRUN_SHARE * expected, expected - (now - started))
+            for started, expected in self.running.values()
+        )
+        rounds, index = divmod(beyond - 1, max(len(ends), 1))
+        first = ends[index] if ends else 0.0
+        return first + rounds * self.service_s(job)
+
+    def queue_room(self, priority: Priority) -> bool:
+        bound = self.queue_bound
+        if priority is Priority.SHEDDABLE:
+            bound = int(bound * SHEDDABLE_QUEUE_SHARE)
+        return self.queued < bound
+
+    def learn_cut(self, tokens: int, started: float, finished: float) -> None:
+        """Learn from a generation cut short: its pace so far bounds the per-token time."""
+        # A lower bound on the true pace, so the estimate jumps to at least it.
+        sample = (finished - started) / max(tokens, 1)
+        if self.ewma_token is None or sample > self.ewma_token:
+            self.ewma_token = sample
+        if self.ewma_tokens is None:
+            self.ewma_tokens = float(max(tokens, 1))
+
+    def learn(self, generation: Generation, started: float, finished: float) -> None:
+        run = finished - started
+        tokens = max(generation.completion_tokens, 1)
+        token_s = max(run - generation.first_token_s, 0.0) / tokens
+        self.ewma_prefill = ewma(self.ewma_prefill, generation.first_token_s)
+        self.ewma_token = ewma(self.ewma_token, token_s)
+        self.ewma_tokens = ewma(self.ewma_tokens, float(generation.completion_tokens))
+
+    def statistics(self) -> TierStatistics:
+        worker = self.workers[0]
+        return TierStatistics(
+            name=self.name,
+            backend=worker.name,
+            model=worker.model,
+            slots=self.slots,
+            in_flight=self.in_flight,
+            queued=self.queued,
+            admitted=self.admitted,
+            degraded_in=self.degraded_in,
+            rejected=self.rejected,
+            timeouts=self.timeouts,
+            failures=self.failures,
+            cancelled=self.cancelled,
+            breaker=self.breaker.state,
+            breaker_opened=self.breaker.opened,
+            ewma_prefill_ms=None if self.ewma_prefill is None else self.ewma_prefill * 1e3,
+            ewma_token_ms=None if self.ewma_token is None else self.ewma_token * 1e3,
+        )
+
+
+def ewma(current: float | None, sample: float) -> float:
+    return sample if current is None else current + EWMA_WEIGHT * (sample - current)
