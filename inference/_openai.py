@@ -66,33 +66,14 @@ class OpenAIBackend:
         connect_timeout: float = 5.0,
     ) -> None:
         self.url = url.rstrip("/")
-        self._model = model
+        self.name = NAME
+        self.model = model
         self._api_key = api_key
-        self._capacity = capacity
-        self._context_length = context_length
+        self.capacity = capacity
+        self.context_length = context_length
         self._connect_timeout = connect_timeout
         self._client: httpx.AsyncClient | None = None
         self._closed = False
-
-    @property
-    def name(self) -> str:
-        """Always `openai`."""
-        return NAME
-
-    @property
-    def model(self) -> str:
-        """The served model's name."""
-        return self._model
-
-    @property
-    def capacity(self) -> int:
-        """Generations sent at once."""
-        return self._capacity
-
-    @property
-    def context_length(self) -> int:
-        """The model's context, in tokens."""
-        return self._context_length
 
     def count_tokens(self, request: GenerateRequest) -> int:
         """An estimate (4 characters a token): the server's tokenizer is not here."""
@@ -124,7 +105,7 @@ class OpenAIBackend:
         else:
             messages = [{"role": "user", "content": prompt_text(request)}]
         body: dict[str, Any] = {
-            "model": self._model,
+            "model": self.model,
             "messages": messages,
             "max_tokens": request.max_tokens,
             "temperature": request.sampling.temperature,

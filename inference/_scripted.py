@@ -66,32 +66,13 @@ class ScriptedBackend:
         self.rules = tuple(rules)
         self._compiled = [(re.compile(r.pattern, re.IGNORECASE), r.reply) for r in self.rules]
         self.default = default
-        self._model = model
+        self.name = NAME
+        self.model = model
         self.token_delay = token_delay
         self.prefill_delay = prefill_delay
-        self._capacity = capacity
-        self._context_length = context_length
+        self.capacity = capacity
+        self.context_length = context_length
         self.fail_with = fail_with
-
-    @property
-    def name(self) -> str:
-        """Always `scripted`."""
-        return NAME
-
-    @property
-    def model(self) -> str:
-        """The configured model name."""
-        return self._model
-
-    @property
-    def capacity(self) -> int:
-        """Generations run at once."""
-        return self._capacity
-
-    @property
-    def context_length(self) -> int:
-        """Most prompt plus completion tokens."""
-        return self._context_length
 
     def count_tokens(self, request: GenerateRequest) -> int:
         """Words of the prompt: the scripted backend's tokens."""
