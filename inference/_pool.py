@@ -216,7 +216,7 @@ class InferencePool:
         if job.request.max_tokens < 1:
             msg = f"max_tokens must be at least 1, not {job.request.max_tokens}"
             raise BadRequest(msg)
-        prompt_tokens = tier.workers[0].count_tokens(job.request)
+        prompt_tokens = self._prompt_tokens(job, tier)
         if prompt_tokens + job.request.max_tokens > tier.context_length:
             msg = (
                 f"{prompt_tokens} prompt tokens + max_tokens {job.request.max_tokens} exceed "
@@ -225,8 +225,18 @@ class InferencePool:
             raise BadRequest(msg)
 
     def _fits(self, job: Job, tier: Tier) -> bool:
-        prompt_tokens = tier.workers[0].count_tokens(job.request)
-        return prompt_tokens + job.request.max_tokens <= tier.context_length
+        return self._prompt_tokens(job, tier) + job.request.max_tokens <= tier.context_length
+
+    def _prompt_tokens(self, job: Job, tier: Tier) -> int:
+        """Tokens of the prompt by the tier's tokenizer, counted once per job and tier.
+
+        A real tokenizer runs on the loop; admission asks for the count of a
+        tier several times, so it is remembered.
+        """
+        count = job.prompt_tokens.get(tier.name)
+        if count is None:
+            count = job.prompt_tokens[tier.name] = tier.workers[0].count_tokens(job.request)
+        return count
 
     def _count_admission(self, job: Job, tier: Tier) -> None:
         self.admissions += 1

@@ -79,6 +79,7 @@ class Job:
         "on_chunk",
         "preferred",
         "probe",
+        "prompt_tokens",
         "queued_at",
         "request",
         "reroute",
@@ -105,6 +106,7 @@ class Job:
         self.reroute: asyncio.TimerHandle | None = None
         self.preferred: Tier | None = None
         self.probe = False
+        self.prompt_tokens: dict[str, int] = {}
         self.task: asyncio.Task[None] | None = None
 
     def fail(self, error: BaseException) -> None:
