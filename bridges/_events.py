@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -356,12 +357,7 @@ class EventRouter:
             await self._settle(msg, None, final=True, free=free)
 
     def _settle_soon(self, msg: Msg, error: BaseException, *, final: bool, free: Flow) -> None:
-        self.bridge.outbox.put(self._settle_positional, msg, error, final, free)
-
-    async def _settle_positional(
-        self, msg: Msg, error: BaseException | None, final: bool, free: Flow
-    ) -> None:
-        await self._settle(msg, error, final=final, free=free)
+        self.bridge.outbox.put(functools.partial(self._settle, msg, error, final=final, free=free))
 
     async def _settle(
         self, msg: Msg, error: BaseException | None, *, final: bool, free: Flow

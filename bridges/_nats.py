@@ -15,7 +15,7 @@ import logging
 import math
 import time
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from importlib import metadata as distribution
 from typing import TYPE_CHECKING, Any, Final
 
@@ -118,7 +118,7 @@ class NatsBridge:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._closing = False
-        self._requests: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.outbox = Outbox(io)
         self._on_closed: list[typing.Callable[[], None]] = []
         self._on_state: list[typing.Callable[[ConnectionState], None]] = []
@@ -221,7 +221,7 @@ class NatsBridge:
             self._set_state(ConnectionState.DRAINING)
             await self._settle_in_flight()
             await self.outbox.stop()
-            for task in list(self._requests):
+            for task in list(self._tasks):
                 task.cancel()
         finally:
             self._on_closed.clear()
@@ -316,9 +316,13 @@ class NatsBridge:
         return None if endpoint is None else endpoint.service
 
     def _resync_soon(self, endpoint: AgentEndpoint) -> None:
-        task = asyncio.ensure_future(endpoint.resync())
-        self._requests.add(task)
-        task.add_done_callback(self._requests.discard)
+        self._spawn(endpoint.resync())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task the bridge holds (and cancels on close)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def send(self, subject: str, body: bytes, headers: dict[str, str] | None) -> None:
         """Publish on the live connection; a failure is logged (the caller's deadline answers)."""
@@ -332,15 +336,6 @@ class NatsBridge:
             logger.warning("cannot publish to %s: %s", subject, exc)
 
     # -- reaching remote agents (Transport) --------------------------------
-
-    def encode_checked(self, message: Any) -> bytes:
-        """MessagePack of `message`, refused if over the server's max payload.
-
-        Raises:
-            PayloadTooLarge: If it would not be accepted.
-            BadRequest: If it cannot be encoded.
-        """
-        return self._size_checked(encode, message)
 
     def deliver(self, agent_type: str, call: Call) -> bool:
         """Send a call to `agent_type` over NATS (any thread); False if not connected."""
@@ -388,9 +383,7 @@ class NatsBridge:
         return body
 
     def _start_request(self, subject: str, body: bytes, reply: Reply[Any]) -> None:
-        task = asyncio.ensure_future(self._request_into(subject, body, reply))
-        self._requests.add(task)
-        task.add_done_callback(self._requests.discard)
+        self._spawn(self._request_into(subject, body, reply))
 
     async def _request_into(self, subject: str, body: bytes, reply: Reply[Any]) -> None:
         try:
