@@ -55,10 +55,12 @@ def cluster() -> Iterator[list[NatsServer]]:
         for server in servers:
             server.wait_ready()
         limit = time.monotonic() + CLUSTER_READY
-        # A fresh cluster elects its JetStream meta leader within seconds.
+        # A fresh cluster elects its JetStream meta leader within seconds. The
+        # servers announce nothing a client could wait on, so placing a probe
+        # stream is retried (bounded) until it succeeds.
         while not _jetstream_ready(servers[0].url):
             assert time.monotonic() < limit, "JetStream cluster did not form"
-            time.sleep(0.1)
+            time.sleep(0.1)  # between placement attempts
         yield servers
     finally:
         for server in servers:

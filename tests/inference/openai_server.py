@@ -96,7 +96,7 @@ async def _stream(body: dict[str, Any], text: str, writer: asyncio.StreamWriter)
     writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
     for i, word in enumerate(words):
         if "slow" in text:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # a slow model: the delay is what is served
         last = i == len(words) - 1
         choice = {
             "index": 0,

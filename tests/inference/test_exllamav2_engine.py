@@ -32,14 +32,18 @@ class FakeGenerator:
         self.jobs: list[FakeJob] = []
         self.cancelled: list[FakeJob] = []
         self.cancel_fails = False
+        self.enqueued = threading.Event()
+        self.cancel_called = threading.Event()
 
     def num_remaining_jobs(self) -> int:
         return len(self.jobs)
 
     def enqueue(self, job: FakeJob) -> None:
         self.jobs.append(job)
+        self.enqueued.set()
 
     def cancel(self, job: FakeJob) -> None:
+        self.cancel_called.set()
         if self.cancel_fails:
             msg = "defrag failed"
             raise RuntimeError(msg)
@@ -49,8 +53,13 @@ class FakeGenerator:
     def clear_queue(self) -> None:
         self.jobs.clear()
 
+    def forward_pass(self) -> list[dict[str, Any]]:
+        """A forward pass that produces nothing yet (a job that never ends)."""
+        time.sleep(0.001)  # simulated GPU work
+        return []
+
     def iterate(self) -> list[dict[str, Any]]:
-        time.sleep(0.001)  # a forward pass
+        time.sleep(0.001)  # simulated GPU work
         events: list[dict[str, Any]] = []
         for job in list(self.jobs):
             ident = job.fields["identifier"]
@@ -132,14 +141,13 @@ async def test_events_from_the_engine_thread_stream_through_the_pool(
 async def test_a_cancelled_generation_cancels_the_engine_job(generator: FakeGenerator) -> None:
     engine = fake_engine(generator)
     backend = ExLlamaV2Backend(engine)
-    started = asyncio.Event()
-    generator.iterate = lambda: started.set() or []  # type: ignore[method-assign]
+    generator.iterate = list  # type: ignore[method-assign] - a job that never ends
     task = asyncio.ensure_future(backend.generate(GenerateRequest(prompt="hi"), lambda _t: None))
-    await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(generator.enqueued.wait, 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.to_thread(engine._thread.join, 0.2)
+    assert await asyncio.to_thread(generator.cancel_called.wait, 5)
     assert len(generator.cancelled) == 1
     await backend.aclose()
 
@@ -152,8 +160,9 @@ async def test_an_engine_that_fails_refuses_later_jobs_and_trips_the_breaker(
         [TierSpec(name="gpu", workers=[ExLlamaV2Backend(engine)], breaker_threshold=1)]
     )
     generator.cancel_fails = True
+    generator.iterate = list  # type: ignore[method-assign] - a job that never ends
     stalled = asyncio.ensure_future(pool.submit(GenerateRequest(prompt="hi", max_tokens=3), meta()))
-    await asyncio.sleep(0)
+    assert await asyncio.to_thread(generator.enqueued.wait, 5)
     stalled.cancel()  # the cancel raises on the engine thread: the engine fails
     with pytest.raises(asyncio.CancelledError):
         await stalled

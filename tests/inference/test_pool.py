@@ -23,6 +23,15 @@ from messages import (
     new_message_id,
 )
 
+
+async def step() -> None:
+    """One turn of the event loop: tasks just created run up to their first wait.
+
+    Deterministic (asyncio runs ready callbacks in order), not a timed wait.
+    """
+    await asyncio.sleep(0)
+
+
 RULES = [Rule(pattern="refund", reply="Refunds take five days.")]
 TOKEN = 0.01  # seconds per scripted token
 
@@ -95,7 +104,7 @@ async def test_bad_requests_get_typed_errors() -> None:
 async def test_a_full_preferred_tier_degrades_to_the_smaller_one() -> None:
     p = pool(queue_bound=0)
     first = asyncio.ensure_future(p.submit(ask(), meta()))
-    await asyncio.sleep(0)  # the first takes the only large slot
+    await step()  # the first takes the only large slot
     second = await p.submit(ask(), meta())
     assert (second.tier, second.degraded) == ("small", True)
     assert (await first).tier == "large"
@@ -105,14 +114,14 @@ async def test_a_full_preferred_tier_degrades_to_the_smaller_one() -> None:
 async def test_a_request_that_may_not_degrade_is_refused_with_retry_after() -> None:
     p = pool(queue_bound=0)
     first = asyncio.ensure_future(p.submit(ask(), meta()))
-    await asyncio.sleep(0)
+    await step()
     with pytest.raises(Overloaded) as cold:
         await p.submit(ask(may_degrade=False), meta())
     # Nothing is known of the tier yet: no retry_after rather than a made-up one.
     assert cold.value.retry_after is None
     await first
     second = asyncio.ensure_future(p.submit(ask(), meta()))
-    await asyncio.sleep(0)
+    await step()
     with pytest.raises(Overloaded) as warm:
         await p.submit(ask(may_degrade=False), meta())
     assert warm.value.retry_after is not None
@@ -124,7 +133,7 @@ async def test_a_request_that_would_miss_its_deadline_waiting_degrades() -> None
     p = pool(queue_bound=10)
     await p.submit(ask(), meta())  # teaches the large tier its speed: ~4 tokens x 10 ms
     running = [asyncio.ensure_future(p.submit(ask(), meta())) for _ in range(3)]
-    await asyncio.sleep(0)
+    await step()
     # Three large requests ahead: waiting would take ~0.08 s, the budget is 0.05 s.
     tight = await p.submit(ask(max_tokens=4), meta(timeout=0.05))
     assert tight.tier == "small"
@@ -140,7 +149,7 @@ async def test_queued_work_is_served_by_priority() -> None:
         order.append(label)
 
     blocker = asyncio.ensure_future(one("first", Priority.DEFAULT))
-    await asyncio.sleep(0)
+    await step()
     rest = [
         asyncio.ensure_future(one(label, priority))
         for label, priority in (
@@ -156,12 +165,12 @@ async def test_queued_work_is_served_by_priority() -> None:
 async def test_sheddable_work_is_shed_first_when_the_queue_is_full() -> None:
     p = pool(queue_bound=2)
     running = asyncio.ensure_future(p.submit(ask(may_degrade=False), meta()))
-    await asyncio.sleep(0)
+    await step()
     sheddable = asyncio.ensure_future(
         p.submit(ask(may_degrade=False), meta(priority=Priority.SHEDDABLE))
     )
     default = asyncio.ensure_future(p.submit(ask(may_degrade=False), meta()))
-    await asyncio.sleep(0)
+    await step()
     # The queue (2) is full; a critical request takes the sheddable one's place.
     critical = asyncio.ensure_future(
         p.submit(ask(may_degrade=False), meta(priority=Priority.CRITICAL))
@@ -171,7 +180,7 @@ async def test_sheddable_work_is_shed_first_when_the_queue_is_full() -> None:
     await asyncio.gather(running, default, critical)
     # A sheddable request may use only half the queue.
     blockers = [asyncio.ensure_future(p.submit(ask(may_degrade=False), meta())) for _ in range(2)]
-    await asyncio.sleep(0)
+    await step()
     with pytest.raises(Overloaded):
         await p.submit(ask(may_degrade=False), meta(priority=Priority.SHEDDABLE))
     await asyncio.gather(*blockers)
@@ -180,7 +189,7 @@ async def test_sheddable_work_is_shed_first_when_the_queue_is_full() -> None:
 async def test_nothing_waits_in_the_queue_past_its_deadline() -> None:
     p = pool(queue_bound=10, token_delay=0.05)
     blocker = asyncio.ensure_future(p.submit(ask(may_degrade=False), meta()))
-    await asyncio.sleep(0)
+    await step()
     with pytest.raises(RequestTimeout):
         await p.submit(ask(may_degrade=False), meta(timeout=0.03))
     # Answered at its own deadline, not when the slot it waited for freed.
@@ -200,12 +209,18 @@ async def test_a_generation_is_cut_at_its_deadline_and_frees_its_slot() -> None:
 async def test_a_caller_that_goes_away_frees_the_slot() -> None:
     p = pool(token_delay=0.05)
     chunks: list[TokenChunk] = []
-    task = asyncio.ensure_future(p.submit(ask(may_degrade=False), meta(), on_chunk=chunks.append))
-    await asyncio.sleep(0.06)
+    first = asyncio.Event()
+
+    def on_chunk(chunk: TokenChunk) -> None:
+        chunks.append(chunk)
+        first.set()
+
+    task = asyncio.ensure_future(p.submit(ask(may_degrade=False), meta(), on_chunk=on_chunk))
+    await asyncio.wait_for(first.wait(), 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0)
+    await asyncio.wait_for(p.join(), 5)
     assert p.statistics().tiers[0].in_flight == 0
     assert len(chunks) < 4
 
@@ -249,7 +264,7 @@ async def test_a_request_that_may_degrade_does_not_wait_long_for_its_tier() -> N
     p = pool(queue_bound=10, token_delay=0.02)
     await p.submit(ask(), meta())  # the large tier learns it takes ~80 ms
     blocker = asyncio.ensure_future(p.submit(ask(may_degrade=False), meta()))
-    await asyncio.sleep(0)
+    await step()
     # Waiting ~80 ms is more than a quarter of the tier's service time.
     moved = await p.submit(ask(), meta())
     assert (moved.tier, moved.degraded) == ("small", True)
@@ -269,9 +284,9 @@ async def test_a_queued_request_overtaken_by_more_important_work_moves_down_a_ti
     )
     await p.submit(ask(), meta())  # ~80 ms per request on the large tier
     blocker = asyncio.ensure_future(p.submit(ask(may_degrade=False), meta()))
-    await asyncio.sleep(0)
+    await step()
     patient = asyncio.ensure_future(p.submit(ask(), meta()))  # queued: ~80 ms <= 120 ms
-    await asyncio.sleep(0)
+    await step()
     assert p.statistics().tiers[0].queued == 1
     critical = [
         asyncio.ensure_future(p.submit(ask(may_degrade=False), meta(priority=Priority.CRITICAL)))
@@ -291,7 +306,7 @@ async def test_requests_queued_when_a_breaker_opens_are_served_after_its_cooldow
     )
     failing = asyncio.ensure_future(p.submit(ask(), meta()))
     waiting = asyncio.ensure_future(p.submit(ask(), meta(timeout=3)))
-    await asyncio.sleep(0)
+    await step()
     assert p.statistics().tiers[0].queued == 1
     with pytest.raises(Unavailable):
         await failing
@@ -329,8 +344,9 @@ async def test_a_failing_chunk_callback_fails_its_request_not_the_tier() -> None
 
 async def test_cancelling_a_submit_nowait_future_frees_the_slot() -> None:
     p = pool(token_delay=0.05)
-    future = p.submit_nowait(ask(may_degrade=False), meta())
-    await asyncio.sleep(0.01)
+    first = asyncio.Event()
+    future = p.submit_nowait(ask(may_degrade=False), meta(), on_chunk=lambda _c: first.set())
+    await asyncio.wait_for(first.wait(), 5)  # running, not merely admitted
     future.cancel()
     await asyncio.wait_for(p.join(), 5)
     assert p.statistics().tiers[0].in_flight == 0
