@@ -95,14 +95,7 @@ class Context:
             if self._published is None:
                 self._published = itertools.count(1)
             message_id = f"{self.metadata.id}.e{next(self._published)}"
-        meta = msgspec.structs.replace(
-            self.metadata,
-            id=message_id,
-            correlation_id=self.metadata.id,
-            sender=self._agent.name,
-            delivery=1,
-        )
-        transport.publish(event, meta)
+        transport.publish(event, self._cause(message_id))
         return message_id
 
     def generate(self, request: GenerateRequest | str, **fields: Any) -> GenerateResult:
@@ -116,7 +109,7 @@ class Context:
             messages.Unavailable: If the node runs no inference pool.
             messages.AgentError: Overloaded, timeout, bad request, ...
         """
-        return self._inference().generate(_request(request, fields), self._cause())
+        return self._inference().generate(_request(request, fields), self._cause(new_message_id()))
 
     def generate_stream(self, request: GenerateRequest | str, **fields: Any) -> GenerationStream:
         """Like `generate`, but iterate over the chunks as they are produced.
@@ -124,7 +117,7 @@ class Context:
         The final `GenerateResult` is the stream's `result` once the
         iteration ends; `close()` it to stop early and free the slot.
         """
-        return self._inference().stream(_request(request, fields), self._cause())
+        return self._inference().stream(_request(request, fields), self._cause(new_message_id()))
 
     def _inference(self) -> Inference:
         inference = self._agent.runtime.inference
@@ -133,10 +126,11 @@ class Context:
             raise Unavailable(msg)
         return inference
 
-    def _cause(self) -> Metadata:
+    def _cause(self, message_id: str) -> Metadata:
+        """Metadata of something this message causes: its deadline, priority and trace."""
         return msgspec.structs.replace(
             self.metadata,
-            id=new_message_id(),
+            id=message_id,
             correlation_id=self.metadata.id,
             sender=self._agent.name,
             delivery=1,

@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     )
 
 EventListener = Callable[["SupervisionEvent"], None]
+T = TypeVar("T")
 
 DEFAULT_ASK_TIMEOUT: Final = 30.0
 DEFAULT_HUNG_MARGIN: Final = 5.0
@@ -110,7 +111,7 @@ class Directory:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._members: dict[str, tuple[Agent, ...]] = {}
-        self._watchers: dict[str, tuple[Callable[[int], None], ...]] = {}
+        self._watchers: dict[str, Listeners[int]] = {}
 
     def register(self, agent: Agent) -> None:
         """Add a live agent under its type."""
@@ -135,19 +136,13 @@ class Directory:
         must be quick. Returns a function that stops the watching.
         """
         with self._lock:
-            self._watchers[agent_type] = (*self._watchers.get(agent_type, ()), watcher)
-
-        def unwatch() -> None:
-            with self._lock:
-                current = self._watchers.get(agent_type, ())
-                self._watchers[agent_type] = tuple(w for w in current if w is not watcher)
-
-        return unwatch
+            listeners = self._watchers.setdefault(agent_type, Listeners())
+        return listeners.subscribe(watcher)
 
     def _notify(self, agent_type: str) -> None:
-        count = len(self._members.get(agent_type, ()))
-        for watcher in self._watchers.get(agent_type, ()):
-            watcher(count)
+        listeners = self._watchers.get(agent_type)
+        if listeners is not None:
+            listeners.publish(len(self._members.get(agent_type, ())))
 
     def members(self, agent_type: str) -> tuple[Agent, ...]:
         """The live local agents of a type."""
@@ -158,17 +153,17 @@ class Directory:
         return sorted(t for t, members in self._members.items() if members)
 
 
-class EventBus:
-    """Synchronous fan-out of supervision events to listeners.
+class Listeners(Generic[T]):
+    """Synchronous fan-out of values to listeners (copy-on-write, lock-free reads).
 
-    Listeners run on the publishing supervisor's thread and must be quick.
+    Listeners run on the publishing thread and must be quick.
     """
 
     def __init__(self) -> None:
-        self._listeners: tuple[EventListener, ...] = ()
+        self._listeners: tuple[Callable[[T], None], ...] = ()
         self._lock = threading.Lock()
 
-    def subscribe(self, listener: EventListener) -> Callable[[], None]:
+    def subscribe(self, listener: Callable[[T], None]) -> Callable[[], None]:
         """Add a listener; return a function that removes it."""
         with self._lock:
             self._listeners = (*self._listeners, listener)
@@ -179,10 +174,14 @@ class EventBus:
 
         return unsubscribe
 
-    def publish(self, event: SupervisionEvent) -> None:
-        """Deliver `event` to every listener."""
+    def publish(self, value: T) -> None:
+        """Deliver `value` to every listener."""
         for listener in self._listeners:
-            listener(event)
+            listener(value)
+
+
+class EventBus(Listeners["SupervisionEvent"]):
+    """Supervision events, fanned out on the publishing supervisor's thread."""
 
 
 _node_counter = itertools.count(1)
