@@ -13,6 +13,7 @@ import msgspec
 
 from actors._ref import TypeRef
 from actors._timers import Timers
+from messages import SupervisionEvent
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -25,11 +26,9 @@ if TYPE_CHECKING:
         GenerateRequest,
         GenerateResult,
         Metadata,
-        SupervisionEvent,
         TokenChunk,
     )
 
-EventListener = Callable[["SupervisionEvent"], None]
 T = TypeVar("T")
 
 DEFAULT_ASK_TIMEOUT: Final = 30.0
@@ -180,7 +179,7 @@ class Listeners(Generic[T]):
             listener(value)
 
 
-class EventBus(Listeners["SupervisionEvent"]):
+class EventBus(Listeners[SupervisionEvent]):
     """Supervision events, fanned out on the publishing supervisor's thread."""
 
 

@@ -151,7 +151,6 @@ class EventRouter:
         self.statistics = EventStatistics()
         self._js: JetStreamContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._letters: set[asyncio.Task[None]] = set()
         self._names: dict[type[Event], str] = {}
         self._subscriptions: list[JetStreamContext.PullSubscription] = []
         self._stopping = False
@@ -199,7 +198,6 @@ class EventRouter:
     async def stop(self) -> None:
         """Stop pulling; events handed out but not settled are redelivered later."""
         self._stopping = True
-        self._tasks.extend(self._letters)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -335,24 +333,19 @@ class EventRouter:
             reply.fail(Unavailable(f"no agent of type {local.name} on this node"))
         learn = (taken, len(local.members()))
         reply.add_done_callback(
-            lambda r: self.bridge.outbox.put(self._on_handled, msg, r, delivery, free, learn)
+            lambda r: self.bridge.outbox.put(self._on_handled, msg, r, free, learn)
         )
 
     async def _on_handled(
-        self,
-        msg: Msg,
-        reply: Reply[Any],
-        delivery: int,
-        free: Flow,
-        learn: tuple[tuple[float, int], int],
+        self, msg: Msg, reply: Reply[Any], free: Flow, learn: tuple[tuple[float, int], int]
     ) -> None:
         result = reply.result()
-        if not isinstance(result, BaseException):
-            free.learn(*learn)
         if isinstance(result, BaseException):
             self.statistics.failed += 1
-            await self._settle(msg, result, final=delivery >= self.settings.max_deliver, free=free)
+            final = (msg.metadata.num_delivered or 1) >= self.settings.max_deliver
+            await self._settle(msg, result, final=final, free=free)
         else:
+            free.learn(*learn)
             self.statistics.handled += 1
             await self._settle(msg, None, final=True, free=free)
 
@@ -365,9 +358,7 @@ class EventRouter:
         """Ack, nak or dead-letter; runs in the bridge's outbox (acks and naks are quick)."""
         if error is not None and final:
             # Dead-lettering waits for JetStream: its own task, off the outbox.
-            task = asyncio.ensure_future(self._dead_letter_and_term(msg, error, free))
-            self._letters.add(task)
-            task.add_done_callback(self._letters.discard)
+            self.bridge.spawn(self._dead_letter_and_term(msg, error, free))
             return
         try:
             if error is None:

@@ -316,9 +316,9 @@ class NatsBridge:
         return None if endpoint is None else endpoint.service
 
     def _resync_soon(self, endpoint: AgentEndpoint) -> None:
-        self._spawn(endpoint.resync())
+        self.spawn(endpoint.resync())
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` as a task the bridge holds (and cancels on close)."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -383,7 +383,7 @@ class NatsBridge:
         return body
 
     def _start_request(self, subject: str, body: bytes, reply: Reply[Any]) -> None:
-        self._spawn(self._request_into(subject, body, reply))
+        self.spawn(self._request_into(subject, body, reply))
 
     async def _request_into(self, subject: str, body: bytes, reply: Reply[Any]) -> None:
         try:
