@@ -98,9 +98,9 @@ def fifo_pool() -> Serve:
     backend = large()
     slots = asyncio.Semaphore(LARGE_SLOTS)
 
-    async def serve(request: GenerateRequest, _meta: Metadata) -> GenerateResult:
+    async def serve(request: GenerateRequest, meta: Metadata) -> GenerateResult:
         async with slots:
-            generation = await backend.generate(request, lambda _text: None)
+            generation = await backend.generate(request, lambda _text: None, meta=meta)
         return GenerateResult(
             text=generation.text,
             finish_reason=generation.finish_reason,

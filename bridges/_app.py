@@ -5,13 +5,22 @@ from __future__ import annotations
 import importlib
 from typing import Final
 
+import msgspec
+
 from actors import Agent, AgentDefaults, MemoryStore, Runtime
 from bridges._bridge_child import embedded_server, embedded_server_child, nats_bridge_child
-from bridges._inference_child import inference_pool_child
+from bridges._embedded import NatsServer
+from bridges._inference_child import (
+    inference_pool_child,
+    model_worker_child,
+    remote_backends,
+    worker_argv,
+)
 from bridges._loop import IoLoop
 from bridges._nats import NatsBridge
-from config import PoolSettings, Settings
+from config import ExLlamaV2BackendSettings, PoolSettings, Settings
 from inference import pool_from_settings
+from inference._exllamav2 import check_installed as check_exllamav2_installed
 from messages import ConfigError
 from supervisors import (
     Backoff,
@@ -81,19 +90,40 @@ def _backoff(settings: Settings) -> Backoff:
     )
 
 
-def _inference_spec(settings: Settings, runtime: Runtime, io: IoLoop) -> SupervisorSpec:
-    """The inference supervisor: the pool, built from `[inference]`."""
+def _inference_spec(settings: Settings, runtime: Runtime, io: IoLoop, url: str) -> SupervisorSpec:
+    """The inference supervisor: model worker processes, then the pool over them all."""
+    shutdown = settings.supervision.shutdown_timeout
+    for tier in settings.inference.tiers:
+        if tier.runs_processes and isinstance(tier.backend, ExLlamaV2BackendSettings):
+            check_exllamav2_installed()  # here, not in a worker that would crash-loop
+    settings_json = msgspec.json.encode(settings).decode()
+    children = [
+        model_worker_child(
+            runtime,
+            io,
+            tier.name,
+            index,
+            worker_argv(tier.name, settings_json, url),
+            env={"CUDA_VISIBLE_DEVICES": str(tier.gpus[index])} if tier.gpus else None,
+            shutdown=shutdown + settings.nats.drain_timeout,
+        )
+        for tier in settings.inference.tiers
+        if tier.runs_processes
+        for index in range(tier.workers)
+    ]
+    remote = remote_backends(runtime, settings.nats.prefix) if settings.nats.enabled else None
+    children.append(
+        inference_pool_child(
+            runtime,
+            io,
+            lambda: pool_from_settings(settings.inference, remote=remote),
+            shutdown=shutdown,
+        )
+    )
     return SupervisorSpec(
         name=INFERENCE_NAME,
         strategy=Strategy.ONE_FOR_ONE,
-        children=[
-            inference_pool_child(
-                runtime,
-                io,
-                lambda: pool_from_settings(settings.inference),
-                shutdown=settings.supervision.shutdown_timeout,
-            )
-        ],
+        children=children,
         max_restarts=settings.supervision.max_restarts,
         period=settings.supervision.period,
         backoff=_backoff(settings),
@@ -101,16 +131,19 @@ def _inference_spec(settings: Settings, runtime: Runtime, io: IoLoop) -> Supervi
 
 
 def _bridges_spec(
-    settings: Settings, runtime: Runtime, io: IoLoop, agents: list[type[Agent]]
+    settings: Settings,
+    runtime: Runtime,
+    io: IoLoop,
+    agents: list[type[Agent]],
+    *,
+    server: NatsServer | None,
+    url: str,
 ) -> SupervisorSpec:
     """The bridges supervisor: the embedded server (if needed), then the NATS bridge."""
     shutdown = settings.supervision.shutdown_timeout
     children = []
-    server = embedded_server(settings.nats)
-    url = settings.nats.url
     if server is not None:
         children.append(embedded_server_child(server, shutdown=shutdown))
-        url = server.url
 
     def make_bridge() -> NatsBridge:
         return NatsBridge(runtime, io, settings.nats, settings.events, agents, url=url)
@@ -147,11 +180,14 @@ def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
     if settings.nats.enabled or settings.inference.tiers:
         io = IoLoop(name=f"actorfleet-io-{runtime.node}").start()
         runtime.add_closer(io.stop)
+        server = embedded_server(settings.nats) if settings.nats.enabled else None
+        url = settings.nats.url if server is None else server.url
         if settings.inference.tiers:
             # Before the agents, which may generate as soon as they start.
-            specs.insert(0, _inference_spec(settings, runtime, io))
+            specs.insert(0, _inference_spec(settings, runtime, io, url))
         if settings.nats.enabled:
-            specs.append(_bridges_spec(settings, runtime, io, list(dict.fromkeys(agents))))
+            unique = list(dict.fromkeys(agents))
+            specs.append(_bridges_spec(settings, runtime, io, unique, server=server, url=url))
     root = SupervisorSpec(
         name=ROOT_NAME,
         strategy=Strategy.ONE_FOR_ONE,

@@ -13,7 +13,9 @@ import msgspec
 
 import config
 from bridges._app import build_node, import_agent
-from messages import ActorfleetError, StartFailed
+from bridges._loop import run_async
+from bridges._model_worker import serve_worker
+from messages import ActorfleetError, ConfigError, StartFailed, Unavailable
 from supervisors import Supervisor, SupervisorStatistics, pin_cpus
 
 EXIT_USAGE: Final = 2
@@ -33,6 +35,15 @@ def _parser() -> argparse.ArgumentParser:
         help="stop by itself after this many seconds (for smoke tests)",
     )
     run.add_argument("--log-level", default="INFO")
+    worker = commands.add_parser(
+        "worker", help="serve one model tier on NATS af.inf.<tier> until SIGTERM/SIGINT"
+    )
+    worker.add_argument("--tier", required=True, help="the tier of [inference] to serve")
+    worker.add_argument("--config", help="TOML file (default: the embedded config/default.toml)")
+    # A node passes the settings it runs with, whatever their source.
+    worker.add_argument("--settings-json", help=argparse.SUPPRESS)
+    worker.add_argument("--nats", help="NATS server URL (default: nats.url)")
+    worker.add_argument("--log-level", default="INFO")
     show = commands.add_parser("config", help="print the effective configuration as JSON")
     show.add_argument("--config", help="TOML file (default: the embedded config/default.toml)")
     return parser
@@ -72,6 +83,29 @@ def _run(args: argparse.Namespace) -> int:
     return node.run(on_ready=ready)
 
 
+def _worker(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.settings_json:
+        settings = config.decode(msgspec.json.decode(args.settings_json))
+    else:
+        settings = config.load(args.config)
+    tier = next((t for t in settings.inference.tiers if t.name == args.tier), None)
+    if tier is None:
+        names = [t.name for t in settings.inference.tiers]
+        raise ConfigError("--tier", f"{args.tier!r} is not one of the tiers {names}")
+    url = args.nats or settings.nats.url
+    try:
+        run_async(
+            serve_worker(tier, settings.nats, url, on_ready=lambda _w: print("ready", flush=True))
+        )
+    except Unavailable as exc:
+        print(f"actorfleet worker: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `actorfleet` console script."""
     args = _parser().parse_args(argv)
@@ -80,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = config.load(args.config)
             print(msgspec.json.format(msgspec.json.encode(settings).decode()))
             return 0
+        if args.command == "worker":
+            return _worker(args)
         return _run(args)
     except StartFailed as exc:
         print(f"actorfleet: {exc}", file=sys.stderr)

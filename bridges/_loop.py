@@ -25,6 +25,12 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to completion on a new loop of the kind `new_event_loop` makes."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(coro)
+
+
 class IoLoop:
     """A daemon thread that owns every socket of the node.
 

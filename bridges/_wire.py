@@ -106,6 +106,14 @@ class Subjects:
         """Every dead letter (the dead-letter stream's subjects)."""
         return f"{self.prefix}.dlq.>"
 
+    def inference(self, tier: str) -> str:
+        """Generation requests to a tier's model workers (queue group: the tier)."""
+        return f"{self.prefix}.inf.{tier}"
+
+    def inference_control(self, tier: str, worker: str) -> str:
+        """Cancellations for one model worker."""
+        return f"{self.prefix}.inf.{tier}.ctl.{worker}"
+
 
 def metadata_headers(meta: Metadata) -> dict[str, str]:
     """The headers that carry `meta`."""

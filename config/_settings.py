@@ -209,7 +209,29 @@ class ExLlamaV2BackendSettings(
     max_seq_len: Count = 0
 
 
-BackendSettings = ScriptedBackendSettings | OpenAIBackendSettings | ExLlamaV2BackendSettings
+class RemoteBackendSettings(_Section, frozen=True, kw_only=True, tag="remote", tag_field="kind"):
+    """Model workers that other nodes run, reached over NATS `af.inf.<tier>`.
+
+    A worker says what it is (backend, model, capacity, context) in the
+    first frame of each answer; these are the assumptions until then.
+
+    Attributes:
+        model: The model name shown until a worker has answered.
+        capacity: Generations one worker is assumed to run at once.
+        context_length: The context assumed; 0: unknown (the worker checks).
+    """
+
+    model: str = "remote"
+    capacity: Annotated[int, msgspec.Meta(ge=1)] = 1
+    context_length: Count = 0
+
+
+BackendSettings = (
+    ScriptedBackendSettings
+    | OpenAIBackendSettings
+    | ExLlamaV2BackendSettings
+    | RemoteBackendSettings
+)
 
 
 class TierSettings(_Section, frozen=True, kw_only=True):
@@ -224,6 +246,15 @@ class TierSettings(_Section, frozen=True, kw_only=True):
             time, a request that may degrade waits before a smaller tier takes it.
         breaker_threshold: Consecutive failures that take the tier out.
         breaker_cooldown: Seconds out before a probe request is let in.
+        process: Run each worker in its own OS process, supervised and
+            reached over NATS `af.inf.<tier>` (needs `[nats]`): a crash or a
+            CUDA fault then takes down one worker, not the node. Unset: on
+            for `exllamav2`, off for the rest.
+        gpus: The GPU of each worker process (`CUDA_VISIBLE_DEVICES`); empty:
+            they all see what the node sees.
+        heartbeat: Seconds between a worker process's signs of life while it
+            generates; a caller that hears nothing for three of them takes
+            the worker for dead.
     """
 
     name: Token
@@ -233,6 +264,25 @@ class TierSettings(_Section, frozen=True, kw_only=True):
     degrade_wait: NonNegative = 0.25
     breaker_threshold: Annotated[int, msgspec.Meta(ge=1)] = 3
     breaker_cooldown: NonNegative = 5.0
+    process: bool | None = None
+    gpus: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=list)
+    heartbeat: Positive = 0.5
+
+    @property
+    def runs_processes(self) -> bool:
+        """Whether this node runs the tier's workers as OS processes."""
+        if self.process is None:
+            return isinstance(self.backend, ExLlamaV2BackendSettings)
+        return self.process
+
+    def check(self, key: str) -> None:
+        """Raise `ConfigError` (naming `key`) if the settings contradict each other."""
+        remote = isinstance(self.backend, RemoteBackendSettings)
+        if remote and self.process:
+            raise ConfigError(f"{key}.process", "a remote tier's workers run on other nodes")
+        if self.gpus and (not self.runs_processes or len(self.gpus) != self.workers):
+            reason = "give one GPU per worker process (process = true, len(gpus) == workers)"
+            raise ConfigError(f"{key}.gpus", reason)
 
 
 class InferenceSettings(_Section, frozen=True, kw_only=True):
@@ -248,6 +298,8 @@ class InferenceSettings(_Section, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tiers]
+        for index, tier in enumerate(self.tiers):
+            tier.check(f"inference.tiers[{index}]")
         for index, name in enumerate(names):
             if name in names[:index]:
                 raise ConfigError(f"inference.tiers[{index}].name", f"tier {name!r} is named twice")
@@ -281,6 +333,14 @@ class Settings(_Section, frozen=True, kw_only=True):
     events: EventSettings = msgspec.field(default_factory=EventSettings)
     inference: InferenceSettings = msgspec.field(default_factory=InferenceSettings)
     pools: list[PoolSettings] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.nats.enabled:
+            return
+        for index, tier in enumerate(self.inference.tiers):
+            if tier.runs_processes or isinstance(tier.backend, RemoteBackendSettings):
+                reason = "its workers are reached over NATS, and [nats] is disabled"
+                raise ConfigError(f"inference.tiers[{index}]", reason)
 
 
 ENV_OVERRIDES: Final[dict[str, tuple[str, ...]]] = {

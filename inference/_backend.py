@@ -7,7 +7,7 @@ from typing import Protocol
 
 import msgspec
 
-from messages import BadRequest, FinishReason, GenerateRequest
+from messages import BadRequest, FinishReason, GenerateRequest, Metadata
 
 Emit = Callable[[str], None]
 
@@ -62,8 +62,12 @@ class Backend(Protocol):
         """Tokens in the request's prompt, as this backend's tokenizer counts them."""
         ...
 
-    async def generate(self, request: GenerateRequest, emit: Emit) -> Generation:
-        """Run one generation, calling `emit(text)` for each new piece."""
+    async def generate(self, request: GenerateRequest, emit: Emit, *, meta: Metadata) -> Generation:
+        """Run one generation, calling `emit(text)` for each new piece.
+
+        `meta` is the request's metadata (id, deadline, priority, trace
+        context), for backends that pass the request on.
+        """
         ...
 
 

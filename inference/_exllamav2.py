@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import importlib.util
 import logging
 import queue
 import threading
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from inference._backend import Emit, Generation, prompt_text
-from messages import ConfigError, FinishReason, GenerateRequest
+from messages import ConfigError, FinishReason, GenerateRequest, Metadata
 
 logger: Final = logging.getLogger("actorfleet.inference.exllamav2")
 
@@ -66,6 +67,21 @@ def paged_attention_available() -> bool:
     except importlib.metadata.PackageNotFoundError:
         return False
     return version_tuple(installed) >= FLASH_ATTN_MIN
+
+
+def check_installed() -> None:
+    """Fail now, with the reason, if the `gpu` extra is missing (nothing is imported).
+
+    Raises:
+        ConfigError: If torch or exllamav2 is not installed.
+    """
+    missing = [name for name in ("torch", "exllamav2") if importlib.util.find_spec(name) is None]
+    if missing:
+        msg = (
+            "the exllamav2 backend needs the 'gpu' extra (pip install '.[gpu]'): "
+            f"{' and '.join(missing)} not installed"
+        )
+        raise ConfigError(_CONFIG_KEY, msg)
 
 
 def render_prompt(request: GenerateRequest) -> str:
@@ -311,7 +327,13 @@ class ExLlamaV2Backend:
         """Prompt tokens, by the model's own tokenizer."""
         return int(self.engine.encode(render_prompt(request)).shape[-1])
 
-    async def generate(self, request: GenerateRequest, emit: Emit) -> Generation:
+    async def generate(
+        self,
+        request: GenerateRequest,
+        emit: Emit,
+        *,
+        meta: Metadata,  # noqa: ARG002 - nothing to pass on in-process
+    ) -> Generation:
         """Run one job on the engine, streaming its text through `emit`."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()

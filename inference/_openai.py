@@ -20,6 +20,7 @@ from messages import (
     FinishReason,
     Forbidden,
     GenerateRequest,
+    Metadata,
     NotFound,
     Overloaded,
 )
@@ -123,12 +124,19 @@ class OpenAIBackend:
             body["stop"] = request.stop
         return body
 
-    async def generate(self, request: GenerateRequest, emit: Emit) -> Generation:
-        """Stream one chat completion, emitting each content delta."""
+    async def generate(self, request: GenerateRequest, emit: Emit, *, meta: Metadata) -> Generation:
+        """Stream one chat completion, emitting each content delta.
+
+        The request id goes along as `X-Request-Id` and the trace context as
+        `traceparent`/`tracestate`, so the server's logs and traces line up.
+        """
         completion = _Completion(emit)
         try:
             async with self._http().stream(
-                "POST", f"{self.url}/chat/completions", json=self.body(request)
+                "POST",
+                f"{self.url}/chat/completions",
+                json=self.body(request),
+                headers=request_headers(meta),
             ) as response:
                 await self._check(response)
                 async for line in response.aiter_lines():
@@ -150,6 +158,16 @@ class OpenAIBackend:
         if not content_type.startswith("text/event-stream"):
             msg = f"{self.url} did not stream (content-type {content_type!r})"
             raise UpstreamError(msg)
+
+
+def request_headers(meta: Metadata) -> dict[str, str]:
+    """The headers that tie an upstream call to the request it serves."""
+    headers = {"X-Request-Id": meta.id}
+    if meta.traceparent:
+        headers["traceparent"] = meta.traceparent
+        if meta.tracestate:
+            headers["tracestate"] = meta.tracestate
+    return headers
 
 
 class _Completion:

@@ -360,7 +360,7 @@ class InferencePool:
         verdict = False
         try:
             async with asyncio.timeout(job.meta.deadline - time.time()):
-                generation = await backend.generate(job.request, emit)
+                generation = await backend.generate(job.request, emit, meta=job.meta)
         except _CallerFailed as failed:
             # The caller's own chunk callback raised: its problem, not the worker's.
             job.fail(InternalError(f"the chunk callback failed: {failed.__cause__!r}"))

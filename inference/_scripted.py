@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from inference._backend import Emit, Generation, prompt_text
-from messages import FinishReason, GenerateRequest
+from messages import FinishReason, GenerateRequest, Metadata
 
 if TYPE_CHECKING:
     from config import ScriptedBackendSettings
@@ -86,7 +86,13 @@ class ScriptedBackend:
                 return reply
         return self.default
 
-    async def generate(self, request: GenerateRequest, emit: Emit) -> Generation:
+    async def generate(
+        self,
+        request: GenerateRequest,
+        emit: Emit,
+        *,
+        meta: Metadata,  # noqa: ARG002 - nothing to pass on in-process
+    ) -> Generation:
         """Stream the scripted reply, honouring max_tokens and stop strings."""
         started = time.monotonic()
         if self.fail_with is not None:

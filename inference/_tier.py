@@ -124,7 +124,6 @@ class Tier:
         self.name = spec.name
         self.workers = list(spec.workers)
         self.busy = [0] * len(self.workers)
-        self.slots = sum(w.capacity for w in self.workers)
         self.queue_bound = spec.queue_bound
         self.degrade_wait = spec.degrade_wait
         self.queues: dict[Priority, collections.deque[Job]] = {
@@ -138,6 +137,11 @@ class Tier:
         self.pump_timer: asyncio.TimerHandle | None = None
         self.admitted = self.degraded_in = self.rejected = self.timeouts = self.failures = 0
         self.cancelled = 0
+
+    @property
+    def slots(self) -> int:
+        """Generations the tier runs at once (a remote worker's capacity is learned)."""
+        return sum(w.capacity for w in self.workers)
 
     @property
     def in_flight(self) -> int:

@@ -130,4 +130,49 @@ class GenerateResult(Message, frozen=True, kw_only=True):
     degraded: bool = False
 
 
-InferenceMessage = GenerateRequest | TokenChunk | GenerateResult
+class GenerationStarted(Message, frozen=True, kw_only=True):
+    """A model worker took a request sent to `af.inf.<tier>`: the first frame it streams back.
+
+    Attributes:
+        worker: The worker's id.
+        control: Where to send `CancelGeneration` for this request.
+        backend: The worker's backend (`exllamav2`, `openai`, `scripted`).
+        model: The worker's model.
+        capacity: Generations the worker runs at once.
+        context_length: Most prompt plus completion tokens of its model.
+        heartbeat: Seconds between the `GenerationAlive` frames it sends
+            while a generation runs; a caller that hears nothing for a few
+            of them takes the worker for dead.
+    """
+
+    worker: str
+    control: str
+    backend: str
+    model: str
+    capacity: int
+    context_length: int
+    heartbeat: float
+
+
+class GenerationAlive(Message, frozen=True, kw_only=True):
+    """The worker still runs the generation (sent every `heartbeat` seconds)."""
+
+
+class CancelGeneration(Message, frozen=True, kw_only=True):
+    """Stop the generation of request `id` (sent to the worker's `control` subject).
+
+    Attributes:
+        id: The message id of the `GenerateRequest`.
+    """
+
+    id: str
+
+
+InferenceMessage = (
+    GenerateRequest
+    | TokenChunk
+    | GenerateResult
+    | GenerationStarted
+    | GenerationAlive
+    | CancelGeneration
+)

@@ -84,6 +84,9 @@ def test_every_key_of_the_settings_is_documented_in_default_toml() -> None:
         config.InferenceSettings,
         config.TierSettings,
         config.ScriptedBackendSettings,
+        config.OpenAIBackendSettings,
+        config.ExLlamaV2BackendSettings,
+        config.RemoteBackendSettings,
         config.ScriptedRule,
     ):
         for key in section.__struct_fields__:

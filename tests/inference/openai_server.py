@@ -19,6 +19,7 @@ MODEL = "tiny-chat"
 class OpenAIServer:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
         self.disconnects = 0
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -65,6 +66,7 @@ class OpenAIServer:
             headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
             body = json.loads(await reader.readexactly(int(headers.get("content-length", 0))))
             self.requests.append(body)
+            self.headers.append(headers)
             await self._answer(body, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             self.disconnects += 1

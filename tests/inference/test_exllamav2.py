@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from bridges import build_node
@@ -10,10 +12,13 @@ from inference import pool_from_settings
 from inference._exllamav2 import render_prompt, version_tuple
 from messages import BadRequest, ChatMessage, ConfigError, GenerateRequest, StartFailed
 
+NO_GPU_EXTRA = importlib.util.find_spec("exllamav2") is None
 EXL2_TIER = {
     "name": "large",
+    "process": False,
     "backend": {"kind": "exllamav2", "model_dir": "/models/llama-exl2", "cache_mode": "Q4"},
 }
+EXL2_PROCESS_TIER = {k: v for k, v in EXL2_TIER.items() if k != "process"}
 
 
 def test_flash_attn_versions_compare_by_their_release_numbers() -> None:
@@ -48,6 +53,18 @@ def test_a_node_configured_for_exllamav2_without_a_gpu_does_not_start() -> None:
     with pytest.raises(StartFailed, match="inference"):
         node.start()
     node.runtime.close()
+
+
+def test_exllamav2_workers_run_as_processes_unless_told_otherwise() -> None:
+    in_node = {**EXL2_TIER, "name": "small"}
+    settings = decode({"inference": {"tiers": [EXL2_PROCESS_TIER, in_node]}})
+    assert [t.runs_processes for t in settings.inference.tiers] == [True, False]
+
+
+@pytest.mark.skipif(not NO_GPU_EXTRA, reason="the gpu extra is installed here")
+def test_a_node_with_exllamav2_worker_processes_but_no_gpu_extra_fails_before_starting() -> None:
+    with pytest.raises(ConfigError, match=r"gpu.*extra.*not installed"):
+        build_node(decode({"inference": {"tiers": [EXL2_PROCESS_TIER]}}))
 
 
 def test_an_unknown_cache_mode_is_a_config_error_naming_the_key() -> None:

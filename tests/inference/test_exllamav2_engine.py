@@ -142,7 +142,9 @@ async def test_a_cancelled_generation_cancels_the_engine_job(generator: FakeGene
     engine = fake_engine(generator)
     backend = ExLlamaV2Backend(engine)
     generator.iterate = list  # type: ignore[method-assign] - a job that never ends
-    task = asyncio.ensure_future(backend.generate(GenerateRequest(prompt="hi"), lambda _t: None))
+    task = asyncio.ensure_future(
+        backend.generate(GenerateRequest(prompt="hi"), lambda _t: None, meta=meta())
+    )
     assert await asyncio.to_thread(generator.enqueued.wait, 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

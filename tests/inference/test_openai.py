@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 
 from inference import InferencePool, TierSpec
@@ -23,6 +24,8 @@ from messages import (
     new_message_id,
 )
 from tests.inference.openai_server import MODEL, OpenAIServer
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 @pytest.fixture
@@ -60,6 +63,7 @@ async def test_a_generation_streams_from_the_server(server: OpenAIServer) -> Non
 
 async def test_sampling_seed_stop_and_max_tokens_reach_the_server(server: OpenAIServer) -> None:
     pool, backend = pool_for(server.url)
+    request_meta = msgspec.structs.replace(meta(), traceparent=TRACEPARENT, tracestate="af=1")
     request = GenerateRequest(
         prompt="one two three four",
         max_tokens=2,
@@ -68,10 +72,13 @@ async def test_sampling_seed_stop_and_max_tokens_reach_the_server(server: OpenAI
         stop=["END"],
     )
     try:
-        result = await pool.submit(request, meta())
+        result = await pool.submit(request, request_meta)
     finally:
         await backend.aclose()
     [sent] = server.requests
+    [headers] = server.headers
+    assert headers["x-request-id"] == request_meta.id
+    assert (headers["traceparent"], headers["tracestate"]) == (TRACEPARENT, "af=1")
     assert sent["messages"] == [{"role": "user", "content": "one two three four"}]
     assert (sent["temperature"], sent["top_p"], sent["top_k"]) == (0.7, 0.9, 40)
     assert (sent["seed"], sent["stop"], sent["max_tokens"], sent["stream"]) == (

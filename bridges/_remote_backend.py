@@ -1,0 +1,260 @@
+"""A tier's model workers in other processes, reached over NATS `af.inf.<tier>`.
+
+The pool sends a `GenerateRequest` (in the request envelope) to the tier's
+subject with a reply subject of its own; one worker of the queue group
+takes it and streams frames back to that subject, each a reply envelope:
+
+    GenerationStarted   who took it, where to cancel it, what it runs
+    TokenChunk ...      the text as it is produced
+    GenerationAlive     every `heartbeat` seconds while it runs
+    GenerateResult      the end (or an ErrorReply)
+
+Silence for `SILENT_BEATS` heartbeats means the worker is gone (its process
+died, or the network lost it): the generation fails as a worker failure, so
+the tier's breaker counts it. Cancelling the call sends `CancelGeneration`
+to the worker, which stops the generation and frees its slot there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+import nats.errors
+
+from bridges._wire import decode_reply_envelope, encode_request
+from inference import Emit, Generation
+from messages import (
+    CancelGeneration,
+    GenerateRequest,
+    GenerateResult,
+    GenerationAlive,
+    GenerationStarted,
+    InternalError,
+    Metadata,
+    TokenChunk,
+    encode,
+)
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+logger: Final = logging.getLogger("actorfleet.inference.remote")
+
+NAME: Final = "remote"
+SILENT_BEATS: Final = 3
+# A context nobody has reported yet: the worker checks requests against its own.
+UNKNOWN_CONTEXT: Final = 1 << 30
+_STATUS: Final = "Status"
+_NO_RESPONDERS: Final = "503"
+
+
+class NoWorkers(ConnectionError):
+    """Raised when no worker of the tier is subscribed to its subject."""
+
+
+class WorkerLost(ConnectionError):
+    """Raised when a worker stops answering in the middle of a generation."""
+
+
+class WorkerFailed(RuntimeError):
+    """Raised when a worker reports that its model failed (`internal`)."""
+
+
+class _Inbox:
+    """One wildcard subscription that sorts the frames of every call by its token."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.prefix = nc.new_inbox()
+        self._subscription: Subscription | None = None
+        self._calls: dict[str, asyncio.Queue[Msg]] = {}
+        self._tokens = itertools.count()
+        self._subscribing = asyncio.Lock()
+
+    async def open(self) -> tuple[str, asyncio.Queue[Msg]]:
+        """A reply subject and the queue its frames arrive in."""
+        async with self._subscribing:
+            if self._subscription is None:
+                self._subscription = await self.nc.subscribe(f"{self.prefix}.*", cb=self._on_frame)
+        token = str(next(self._tokens))
+        frames: asyncio.Queue[Msg] = asyncio.Queue()
+        self._calls[token] = frames
+        return f"{self.prefix}.{token}", frames
+
+    def done(self, subject: str) -> None:
+        self._calls.pop(subject.rpartition(".")[2], None)
+
+    async def _on_frame(self, msg: Msg) -> None:
+        frames = self._calls.get(msg.subject.rpartition(".")[2])
+        if frames is not None:
+            frames.put_nowait(msg)
+
+    async def close(self) -> None:
+        if self._subscription is not None and not self.nc.is_closed:
+            with contextlib.suppress(nats.errors.Error):
+                await self._subscription.unsubscribe()
+        self._subscription = None
+
+
+class RemoteBackend:
+    """Implements `inference.Backend` by sending each generation to a worker over NATS.
+
+    What the workers run (backend, model, capacity, context) is learned
+    from the first frame of each answer; the constructor's values are the
+    assumptions until then.
+
+    Args:
+        connection: Returns the node's live NATS connection; raises
+            `Unavailable` while there is none.
+        subject: The tier's subject, `af.inf.<tier>`.
+        model: The model name to show until a worker has answered.
+        capacity: Generations one worker is assumed to run at once.
+        context_length: The context assumed; 0: unknown (the worker checks).
+        heartbeat: The heartbeat assumed until a worker states its own.
+    """
+
+    def __init__(
+        self,
+        connection: Callable[[], Client],
+        subject: str,
+        *,
+        model: str = NAME,
+        capacity: int = 1,
+        context_length: int = 0,
+        heartbeat: float = 0.5,
+    ) -> None:
+        self._connection = connection
+        self.subject = subject
+        self._backend = NAME
+        self._model = model
+        self._capacity = capacity
+        self._context_length = context_length or UNKNOWN_CONTEXT
+        self._heartbeat = heartbeat
+        self._inbox: _Inbox | None = None
+
+    @property
+    def name(self) -> str:
+        """The workers' backend (`remote` until one has answered)."""
+        return self._backend
+
+    @property
+    def model(self) -> str:
+        """The workers' model."""
+        return self._model
+
+    @property
+    def capacity(self) -> int:
+        """Generations one worker runs at once."""
+        return self._capacity
+
+    @property
+    def context_length(self) -> int:
+        """The workers' context (very large while unknown: the worker checks)."""
+        return self._context_length
+
+    def count_tokens(self, request: GenerateRequest) -> int:  # noqa: ARG002 - the protocol's
+        """0: the tokenizer is the worker's, which checks the context itself."""
+        return 0
+
+    async def generate(self, request: GenerateRequest, emit: Emit, *, meta: Metadata) -> Generation:
+        """Send the request to a worker of the tier and relay its stream.
+
+        Raises:
+            AgentError: The worker's typed answer (bad request, overloaded, ...);
+                `Unavailable` if this node has no NATS connection.
+            NoWorkers: No worker is subscribed.
+            WorkerLost: The worker fell silent.
+            WorkerFailed: The worker's model failed.
+        """
+        nc = self._connection()
+        inbox = await self._inbox_for(nc)
+        reply, frames = await inbox.open()
+        started = time.monotonic()
+        first_token_s: float | None = None
+        control: str | None = None
+        try:
+            await nc.publish(self.subject, encode_request(request, meta), reply=reply)
+            while True:
+                frame = self._decode(await self._next(frames))
+                match frame:
+                    case GenerationStarted():
+                        control = frame.control
+                        self._learn(frame)
+                    case TokenChunk():
+                        if first_token_s is None:
+                            first_token_s = time.monotonic() - started
+                        emit(frame.text)
+                    case GenerationAlive():
+                        pass
+                    case GenerateResult():
+                        return Generation(
+                            text=frame.text,
+                            finish_reason=frame.finish_reason,
+                            prompt_tokens=frame.usage.prompt_tokens,
+                            completion_tokens=frame.usage.completion_tokens,
+                            first_token_s=(
+                                time.monotonic() - started
+                                if first_token_s is None
+                                else first_token_s
+                            ),
+                        )
+                    case _:
+                        msg = f"a worker of {self.subject} sent {type(frame).__name__}"
+                        raise WorkerFailed(msg)
+        except asyncio.CancelledError:
+            if control is not None:
+                await self._cancel(nc, control, meta.id)
+            raise
+        finally:
+            inbox.done(reply)
+
+    async def _next(self, frames: asyncio.Queue[Msg]) -> Msg:
+        silence = SILENT_BEATS * self._heartbeat
+        try:
+            return await asyncio.wait_for(frames.get(), silence)
+        except TimeoutError:
+            msg = f"the worker of {self.subject} said nothing for {silence:.1f} s"
+            raise WorkerLost(msg) from None
+
+    def _decode(self, msg: Msg) -> object:
+        if msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
+            msg_text = f"no worker serves {self.subject}"
+            raise NoWorkers(msg_text)
+        try:
+            return decode_reply_envelope(msg.data)
+        except InternalError as exc:
+            # The worker's model failed, or it sent garbage: the tier's fault.
+            raise WorkerFailed(str(exc)) from exc
+
+    def _learn(self, started: GenerationStarted) -> None:
+        self._backend = started.backend
+        self._model = started.model
+        self._capacity = max(started.capacity, 1)
+        self._context_length = started.context_length or UNKNOWN_CONTEXT
+        self._heartbeat = started.heartbeat
+
+    async def _cancel(self, nc: Client, control: str, request_id: str) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await nc.publish(control, encode(CancelGeneration(id=request_id)))
+
+    async def _inbox_for(self, nc: Client) -> _Inbox:
+        # A new bridge brings a new connection: its inbox goes with it.
+        if self._inbox is None or self._inbox.nc is not nc:
+            if self._inbox is not None:
+                await self._inbox.close()
+            self._inbox = _Inbox(nc)
+        return self._inbox
+
+    async def aclose(self) -> None:
+        """Stop listening for frames."""
+        if self._inbox is not None:
+            await self._inbox.close()
+            self._inbox = None
