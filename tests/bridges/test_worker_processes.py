@@ -72,7 +72,7 @@ def meta(timeout: float = WAIT) -> Metadata:
     return Metadata(id=new_message_id(), deadline=time.time() + timeout)
 
 
-def wait_for_worker(url: str, tier: str = "large") -> None:
+def wait_for_worker(url: str, tier: str = "large", *, timeout: float = WORKER_START) -> None:
     """Wait (bounded) until a worker of `tier` takes requests.
 
     A worker's subscription is not announced to other clients, so this asks
@@ -82,7 +82,7 @@ def wait_for_worker(url: str, tier: str = "large") -> None:
     async def probe() -> None:
         nc = await nats.connect(url)
         try:
-            limit = time.monotonic() + WORKER_START
+            limit = time.monotonic() + timeout
             while time.monotonic() < limit:
                 try:
                     await nc.request(f"af.inf.{tier}", b"\x90", timeout=WAIT)
@@ -90,7 +90,7 @@ def wait_for_worker(url: str, tier: str = "large") -> None:
                     await asyncio.sleep(_RETRY)
                 else:
                     return
-            pytest.fail(f"no {tier} worker subscribed within {WORKER_START} s")
+            pytest.fail(f"no {tier} worker subscribed within {timeout} s")
         finally:
             await nc.close()
 

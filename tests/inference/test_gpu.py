@@ -113,3 +113,47 @@ async def test_cancelling_a_generation_frees_its_slot(engine: object) -> None:
     await asyncio.wait_for(pool.join(), 30)
     after = await pool.submit(GenerateRequest(prompt="price", max_tokens=8), _meta())
     assert after.usage.completion_tokens > 0
+
+
+def test_a_killed_gpu_worker_process_is_restarted_and_serves_again(model_dir: Path) -> None:
+    import signal  # noqa: PLC0415
+
+    from bridges import NatsServer, build_node  # noqa: PLC0415
+    from bridges._app import INFERENCE_NAME  # noqa: PLC0415
+    from config import decode  # noqa: PLC0415
+    from messages import ChildRestarted  # noqa: PLC0415
+    from tests.bridges.test_worker_processes import wait_for_worker  # noqa: PLC0415
+    from tests.conftest import EventRecorder  # noqa: PLC0415
+
+    server = NatsServer().start()
+    tier = {
+        "name": "large",
+        "gpus": [0],
+        "workers": 1,
+        "backend": {"kind": "exllamav2", "model_dir": str(model_dir), "cache_mode": "Q4"},
+    }
+    node = build_node(
+        decode({"nats": {"url": server.url, "embed": False}, "inference": {"tiers": [tier]}})
+    )
+    recorder = EventRecorder()
+    node.runtime.events.subscribe(recorder)
+    node.start()
+    try:
+        client = node.runtime.inference
+        assert client is not None
+        wait_for_worker(server.url, timeout=120)
+        before = client.generate(GenerateRequest(prompt="refund", max_tokens=8), _meta())
+        assert before.backend == "exllamav2"
+        [inference] = [c for c in node.root.statistics().children if c.id == INFERENCE_NAME]
+        assert inference.supervisor is not None
+        [worker] = [c for c in inference.supervisor.children if c.id == "worker.large.0"]
+        os.kill(worker.pid or 0, signal.SIGKILL)
+        recorder.wait_for(lambda e: isinstance(e, ChildRestarted), timeout=60)
+        wait_for_worker(server.url, timeout=120)
+        after = client.generate(GenerateRequest(prompt="refund", max_tokens=8), _meta())
+        assert after.backend == "exllamav2"
+        assert after.usage.completion_tokens > 0
+    finally:
+        node.stop()
+        node.run(handle_signals=False)
+        server.stop()
