@@ -189,6 +189,8 @@ class Agent(pykka.ThreadingActor):
     def _admit(self, call: Call) -> Handler | None:
         """The handler for `call`, or None after answering it with a typed error."""
         error: AgentError
+        if call.reply is not None and call.reply.done():
+            return None  # its caller gave up on it (an HTTP client went away): skip it
         if call.meta.deadline <= time.time():
             error = RequestTimeout(f"deadline passed before {self.name} took the request")
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Final
 
 import msgspec
@@ -10,6 +11,9 @@ import msgspec
 from actors import Agent, AgentDefaults, MemoryStore, Runtime
 from bridges._bridge_child import embedded_server, embedded_server_child, nats_bridge_child
 from bridges._embedded import NatsServer
+from bridges._health import TREE_TIMEOUT, Health
+from bridges._http import HttpBridge
+from bridges._http_child import http_bridge_child
 from bridges._inference_child import (
     inference_pool_child,
     model_worker_child,
@@ -17,6 +21,7 @@ from bridges._inference_child import (
     worker_argv,
 )
 from bridges._loop import IoLoop
+from bridges._metrics import Metrics
 from bridges._nats import NatsBridge
 from config import ExLlamaV2BackendSettings, PoolSettings, Settings
 from inference import pool_from_settings
@@ -28,6 +33,7 @@ from supervisors import (
     Restart,
     Strategy,
     SupervisorSpec,
+    SupervisorStatistics,
     agent_child,
     supervisor_child,
 )
@@ -138,17 +144,33 @@ def _bridges_spec(
     *,
     server: NatsServer | None,
     url: str,
+    tree: Callable[[], SupervisorStatistics],
 ) -> SupervisorSpec:
-    """The bridges supervisor: the embedded server (if needed), then the NATS bridge."""
+    """The bridges supervisor: the embedded server (if needed), NATS, then HTTP."""
     shutdown = settings.supervision.shutdown_timeout
     children = []
     if server is not None:
         children.append(embedded_server_child(server, shutdown=shutdown))
+    if settings.nats.enabled:
 
-    def make_bridge() -> NatsBridge:
-        return NatsBridge(runtime, io, settings.nats, settings.events, agents, url=url)
+        def make_bridge() -> NatsBridge:
+            return NatsBridge(runtime, io, settings.nats, settings.events, agents, url=url)
 
-    children.append(nats_bridge_child(make_bridge, shutdown=shutdown + settings.nats.drain_timeout))
+        drain = shutdown + settings.nats.drain_timeout
+        children.append(nats_bridge_child(make_bridge, shutdown=drain))
+    if settings.http.enabled:
+        health = Health(
+            runtime,
+            tree,
+            needs_inference=bool(settings.inference.tiers),
+            needs_nats=settings.nats.enabled,
+        )
+        metrics = Metrics()
+
+        def make_http() -> HttpBridge:
+            return HttpBridge(runtime, settings.http, agents, health=health, metrics=metrics)
+
+        children.append(http_bridge_child(runtime, io, make_http, shutdown=shutdown))
     return SupervisorSpec(
         name=BRIDGES_NAME,
         strategy=Strategy.ONE_FOR_ONE,
@@ -177,7 +199,15 @@ def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
         _pool_spec(agent_class, pool, settings, runtime)
         for agent_class, pool in zip(agents, settings.pools, strict=True)
     ]
-    if settings.nats.enabled or settings.inference.tiers:
+    node: Node | None = None
+
+    def tree() -> SupervisorStatistics:
+        if node is None:
+            msg = "the node is not built yet"
+            raise RuntimeError(msg)
+        return node.root.statistics(timeout=TREE_TIMEOUT)
+
+    if settings.nats.enabled or settings.inference.tiers or settings.http.enabled:
         io = IoLoop(name=f"actorfleet-io-{runtime.node}").start()
         runtime.add_closer(io.stop)
         server = embedded_server(settings.nats) if settings.nats.enabled else None
@@ -185,9 +215,11 @@ def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
         if settings.inference.tiers:
             # Before the agents, which may generate as soon as they start.
             specs.insert(0, _inference_spec(settings, runtime, io, url))
-        if settings.nats.enabled:
+        if settings.nats.enabled or settings.http.enabled:
             unique = list(dict.fromkeys(agents))
-            specs.append(_bridges_spec(settings, runtime, io, unique, server=server, url=url))
+            specs.append(
+                _bridges_spec(settings, runtime, io, unique, server=server, url=url, tree=tree)
+            )
     root = SupervisorSpec(
         name=ROOT_NAME,
         strategy=Strategy.ONE_FOR_ONE,
@@ -196,4 +228,5 @@ def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
         period=settings.supervision.period,
         backoff=_backoff(settings),
     )
-    return Node(root, runtime)
+    node = Node(root, runtime)
+    return node

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -113,6 +114,49 @@ class NatsSettings(_Section, frozen=True, kw_only=True):
     reconnect_wait: NonNegative = 0.1
     max_reconnect_attempts: Annotated[int, msgspec.Meta(ge=-1)] = -1
     drain_timeout: NonNegative = 5.0
+
+
+class HttpSettings(_Section, frozen=True, kw_only=True):
+    """The HTTP edge: agents as JSON endpoints, health and metrics.
+
+    Attributes:
+        enabled: Serve HTTP at all.
+        host: Interface to bind; any address but loopback needs `api_keys`.
+        port: TCP port; 0 picks a free one (the tree line shows it).
+        health_port: Serve `/livez`, `/readyz`, `/healthz` and `/metrics`
+            on this port instead; 0: on `port` with the API.
+        api_keys: Keys a caller of `/v1/...` must present (`Authorization:
+            Bearer <key>` or `X-API-Key`); empty: none needed (loopback only).
+        max_body: Largest request body, in bytes (413 beyond).
+        default_timeout: A request's deadline, in seconds, unless its
+            `X-Request-Timeout` header says otherwise.
+        max_timeout: The longest deadline a request may ask for.
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    health_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    api_keys: list[str] = msgspec.field(default_factory=list)
+    max_body: Annotated[int, msgspec.Meta(ge=1)] = 1 << 20
+    default_timeout: Positive = 30.0
+    max_timeout: Positive = 300.0
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.api_keys and not _is_loopback_host(self.host):
+            reason = f"binding {self.host!r} (not loopback) needs http.api_keys"
+            raise ConfigError("http.api_keys", reason)
+        if any(not key.strip() for key in self.api_keys):
+            raise ConfigError("http.api_keys", "an API key is empty")
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class EventSettings(_Section, frozen=True, kw_only=True):
@@ -331,6 +375,7 @@ class Settings(_Section, frozen=True, kw_only=True):
     state: StateSettings = msgspec.field(default_factory=StateSettings)
     nats: NatsSettings = msgspec.field(default_factory=NatsSettings)
     events: EventSettings = msgspec.field(default_factory=EventSettings)
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     inference: InferenceSettings = msgspec.field(default_factory=InferenceSettings)
     pools: list[PoolSettings] = msgspec.field(default_factory=list)
 
@@ -352,6 +397,8 @@ ENV_OVERRIDES: Final[dict[str, tuple[str, ...]]] = {
     "AF_NATS_URL": ("nats", "url"),
     "AF_NATS_EMBED": ("nats", "embed"),
     "AF_NATS_PREFIX": ("nats", "prefix"),
+    "AF_HTTP_HOST": ("http", "host"),
+    "AF_HTTP_PORT": ("http", "port"),
 }
 
 _PATH_IN_ERROR: Final = re.compile(r" - at `\$(?P<path>[^`]*)`$")

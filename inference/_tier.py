@@ -65,6 +65,7 @@ class TierStatistics(msgspec.Struct, frozen=True, kw_only=True):
     cancelled: int
     breaker: BreakerState
     breaker_opened: int
+    tokens: int
     ewma_prefill_ms: float | None
     ewma_token_ms: float | None
 
@@ -137,6 +138,7 @@ class Tier:
         self.pump_timer: asyncio.TimerHandle | None = None
         self.admitted = self.degraded_in = self.rejected = self.timeouts = self.failures = 0
         self.cancelled = 0
+        self.tokens = 0
 
     @property
     def slots(self) -> int:
@@ -202,6 +204,7 @@ class Tier:
     def learn_cut(self, tokens: int, started: float, finished: float) -> None:
         """Learn from a generation cut short: its pace so far bounds the per-token time."""
         # A lower bound on the true pace, so the estimate jumps to at least it.
+        self.tokens += tokens
         sample = (finished - started) / max(tokens, 1)
         if self.ewma_token is None or sample > self.ewma_token:
             self.ewma_token = sample
@@ -210,6 +213,7 @@ class Tier:
 
     def learn(self, generation: Generation, started: float, finished: float) -> None:
         run = finished - started
+        self.tokens += generation.completion_tokens
         tokens = max(generation.completion_tokens, 1)
         token_s = max(run - generation.first_token_s, 0.0) / tokens
         self.ewma_prefill = ewma(self.ewma_prefill, generation.first_token_s)
@@ -233,6 +237,7 @@ class Tier:
             cancelled=self.cancelled,
             breaker=self.breaker.state,
             breaker_opened=self.breaker.opened,
+            tokens=self.tokens,
             ewma_prefill_ms=None if self.ewma_prefill is None else self.ewma_prefill * 1e3,
             ewma_token_ms=None if self.ewma_token is None else self.ewma_token * 1e3,
         )

@@ -17,7 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _start(*args: str) -> subprocess.Popen[str]:
     # Nothing listens at this URL, so the node embeds its own nats-server.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "AF_NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "AF_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+        "AF_HTTP_PORT": "0",
+    }
     return subprocess.Popen(
         [sys.executable, "-m", "bridges", *args],
         stdout=subprocess.PIPE,
@@ -67,6 +72,7 @@ def test_actorfleet_run_prints_its_tree_and_exits_zero_on_sigterm() -> None:
         lines = _wait_ready(proc)
         assert any("agents.ping" in line for line in lines)
         assert any("nats-server (process" in line for line in lines)
+        assert any("serving http://127.0.0.1:" in line for line in lines)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:

@@ -81,6 +81,7 @@ def test_every_key_of_the_settings_is_documented_in_default_toml() -> None:
         config.StateSettings,
         config.NatsSettings,
         config.EventSettings,
+        config.HttpSettings,
         config.InferenceSettings,
         config.TierSettings,
         config.ScriptedBackendSettings,

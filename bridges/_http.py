@@ -1,0 +1,522 @@
+"""The HTTP edge: a Litestar app served by uvicorn on the node's I/O loop.
+
+* `POST /v1/agents/<type>`: the JSON body is validated into the agent's
+  msgspec request type and asked of the type (here or over NATS); the reply
+  comes back as JSON.
+* `POST /v1/generate` and `POST /v1/generate/stream` (Server-Sent Events):
+  the node's inference pool.
+* OpenAPI 3.1 at `/schema` (`/schema/openapi.json`), from the msgspec types.
+* `/livez`, `/readyz`, `/healthz`, `/metrics` (see `bridges._health`).
+
+Every failure is `application/problem+json` (RFC 9457) with the typed error's
+code; nothing about the server's insides reaches a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hmac
+import logging
+import math
+import re
+import socket
+import time
+import types
+import typing
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, Union
+
+import msgspec
+import uvicorn
+from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.exceptions import (
+    NotAuthorizedException,
+    PermissionDeniedException,
+)
+from litestar.handlers import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.params import JSONBody
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from bridges._health import HEALTH_JSON, Health, Status
+from bridges._metrics import CONTENT_TYPE, Metrics, Snapshot
+from bridges._problems import (
+    CLIENT_CLOSED,
+    PROBLEMS,
+    ClientGone,
+    error_response,
+    on_error,
+    status_of,
+)
+from bridges._serving import request_types
+from inference import PoolClient, prompt_text
+from inference._client import Cancelled
+from messages import (
+    AgentError,
+    GenerateRequest,
+    GenerateResult,
+    Metadata,
+    Priority,
+    RequestTimeout,
+    TokenChunk,
+    Unavailable,
+    new_message_id,
+)
+
+if TYPE_CHECKING:
+    from actors import Agent, Reply, Runtime
+    from config import HttpSettings
+
+logger: Final = logging.getLogger("actorfleet.http")
+
+TIMEOUT_HEADER: Final = "x-request-timeout"
+REQUEST_ID_HEADER: Final = "x-request-id"
+PRIORITY_HEADER: Final = "x-priority"
+API_KEY_HEADER: Final = "x-api-key"
+# The agent answers by the deadline; this covers the hop back.
+HOP_MARGIN: Final = 0.5
+SHUTDOWN_GRACE: Final = 5.0
+_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_TRACEPARENT: Final = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+class HttpBridge:
+    """The node's HTTP servers and the app they serve.
+
+    Args:
+        runtime: The node's runtime (agents, transport, inference).
+        settings: The `[http]` section.
+        agents: The agent classes whose types get an endpoint and a schema.
+        health: The node's health checks.
+        metrics: The node's metrics.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        settings: HttpSettings,
+        agents: Sequence[type[Agent]],
+        *,
+        health: Health,
+        metrics: Metrics,
+    ) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.agents = list(agents)
+        self.health = health
+        self.metrics = metrics
+        self._scrape = asyncio.Lock()
+        separate = settings.health_port != 0
+        self.app = self._app(api=True, health=not separate)
+        self.health_app = self._app(api=False, health=True) if separate else None
+        self._servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+        self.ports: list[int] = []
+
+    # -- lifecycle (loop side) ---------------------------------------------
+
+    async def start(self) -> None:
+        """Bind and serve; a port that cannot be bound fails the start.
+
+        Raises:
+            Unavailable: If a port cannot be bound.
+        """
+        apps = [(self.app, self.settings.port)]
+        if self.health_app is not None:
+            apps.append((self.health_app, self.settings.health_port))
+        try:
+            for app, port in apps:
+                await self._serve(app, port)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _serve(self, app: Litestar, port: int) -> None:
+        try:
+            sock = socket.create_server((self.settings.host, port), reuse_port=False)
+        except OSError as exc:
+            msg = f"cannot listen on {self.settings.host}:{port}: {exc.strerror or exc}"
+            raise Unavailable(msg) from exc
+        config = uvicorn.Config(
+            app,
+            loop="none",
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=int(SHUTDOWN_GRACE),
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        self._servers.append((server, task))
+        self.ports.append(sock.getsockname()[1])
+        while not server.started:
+            if task.done():
+                task.result()
+                msg = f"the HTTP server on port {port} stopped while starting"
+                raise Unavailable(msg)
+            await asyncio.sleep(0)  # startup is a handful of loop turns, no I/O wait
+
+    async def close(self) -> None:
+        """Stop accepting, let requests in progress finish (bounded), close."""
+        for server, _task in self._servers:
+            server.should_exit = True
+        for _server, task in self._servers:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(task, SHUTDOWN_GRACE * 2)
+        self._servers.clear()
+
+    @property
+    def url(self) -> str:
+        """The API's base URL."""
+        host = self.settings.host
+        port = self.ports[0] if self.ports else self.settings.port
+        return f"http://{host}:{port}"
+
+    @property
+    def health_url(self) -> str:
+        """The health endpoints' base URL."""
+        if len(self.ports) > 1:
+            return f"http://{self.settings.host}:{self.ports[1]}"
+        return self.url
+
+    def describe(self) -> str:
+        """Where it listens."""
+        if self.health_app is None:
+            return f"serving {self.url}"
+        return f"serving {self.url}, health on {self.health_url}"
+
+    # -- the app ---------------------------------------------------------------
+
+    def _app(self, *, api: bool, health: bool) -> Litestar:
+        handlers: list[Any] = []
+        if api:
+            handlers += [self._agent_route(a) for a in self.agents if request_types(a)]
+            handlers += [self._generate_route(), self._generate_stream_route()]
+        if health:
+            handlers += self._health_routes()
+        return Litestar(
+            route_handlers=handlers,
+            exception_handlers={Exception: on_error},
+            request_max_body_size=self.settings.max_body,
+            openapi_config=OpenAPIConfig(
+                title="actorfleet",
+                version="1",
+                path="/schema",
+                description="Agents of this node and its inference pool.",
+            )
+            if api
+            else None,
+            logging_config=None,
+            debug=False,
+        )
+
+    def _guards(
+        self,
+    ) -> list[Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]]:
+        """The API-key check, when keys are configured (a closure: Litestar copies guards)."""
+        keys = list(self.settings.api_keys)
+        if not keys:
+            return []
+
+        def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+            check_api_key(connection, keys)
+
+        return [guard]
+
+    def metadata(self, request: Request[Any, Any, Any]) -> Metadata:
+        """A request's metadata from its headers.
+
+        Raises:
+            BadRequest: A header has a bad value.
+        """
+        from messages import BadRequest  # noqa: PLC0415 - keeps the import block short
+
+        headers = request.headers
+        timeout = self.settings.default_timeout
+        raw = headers.get(TIMEOUT_HEADER)
+        if raw is not None:
+            try:
+                timeout = float(raw)
+            except ValueError:
+                timeout = math.nan
+            if not 0 < timeout <= self.settings.max_timeout:
+                msg = f"X-Request-Timeout must be seconds in (0, {self.settings.max_timeout}]"
+                raise BadRequest(msg)
+        request_id = headers.get(REQUEST_ID_HEADER) or new_message_id()
+        if not _REQUEST_ID.match(request_id):
+            msg = "X-Request-Id must be 1-128 letters, digits or . _ : -"
+            raise BadRequest(msg)
+        priority = headers.get(PRIORITY_HEADER, Priority.DEFAULT)
+        if priority not in Priority.__members__.values():
+            msg = f"X-Priority must be one of {', '.join(p.value for p in Priority)}"
+            raise BadRequest(msg)
+        traceparent = headers.get("traceparent")
+        if traceparent is not None and not _TRACEPARENT.match(traceparent):
+            traceparent = None  # W3C: an invalid parent is ignored, not an error
+        return Metadata(
+            id=request_id,
+            deadline=time.time() + timeout,
+            priority=Priority(priority),
+            sender="http",
+            traceparent=traceparent,
+            tracestate=headers.get("tracestate") if traceparent else None,
+        )
+
+    def _agent_route(self, agent_class: type[Agent]) -> Any:
+        agent_type = agent_class.agent_type
+        accepted = request_types(agent_class)
+        replies = _reply_types(agent_class, accepted)
+
+        async def ask(request: Request[Any, Any, Any], data: Any) -> Any:
+            return await self._observed(agent_type, self._ask(request, agent_type, data))
+
+        ask.__annotations__ = {
+            "request": Request[Any, Any, Any],
+            "data": JSONBody[_union(accepted)],  # type: ignore[misc] # built at run time
+            "return": _union(replies) if replies else Any,
+        }
+        ask.__doc__ = (agent_class.__doc__ or f"Ask an agent of type {agent_type}.").strip()
+        return post(
+            f"/v1/agents/{agent_type}",
+            name=f"agent-{agent_type}",
+            operation_id=f"ask_{agent_type.replace('-', '_')}",
+            summary=f"Ask the {agent_type} agent",
+            tags=["agents"],
+            status_code=200,
+            responses=PROBLEMS,
+            guards=self._guards(),
+        )(ask)
+
+    async def _observed(self, agent_type: str, work: typing.Awaitable[Any]) -> Any:
+        started = time.perf_counter()
+        status = 200
+        try:
+            return await work
+        except BaseException as error:
+            status = status_of(error)
+            raise
+        finally:
+            self.metrics.observe("http", agent_type, str(status), time.perf_counter() - started)
+
+    async def _ask(self, request: Request[Any, Any, Any], agent_type: str, message: Any) -> Any:
+        meta = self.metadata(request)
+        reply = self.runtime.ref(agent_type).ask_async(
+            message, message_id=meta.id, priority=meta.priority, sender="http", cause=meta
+        )
+        answer = _as_future(reply)
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            done, _ = await asyncio.wait(
+                {answer, gone},
+                timeout=max(meta.deadline - time.time(), 0) + HOP_MARGIN,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            gone.cancel()
+        if answer in done:
+            return answer.result()
+        answer.cancel()
+        if gone in done:
+            # Still queued, the agent skips it; running, its answer is dropped.
+            reply.fail(Cancelled("the HTTP client went away"))
+            msg = "the client disconnected"
+            raise ClientGone(msg)
+        reply.fail(RequestTimeout("no answer before the deadline"))
+        msg = f"{agent_type} did not answer before the deadline"
+        raise RequestTimeout(msg)
+
+    # -- generations --------------------------------------------------------
+
+    def _pool(self) -> PoolClient:
+        client = self.runtime.inference
+        if not isinstance(client, PoolClient):
+            msg = "this node runs no inference pool"
+            raise Unavailable(msg)
+        return client
+
+    def _generate_route(self) -> Any:
+        async def generate(request: Request[Any, Any, Any], data: JSONBody[GenerateRequest]) -> Any:
+            return await self._observed("generate", self._generate(request, data))
+
+        generate.__annotations__["return"] = GenerateResult
+        return post(
+            "/v1/generate",
+            name="generate",
+            operation_id="generate",
+            summary="Generate a completion from the node's inference pool",
+            tags=["inference"],
+            status_code=200,
+            responses=PROBLEMS,
+            guards=self._guards(),
+        )(generate)
+
+    async def _generate(self, request: Request[Any, Any, Any], data: GenerateRequest) -> Any:
+        meta = self.metadata(request)
+        pool = self._pool().pool
+        task = asyncio.ensure_future(pool.submit(data, meta))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()  # the pool frees the slot
+        msg = "the client disconnected"
+        raise ClientGone(msg)
+
+    def _generate_stream_route(self) -> Any:
+        async def generate_stream(
+            request: Request[Any, Any, Any], data: JSONBody[GenerateRequest]
+        ) -> ServerSentEvent:
+            """Chunks as `chunk` events, then one `result` (or `error`) event.
+
+            Closing the connection cancels the generation and frees its slot.
+            """
+            meta = self.metadata(request)
+            prompt_text(data)  # a bad prompt is a 400 here, not an event
+            pool = self._pool().pool
+            return ServerSentEvent(self._stream(pool, data, meta))
+
+        return post(
+            "/v1/generate/stream",
+            name="generate-stream",
+            operation_id="generate_stream",
+            summary="Stream a completion as Server-Sent Events",
+            tags=["inference"],
+            status_code=200,
+            responses=PROBLEMS,
+            guards=self._guards(),
+        )(generate_stream)
+
+    async def _stream(
+        self, pool: Any, data: GenerateRequest, meta: Metadata
+    ) -> AsyncIterator[ServerSentEventMessage]:
+        chunks: asyncio.Queue[TokenChunk | None] = asyncio.Queue()
+        started = time.perf_counter()
+        status = 200
+        task = asyncio.ensure_future(pool.submit(data, meta, on_chunk=chunks.put_nowait))
+        task.add_done_callback(lambda _t: chunks.put_nowait(None))
+        try:
+            while (chunk := await chunks.get()) is not None:
+                yield ServerSentEventMessage(
+                    event="chunk", data=msgspec.json.encode(chunk).decode()
+                )
+            try:
+                result = task.result()
+            except AgentError as error:
+                status = status_of(error)
+                body = error_response(error).content
+                yield ServerSentEventMessage(event="error", data=msgspec.json.encode(body).decode())
+            else:
+                yield ServerSentEventMessage(
+                    event="result", data=msgspec.json.encode(result).decode()
+                )
+        except BaseException:
+            status = CLIENT_CLOSED
+            raise
+        finally:
+            if not task.done():
+                task.cancel()  # the client went away: the pool frees the slot
+            self.metrics.observe("http", "generate", str(status), time.perf_counter() - started)
+
+    # -- health -------------------------------------------------------------
+
+    def _health_routes(self) -> list[Any]:
+        health = self.health
+
+        @get("/livez", include_in_schema=False, media_type=MediaType.TEXT)
+        async def livez() -> Response[str]:
+            ok, why = await health.live()
+            return Response(why + "\n", status_code=200 if ok else 503, media_type=MediaType.TEXT)
+
+        @get("/readyz", include_in_schema=False, media_type=MediaType.TEXT)
+        async def readyz() -> Response[str]:
+            ok, why = await health.ready()
+            return Response(why + "\n", status_code=200 if ok else 503, media_type=MediaType.TEXT)
+
+        @get("/healthz", include_in_schema=False)
+        async def healthz() -> Response[bytes]:
+            report = await health.report()
+            status = 503 if report.status is Status.FAIL else 200
+            return Response(msgspec.json.encode(report), status_code=status, media_type=HEALTH_JSON)
+
+        @get("/metrics", include_in_schema=False)
+        async def metrics() -> Response[bytes]:
+            async with self._scrape:
+                snapshot = Snapshot(await health.tree(), health.pool())
+                body = await asyncio.to_thread(self.metrics.render, snapshot)
+            return Response(body, media_type=CONTENT_TYPE)
+
+        return [livez, readyz, healthz, metrics]
+
+
+def check_api_key(connection: ASGIConnection[Any, Any, Any, Any], keys: list[str]) -> None:
+    """Raise unless the connection presents one of `keys`."""
+    presented = connection.headers.get(API_KEY_HEADER)
+    if presented is None:
+        scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+        presented = token.strip() if scheme.lower() == "bearer" else None
+    if not presented:
+        msg = "an API key is needed (Authorization: Bearer <key> or X-API-Key)"
+        raise NotAuthorizedException(msg)
+    if not any(hmac.compare_digest(presented.encode(), k.encode()) for k in keys):
+        msg = "the API key is not valid"
+        raise PermissionDeniedException(msg)
+
+
+def _union(options: Sequence[type]) -> Any:
+    return options[0] if len(options) == 1 else Union[tuple(options)]  # noqa: UP007 - built at run time
+
+
+def _reply_types(agent_class: type[Agent], accepted: Sequence[type]) -> list[type]:
+    found: list[type] = []
+    for message_type in accepted:
+        fn = agent_class.handlers[message_type]
+        try:
+            returned = typing.get_type_hints(fn).get("return")
+        except (NameError, TypeError):
+            return []
+        if returned is None or returned is type(None):
+            continue
+        union = typing.get_origin(returned) in {Union, types.UnionType}
+        options = typing.get_args(returned) if union else ()
+        for option in options or (returned,):
+            if isinstance(option, type) and option not in found and option is not type(None):
+                found.append(option)
+    return found
+
+
+def _as_future(reply: Reply[Any]) -> asyncio.Future[Any]:
+    """A loop future settled (thread-safely) when `reply` is."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settled(done: Reply[Any]) -> None:
+        loop.call_soon_threadsafe(functools.partial(_settle, future, done))
+
+    reply.add_done_callback(settled)
+    return future
+
+
+def _settle(future: asyncio.Future[Any], reply: Reply[Any]) -> None:
+    if future.done():
+        return
+    outcome = reply.result()
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+async def _disconnected(request: Request[Any, Any, Any]) -> None:
+    """Return when the client has gone away (the body is already read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+HttpFactory = Callable[[], HttpBridge]

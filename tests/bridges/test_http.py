@@ -1,0 +1,225 @@
+"""The HTTP edge: agents as JSON endpoints, typed errors, deadlines, keys, OpenAPI."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from bridges import build_node
+from config import decode
+from supervisors import Node
+from tests.bridges.http_agents import EchoAgent
+from tests.conftest import WAIT
+
+PROBLEM = "application/problem+json"
+
+
+def http_node(**http: Any) -> Node:
+    raw = {
+        "node": {"name": "web"},
+        "nats": {"enabled": False},
+        "http": {"enabled": True, "port": 0, **http},
+        "pools": [
+            {"agent": "tests.bridges.http_agents:EchoAgent", "size": 1},
+            {"agent": "actors:PingAgent", "size": 1},
+        ],
+        "inference": {
+            "tiers": [
+                {
+                    "name": "large",
+                    "backend": {
+                        "kind": "scripted",
+                        "model": "scripted-large",
+                        "default_reply": "one two three four five",
+                        "token_delay": 0.02,
+                        "capacity": 1,
+                    },
+                }
+            ]
+        },
+    }
+    return build_node(decode(raw))
+
+
+def base_url(node: Node) -> str:
+    [bridges] = [c for c in node.root.statistics().children if c.id == "bridges"]
+    assert bridges.supervisor is not None
+    [http] = [c for c in bridges.supervisor.children if c.id == "http"]
+    assert http.detail is not None
+    return http.detail.split()[1].rstrip(",")
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., tuple[Node, httpx.Client]]]:
+    started: list[tuple[Node, httpx.Client]] = []
+
+    def start(**http: Any) -> tuple[Node, httpx.Client]:
+        EchoAgent.handled.clear()
+        EchoAgent.started.clear()
+        node = http_node(**http)
+        node.start()
+        client = httpx.Client(base_url=base_url(node), timeout=WAIT)
+        started.append((node, client))
+        return node, client
+
+    yield start
+    for node, client in started:
+        client.close()
+        node.stop()
+        assert node.run(handle_signals=False) == 0
+
+
+def test_an_agent_answers_a_json_request(serve: Callable[..., Any]) -> None:
+    _node, client = serve()
+    response = client.post("/v1/agents/echo", json={"type": "Say", "text": "hi"})
+    assert response.status_code == 200
+    assert response.json() == {"type": "Said", "text": "hi", "handled_by": "echo/0"}
+
+
+def test_an_agent_with_one_request_type_needs_no_type_tag(serve: Callable[..., Any]) -> None:
+    _node, client = serve()
+    response = client.post("/v1/agents/ping", json={"payload": "x"})
+    assert response.status_code == 200
+    assert response.json()["payload"] == "x"
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("bad_request", 400),
+        ("forbidden", 403),
+        ("not_found", 404),
+        ("overloaded", 429),
+        ("timeout", 504),
+        ("unavailable", 503),
+        ("crash", 500),
+    ],
+)
+def test_typed_errors_become_problem_json_with_their_status(
+    serve: Callable[..., Any], code: str, status: int
+) -> None:
+    _node, client = serve()
+    response = client.post("/v1/agents/echo", json={"type": "FailWith", "code": code})
+    assert response.status_code == status
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert (body["status"], body["code"]) == (status, "internal" if code == "crash" else code)
+    if code == "overloaded":
+        assert response.headers["retry-after"] == "3"
+        assert body["retry_after"] == 2.5
+    if code == "crash":
+        assert "passwd" not in response.text
+        assert "RuntimeError" not in response.text
+        assert "Traceback" not in response.text
+
+
+def test_bad_bodies_and_headers_get_client_errors(serve: Callable[..., Any]) -> None:
+    _node, client = serve(max_body=2048)
+    cases = [
+        (client.post("/v1/agents/echo", content=b"{not json"), 400),
+        (client.post("/v1/agents/echo", json={"type": "Say", "text": 3}), 422),
+        (client.post("/v1/agents/echo", json={"type": "Nope"}), 422),
+        (client.post("/v1/agents/echo", json={"type": "Say", "text": "x" * 4096}), 413),
+        (client.post("/v1/agents/nobody", json={}), 404),
+        (
+            client.post(
+                "/v1/agents/echo",
+                json={"type": "Say", "text": "x"},
+                headers={"X-Request-Timeout": "-1"},
+            ),
+            400,
+        ),
+        (
+            client.post(
+                "/v1/agents/echo",
+                json={"type": "Say", "text": "x"},
+                headers={"X-Priority": "urgent"},
+            ),
+            400,
+        ),
+        (
+            client.post(
+                "/v1/agents/echo",
+                json={"type": "Say", "text": "x"},
+                headers={"X-Request-Id": "bad id!"},
+            ),
+            400,
+        ),
+    ]
+    for response, status in cases:
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == PROBLEM
+        assert response.json()["status"] == status
+    assert EchoAgent.handled == []
+
+
+def test_the_deadline_comes_from_the_request_timeout_header(serve: Callable[..., Any]) -> None:
+    _node, client = serve()
+    response = client.post(
+        "/v1/agents/echo",
+        json={"type": "Say", "text": "slow", "delay": 1.0},
+        headers={"X-Request-Timeout": "0.1"},
+    )
+    assert response.status_code == 504
+    assert response.json()["code"] == "timeout"
+
+
+def test_a_client_that_goes_away_cancels_its_queued_request(serve: Callable[..., Any]) -> None:
+    _node, client = serve()
+    busy = threading.Thread(
+        target=client.post,
+        args=("/v1/agents/echo",),
+        kwargs={"json": {"type": "Say", "text": "first", "delay": 0.5}},
+    )
+    busy.start()
+    assert EchoAgent.started.wait(WAIT)
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        client.post("/v1/agents/echo", json={"type": "Say", "text": "abandoned"}, timeout=0.1)
+    busy.join(WAIT)
+    after = client.post("/v1/agents/echo", json={"type": "Say", "text": "after"})
+    assert after.status_code == 200
+    assert EchoAgent.handled == ["first", "after"]
+
+
+def test_api_keys_are_required_when_configured(serve: Callable[..., Any]) -> None:
+    _node, client = serve(api_keys=["k-1", "k-2"])
+    ping = {"payload": "x"}
+    missing = client.post("/v1/agents/ping", json=ping)
+    wrong = client.post("/v1/agents/ping", json=ping, headers={"X-API-Key": "nope"})
+    bearer = client.post("/v1/agents/ping", json=ping, headers={"Authorization": "Bearer k-2"})
+    header = client.post("/v1/agents/ping", json=ping, headers={"X-API-Key": "k-1"})
+    assert (missing.status_code, wrong.status_code) == (401, 403)
+    assert missing.headers["content-type"] == PROBLEM
+    assert (bearer.status_code, header.status_code) == (200, 200)
+    assert client.get("/livez").status_code == 200  # probes need no key
+
+
+def test_a_non_loopback_address_without_api_keys_is_refused_at_load() -> None:
+    from messages import ConfigError  # noqa: PLC0415
+
+    with pytest.raises(ConfigError, match=r"http\.api_keys"):
+        decode({"http": {"enabled": True, "host": "0.0.0.0"}})  # noqa: S104
+
+
+def test_the_openapi_document_describes_each_agent_from_its_types(
+    serve: Callable[..., Any],
+) -> None:
+    _node, client = serve()
+    spec = client.get("/schema/openapi.json").json()
+    assert spec["openapi"].startswith("3.1")
+    echo = spec["paths"]["/v1/agents/echo"]["post"]
+    body = echo["requestBody"]["content"]["application/json"]["schema"]
+    assert {ref["$ref"] for ref in body["oneOf"]} == {
+        "#/components/schemas/Say",
+        "#/components/schemas/FailWith",
+    }
+    assert echo["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Said"
+    }
+    assert "429" in echo["responses"]
+    assert spec["components"]["schemas"]["Say"]["properties"]["delay"]["maximum"] == 5
+    assert "/v1/generate" in spec["paths"]
