@@ -5,12 +5,17 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from actors import Agent, AgentDefaults, Runtime
 from bridges import IoLoop, NatsBridge, NatsServer
 from config import EventSettings, NatsSettings
+from supervisors import Node
+from tests.bridges.http_agents import EchoAgent, base_url, http_node
+from tests.conftest import WAIT
 
 START = 10.0
 
@@ -86,3 +91,23 @@ def start_node_process(config: Path, name: str, log: Path) -> subprocess.Popen[s
             return proc
     proc.wait(START)
     pytest.fail(f"node {name} exited with {proc.returncode}: {log.read_text()}")
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., tuple[Node, httpx.Client]]]:
+    started: list[tuple[Node, httpx.Client]] = []
+
+    def start(**http: Any) -> tuple[Node, httpx.Client]:
+        EchoAgent.handled.clear()
+        EchoAgent.started.clear()
+        node = http_node(**http)
+        node.start()
+        client = httpx.Client(base_url=base_url(node), timeout=WAIT)
+        started.append((node, client))
+        return node, client
+
+    yield start
+    for node, client in started:
+        client.close()
+        node.stop()
+        assert node.run(handle_signals=False) == 0

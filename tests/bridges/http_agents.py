@@ -1,14 +1,16 @@
-"""Agents the HTTP tests serve (importable by path from settings)."""
+"""Agents the HTTP tests serve (importable by path from settings), and their node."""
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
 from actors import Agent, Context, handler
+from bridges import build_node
+from config import decode
 from messages import (
     BadRequest,
     Forbidden,
@@ -18,6 +20,7 @@ from messages import (
     RequestTimeout,
     Unavailable,
 )
+from supervisors import Node
 
 
 class Say(Message, frozen=True, kw_only=True):
@@ -69,3 +72,38 @@ class EchoAgent(Agent):
         if error is None:
             raise RuntimeError("secret internals /etc/passwd")
         raise error
+
+
+def http_node(**http: Any) -> Node:
+    raw = {
+        "node": {"name": "web"},
+        "nats": {"enabled": False},
+        "http": {"enabled": True, "port": 0, **http},
+        "pools": [
+            {"agent": "tests.bridges.http_agents:EchoAgent", "size": 1},
+            {"agent": "actors:PingAgent", "size": 1},
+        ],
+        "inference": {
+            "tiers": [
+                {
+                    "name": "large",
+                    "backend": {
+                        "kind": "scripted",
+                        "model": "scripted-large",
+                        "default_reply": "one two three four five",
+                        "token_delay": 0.02,
+                        "capacity": 1,
+                    },
+                }
+            ]
+        },
+    }
+    return build_node(decode(raw))
+
+
+def base_url(node: Node) -> str:
+    [bridges] = [c for c in node.root.statistics().children if c.id == "bridges"]
+    assert bridges.supervisor is not None
+    [http] = [c for c in bridges.supervisor.children if c.id == "http"]
+    assert http.detail is not None
+    return http.detail.split()[1].rstrip(",")

@@ -3,74 +3,17 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from bridges import build_node
 from config import decode
-from supervisors import Node
 from tests.bridges.http_agents import EchoAgent
 from tests.conftest import WAIT
 
 PROBLEM = "application/problem+json"
-
-
-def http_node(**http: Any) -> Node:
-    raw = {
-        "node": {"name": "web"},
-        "nats": {"enabled": False},
-        "http": {"enabled": True, "port": 0, **http},
-        "pools": [
-            {"agent": "tests.bridges.http_agents:EchoAgent", "size": 1},
-            {"agent": "actors:PingAgent", "size": 1},
-        ],
-        "inference": {
-            "tiers": [
-                {
-                    "name": "large",
-                    "backend": {
-                        "kind": "scripted",
-                        "model": "scripted-large",
-                        "default_reply": "one two three four five",
-                        "token_delay": 0.02,
-                        "capacity": 1,
-                    },
-                }
-            ]
-        },
-    }
-    return build_node(decode(raw))
-
-
-def base_url(node: Node) -> str:
-    [bridges] = [c for c in node.root.statistics().children if c.id == "bridges"]
-    assert bridges.supervisor is not None
-    [http] = [c for c in bridges.supervisor.children if c.id == "http"]
-    assert http.detail is not None
-    return http.detail.split()[1].rstrip(",")
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[..., tuple[Node, httpx.Client]]]:
-    started: list[tuple[Node, httpx.Client]] = []
-
-    def start(**http: Any) -> tuple[Node, httpx.Client]:
-        EchoAgent.handled.clear()
-        EchoAgent.started.clear()
-        node = http_node(**http)
-        node.start()
-        client = httpx.Client(base_url=base_url(node), timeout=WAIT)
-        started.append((node, client))
-        return node, client
-
-    yield start
-    for node, client in started:
-        client.close()
-        node.stop()
-        assert node.run(handle_signals=False) == 0
 
 
 def test_an_agent_answers_a_json_request(serve: Callable[..., Any]) -> None:
