@@ -26,7 +26,7 @@ import time
 import types
 import typing
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Union
+from typing import TYPE_CHECKING, Any, Final, Literal, Union
 
 import msgspec
 import uvicorn
@@ -37,7 +37,8 @@ from litestar.exceptions import (
     PermissionDeniedException,
 )
 from litestar.handlers import BaseRouteHandler
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.spec import Schema
 from litestar.params import JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
@@ -196,7 +197,7 @@ class HttpBridge:
             handlers += [self._generate_route(), self._generate_stream_route()]
         if health:
             handlers += self._health_routes()
-        return Litestar(
+        app = Litestar(
             route_handlers=handlers,
             exception_handlers={Exception: on_error},
             request_max_body_size=self.settings.max_body,
@@ -211,6 +212,9 @@ class HttpBridge:
             logging_config=None,
             debug=False,
         )
+        if api:
+            _optional_tags(app)
+        return app
 
     def _guards(
         self,
@@ -387,7 +391,8 @@ class HttpBridge:
             summary="Stream a completion as Server-Sent Events",
             tags=["inference"],
             status_code=200,
-            responses=PROBLEMS,
+            media_type=SSE_MEDIA_TYPE,
+            responses={200: SSE_RESPONSE, **PROBLEMS},
             guards=self._guards(),
         )(generate_stream)
 
@@ -451,6 +456,40 @@ class HttpBridge:
             return Response(body, media_type=CONTENT_TYPE)
 
         return [livez, readyz, healthz, metrics]
+
+
+SSE_MEDIA_TYPE: Final = "text/event-stream"
+
+
+class StreamEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One Server-Sent Event of a streamed generation.
+
+    Attributes:
+        event: `chunk`, then `result` or `error`.
+        data: JSON of a TokenChunk, a GenerateResult or a Problem.
+    """
+
+    event: Literal["chunk", "result", "error"]
+    data: str
+
+
+SSE_RESPONSE: Final = ResponseSpec(
+    data_container=StreamEvent,
+    media_type=SSE_MEDIA_TYPE,
+    description="`chunk` events (a TokenChunk each), then one `result` or `error` event",
+)
+
+
+def _optional_tags(app: Litestar) -> None:
+    """Say in the document what msgspec does: a message's `type` tag may be left out.
+
+    Alone, a request type decodes without it; among several (`oneOf`), a
+    body without it matches them all, so it is invalid there, as msgspec
+    finds it too.
+    """
+    for schema in (app.openapi_schema.components.schemas or {}).values():
+        if isinstance(schema, Schema) and schema.required and "type" in schema.required:
+            schema.required = [name for name in schema.required if name != "type"] or None
 
 
 def check_api_key(connection: ASGIConnection[Any, Any, Any, Any], keys: list[str]) -> None:

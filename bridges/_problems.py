@@ -85,10 +85,15 @@ class ClientGone(Exception):
 
 
 def problem(
-    status: int, code: str, detail: str, *, retry_after: float | None = None
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    retry_after: float | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response[Problem]:
     """A problem+json response (with `Retry-After` when a retry time is known)."""
-    headers = {}
+    headers = dict(headers or {})
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     body = Problem(
@@ -129,7 +134,8 @@ def error_response(error: BaseException) -> Response[Problem]:
         return problem(status, ErrorCode.BAD_REQUEST, detail)
     if isinstance(error, HTTPException):
         code = _CODE_OF_STATUS.get(error.status_code, ErrorCode.INTERNAL)
-        return problem(error.status_code, code, str(error.detail))
+        # Keep the exception's own headers (Allow on a 405, WWW-Authenticate, ...).
+        return problem(error.status_code, code, str(error.detail), headers=error.headers)
     logger.error("unexpected failure answering an HTTP request", exc_info=error)
     return problem(500, ErrorCode.INTERNAL, "internal error")
 
