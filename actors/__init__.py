@@ -18,6 +18,7 @@ from actors._runtime import (
 )
 from actors._state import MemoryStore, StateStore
 from actors._timers import TimerHandle, Timers
+from actors._tracing import Tracing, tracing_from_settings, within
 
 __all__ = [
     "Agent",
@@ -40,8 +41,11 @@ __all__ = [
     "StateStore",
     "TimerHandle",
     "Timers",
+    "Tracing",
     "Transport",
     "TypeRef",
     "handler",
     "make_metadata",
+    "tracing_from_settings",
+    "within",
 ]

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
 import pykka
+from opentelemetry.trace import Span, StatusCode
 from pykka._envelope import Envelope
 
 from actors._call import Call
@@ -19,6 +20,7 @@ from actors._context import Context
 from actors._lifecycle import NORMAL, ExitLink, ExitReason
 from actors._mailbox import Mailbox
 from actors._ref import LocalAgentRef
+from actors._tracing import within
 from messages import (
     AgentDefinitionError,
     AgentError,
@@ -26,6 +28,7 @@ from messages import (
     BadRequest,
     ExitKind,
     InternalError,
+    Metadata,
     RequestTimeout,
 )
 
@@ -168,17 +171,32 @@ class Agent(pykka.ThreadingActor):
         handle = self._admit(call)
         if handle is None:
             return
-        reply = call.reply
         expiry = call.meta.deadline + self._margin
         self._busy = (call, expiry)
         if not self._watched:
             self._watch(expiry)
+        tracing = self.runtime.tracing
+        if tracing is None:
+            self._run(handle, call, call.meta, None)
+            return
+        span = tracing.process(call.meta, call.payload, self.agent_type)
         try:
-            result = handle(self, call.payload, Context(self, call.meta))
+            self._run(handle, call, within(call.meta, span), span)
+        finally:
+            span.end()
+
+    def _run(self, handle: Handler, call: Call, meta: Metadata, span: Span | None) -> None:
+        reply = call.reply
+        try:
+            result = handle(self, call.payload, Context(self, meta))
         except AgentError as error:
+            if span is not None:
+                span.set_attribute("error.type", error.code)
             if reply is not None:
                 reply.fail(error)
         except Exception as exc:  # noqa: BLE001 - a crash, reported to the supervisor
+            if span is not None:
+                span.set_status(StatusCode.ERROR, type(exc).__name__)
             self._crash(call, exc)
         else:
             if reply is not None:

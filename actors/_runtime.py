@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from actors._agent import Agent
     from actors._call import Call
     from actors._state import StateStore
+    from actors._tracing import Tracing
     from messages import (
         Event,
         GenerateRequest,
@@ -224,6 +225,7 @@ class Runtime:
         self.transport: Transport | None = None
         self.prefer_local = True
         self.inference: Inference | None = None
+        self.tracing: Tracing | None = None
         self._closers: list[Callable[[], object]] = []
 
     def ref(self, agent_type: str) -> TypeRef:

@@ -8,7 +8,7 @@ from typing import Final
 
 import msgspec
 
-from actors import Agent, AgentDefaults, MemoryStore, Runtime
+from actors import Agent, AgentDefaults, MemoryStore, Runtime, tracing_from_settings
 from bridges._bridge_child import embedded_server, embedded_server_child, nats_bridge_child
 from bridges._embedded import NatsServer
 from bridges._health import TREE_TIMEOUT, Health
@@ -62,7 +62,12 @@ def build_runtime(settings: Settings) -> Runtime:
     defaults = AgentDefaults(
         ask_timeout=settings.agents.ask_timeout, hung_margin=settings.agents.hung_margin
     )
-    return Runtime(node=settings.node.name or None, defaults=defaults, state=MemoryStore())
+    runtime = Runtime(node=settings.node.name or None, defaults=defaults, state=MemoryStore())
+    tracing = tracing_from_settings(settings.telemetry, node=runtime.node)
+    if tracing is not None:
+        runtime.tracing = tracing
+        runtime.add_closer(tracing.shutdown)
+    return runtime
 
 
 def _pool_spec(
@@ -145,6 +150,7 @@ def _bridges_spec(
     server: NatsServer | None,
     url: str,
     tree: Callable[[], SupervisorStatistics],
+    exposed: list[type[Agent]],
 ) -> SupervisorSpec:
     """The bridges supervisor: the embedded server (if needed), NATS, then HTTP."""
     shutdown = settings.supervision.shutdown_timeout
@@ -168,7 +174,7 @@ def _bridges_spec(
         metrics = Metrics()
 
         def make_http() -> HttpBridge:
-            return HttpBridge(runtime, settings.http, agents, health=health, metrics=metrics)
+            return HttpBridge(runtime, settings.http, exposed, health=health, metrics=metrics)
 
         children.append(http_bridge_child(runtime, io, make_http, shutdown=shutdown))
     return SupervisorSpec(
@@ -217,8 +223,21 @@ def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
             specs.insert(0, _inference_spec(settings, runtime, io, url))
         if settings.nats.enabled or settings.http.enabled:
             unique = list(dict.fromkeys(agents))
+            exposed = [
+                import_agent(path, key=f"http.agents[{i}]")
+                for i, path in enumerate(settings.http.agents)
+            ]
             specs.append(
-                _bridges_spec(settings, runtime, io, unique, server=server, url=url, tree=tree)
+                _bridges_spec(
+                    settings,
+                    runtime,
+                    io,
+                    unique,
+                    server=server,
+                    url=url,
+                    tree=tree,
+                    exposed=list(dict.fromkeys(unique + exposed)),
+                )
             )
     root = SupervisorSpec(
         name=ROOT_NAME,

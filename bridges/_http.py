@@ -41,7 +41,9 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Schema
 from litestar.params import JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
+from opentelemetry.trace import SpanKind
 
+from actors import within
 from bridges._health import HEALTH_JSON, Health, Status
 from bridges._metrics import CONTENT_TYPE, Metrics, Snapshot
 from bridges._problems import (
@@ -274,7 +276,9 @@ class HttpBridge:
         replies = _reply_types(agent_class, accepted)
 
         async def ask(request: Request[Any, Any, Any], data: Any) -> Any:
-            return await self._observed(agent_type, self._ask(request, agent_type, data))
+            return await self._observed(
+                agent_type, request, lambda meta: self._ask(request, agent_type, data, meta)
+            )
 
         ask.__annotations__ = {
             "request": Request[Any, Any, Any],
@@ -293,19 +297,44 @@ class HttpBridge:
             guards=self._guards(),
         )(ask)
 
-    async def _observed(self, agent_type: str, work: typing.Awaitable[Any]) -> Any:
+    async def _observed(
+        self,
+        agent_type: str,
+        request: Request[Any, Any, Any],
+        work: Callable[[Metadata], typing.Awaitable[Any]],
+    ) -> Any:
+        """Run `work` with the request's metadata, inside its server span; record it."""
         started = time.perf_counter()
         status = 200
+        span = None
         try:
-            return await work
+            meta = self.metadata(request)
+            tracing = self.runtime.tracing
+            if tracing is not None:
+                span = tracing.start(
+                    f"POST {request.url.path}",
+                    kind=SpanKind.SERVER,
+                    parent=meta,
+                    attributes={
+                        "http.request.method": "POST",
+                        "url.path": request.url.path,
+                        "http.route": request.url.path,
+                    },
+                )
+                meta = within(meta, span)
+            return await work(meta)
         except BaseException as error:
             status = status_of(error)
             raise
         finally:
+            if span is not None:
+                span.set_attribute("http.response.status_code", status)
+                span.end()
             self.metrics.observe("http", agent_type, str(status), time.perf_counter() - started)
 
-    async def _ask(self, request: Request[Any, Any, Any], agent_type: str, message: Any) -> Any:
-        meta = self.metadata(request)
+    async def _ask(
+        self, request: Request[Any, Any, Any], agent_type: str, message: Any, meta: Metadata
+    ) -> Any:
         reply = self.runtime.ref(agent_type).ask_async(
             message, message_id=meta.id, priority=meta.priority, sender="http", cause=meta
         )
@@ -342,7 +371,9 @@ class HttpBridge:
 
     def _generate_route(self) -> Any:
         async def generate(request: Request[Any, Any, Any], data: JSONBody[GenerateRequest]) -> Any:
-            return await self._observed("generate", self._generate(request, data))
+            return await self._observed(
+                "generate", request, lambda meta: self._generate(request, data, meta)
+            )
 
         generate.__annotations__["return"] = GenerateResult
         return post(
@@ -356,8 +387,9 @@ class HttpBridge:
             guards=self._guards(),
         )(generate)
 
-    async def _generate(self, request: Request[Any, Any, Any], data: GenerateRequest) -> Any:
-        meta = self.metadata(request)
+    async def _generate(
+        self, request: Request[Any, Any, Any], data: GenerateRequest, meta: Metadata
+    ) -> Any:
         pool = self._pool().pool
         task = asyncio.ensure_future(pool.submit(data, meta))
         gone = asyncio.ensure_future(_disconnected(request))

@@ -69,7 +69,9 @@ def inference_pool_child(
     """A child spec that builds a fresh pool (and backends) on each start."""
 
     def start() -> ChildHandle:
-        client = PoolClient(make_pool(), io)
+        pool = make_pool()
+        pool.tracing = runtime.tracing
+        client = PoolClient(pool, io)
         handle: LocalAgentRef = InferencePoolAgent.spawn(runtime, instance="0", client=client)
         return handle
 

@@ -23,8 +23,9 @@ import msgspec
 import nats
 import nats.errors
 from nats.micro.service import Service
+from opentelemetry.trace import SpanKind
 
-from actors import Call, Reply, Runtime
+from actors import Call, Reply, Runtime, within
 from bridges._events import EventRouter
 from bridges._outbox import Outbox
 from bridges._serving import AgentEndpoint, event_types, headers_size
@@ -341,14 +342,33 @@ class NatsBridge:
         """Send a call to `agent_type` over NATS (any thread); False if not connected."""
         if self._nc is None or self._closing:
             return False
+        subject = self.subjects.agent(agent_type)
+        meta = call.meta
+        tracing = self.runtime.tracing
+        if tracing is not None:
+            span = tracing.start(
+                f"send {agent_type}",
+                kind=SpanKind.PRODUCER,
+                parent=meta,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.operation.type": "send",
+                    "messaging.destination.name": subject,
+                    "messaging.message.id": meta.id,
+                },
+            )
+            meta = within(meta, span)
+            if call.reply is None:
+                span.end()
+            else:
+                call.reply.add_done_callback(lambda _r: span.end())
         try:
-            body = self.envelope(call.payload, call.meta)
+            body = self.envelope(call.payload, meta)
         except AgentError as error:
             if call.reply is None:
                 raise
             call.reply.fail(error)
             return True
-        subject = self.subjects.agent(agent_type)
         if call.reply is None:
             self.outbox.put(self.send, subject, body, None)
         else:

@@ -131,6 +131,8 @@ class HttpSettings(_Section, frozen=True, kw_only=True):
         default_timeout: A request's deadline, in seconds, unless its
             `X-Request-Timeout` header says otherwise.
         max_timeout: The longest deadline a request may ask for.
+        agents: Agent classes (`module:Class`) that other nodes serve and
+            this node's HTTP exposes too (reached over NATS), beside its own.
     """
 
     enabled: bool = False
@@ -141,6 +143,7 @@ class HttpSettings(_Section, frozen=True, kw_only=True):
     max_body: Annotated[int, msgspec.Meta(ge=1)] = 1 << 20
     default_timeout: Positive = 30.0
     max_timeout: Positive = 300.0
+    agents: list[ImportPath] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.enabled and not self.api_keys and not _is_loopback_host(self.host):
@@ -157,6 +160,27 @@ def _is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class TelemetrySettings(_Section, frozen=True, kw_only=True):
+    """OpenTelemetry traces.
+
+    Attributes:
+        traces: Where spans go: `none`, `console` (stdout), `otlp` (to
+            `otlp_endpoint`, needs the `otlp` extra) or `memory` (kept in
+            the process, for tests).
+        otlp_endpoint: OTLP/HTTP traces endpoint, e.g.
+            `http://127.0.0.1:4318/v1/traces`.
+        service_name: The `service.name` resource attribute.
+    """
+
+    traces: Literal["none", "console", "otlp", "memory"] = "none"
+    otlp_endpoint: str = ""
+    service_name: str = "actorfleet"
+
+    def __post_init__(self) -> None:
+        if self.traces == "otlp" and not self.otlp_endpoint:
+            raise ConfigError("telemetry.otlp_endpoint", "traces = 'otlp' needs an endpoint")
 
 
 class EventSettings(_Section, frozen=True, kw_only=True):
@@ -376,6 +400,7 @@ class Settings(_Section, frozen=True, kw_only=True):
     nats: NatsSettings = msgspec.field(default_factory=NatsSettings)
     events: EventSettings = msgspec.field(default_factory=EventSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     inference: InferenceSettings = msgspec.field(default_factory=InferenceSettings)
     pools: list[PoolSettings] = msgspec.field(default_factory=list)
 
@@ -399,6 +424,8 @@ ENV_OVERRIDES: Final[dict[str, tuple[str, ...]]] = {
     "AF_NATS_PREFIX": ("nats", "prefix"),
     "AF_HTTP_HOST": ("http", "host"),
     "AF_HTTP_PORT": ("http", "port"),
+    "AF_TRACES": ("telemetry", "traces"),
+    "AF_OTLP_ENDPOINT": ("telemetry", "otlp_endpoint"),
 }
 
 _PATH_IN_ERROR: Final = re.compile(r" - at `\$(?P<path>[^`]*)`$")

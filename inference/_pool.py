@@ -21,7 +21,9 @@ from collections.abc import Sequence
 from typing import Final
 
 import msgspec
+from opentelemetry.trace import SpanKind, StatusCode
 
+from actors._tracing import Tracing, within
 from inference._backend import Backend, Generation, prompt_text
 from inference._tier import PRIORITIES, RANK, Job, OnChunk, Tier, TierSpec, TierStatistics
 from messages import (
@@ -82,6 +84,7 @@ class InferencePool:
         self.admissions = self.degrades = self.rejections = 0
         self._idle: asyncio.Event | None = None
         self._closing = False
+        self.tracing: Tracing | None = None
 
     @property
     def tier_names(self) -> list[str]:
@@ -102,6 +105,42 @@ class InferencePool:
             RequestTimeout: The deadline passed first.
             Unavailable: The worker failed.
         """
+        if self.tracing is None:
+            return await self._submit(request, meta, on_chunk)
+        span = self.tracing.start(
+            f"generate {request.tier or self.default_tier}",
+            kind=SpanKind.CLIENT,
+            parent=meta,
+            attributes={
+                "gen_ai.operation.name": "text_completion",
+                "gen_ai.request.max_tokens": request.max_tokens,
+                "actorfleet.tier.requested": request.tier or self.default_tier,
+            },
+        )
+        try:
+            result = await self._submit(request, within(meta, span), on_chunk)
+        except BaseException as error:
+            span.set_attribute("error.type", getattr(error, "code", type(error).__qualname__))
+            span.set_status(StatusCode.ERROR)
+            raise
+        else:
+            span.set_attributes(
+                {
+                    "gen_ai.system": result.backend,
+                    "gen_ai.response.model": result.model,
+                    "gen_ai.usage.input_tokens": result.usage.prompt_tokens,
+                    "gen_ai.usage.output_tokens": result.usage.completion_tokens,
+                    "actorfleet.tier": result.tier,
+                    "actorfleet.degraded": result.degraded,
+                }
+            )
+            return result
+        finally:
+            span.end()
+
+    async def _submit(
+        self, request: GenerateRequest, meta: Metadata, on_chunk: OnChunk | None
+    ) -> GenerateResult:
         job = self._new_job(request, meta, on_chunk)
         self._admit(job, start_only=False)
         try:

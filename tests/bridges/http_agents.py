@@ -107,3 +107,25 @@ def base_url(node: Node) -> str:
     [http] = [c for c in bridges.supervisor.children if c.id == "http"]
     assert http.detail is not None
     return http.detail.split()[1].rstrip(",")
+
+
+class Summarise(Message, frozen=True, kw_only=True):
+    """Summarise `text` with the node's model."""
+
+    text: str
+
+
+class Summary(Message, frozen=True, kw_only=True):
+    text: str
+    model: str
+
+
+class SummaryAgent(Agent):
+    """Asks the inference pool for a summary."""
+
+    agent_type = "summary"
+
+    @handler
+    def summarise(self, msg: Summarise, ctx: Context) -> Summary:
+        result = ctx.generate(msg.text, max_tokens=3)
+        return Summary(text=result.text, model=result.model)

@@ -82,6 +82,7 @@ def test_every_key_of_the_settings_is_documented_in_default_toml() -> None:
         config.NatsSettings,
         config.EventSettings,
         config.HttpSettings,
+        config.TelemetrySettings,
         config.InferenceSettings,
         config.TierSettings,
         config.ScriptedBackendSettings,
