@@ -130,17 +130,25 @@ async def test_the_worker_checks_the_context_with_its_own_tokenizer(
     assert (large.failures, large.breaker) == (0, "closed")
 
 
+async def started_generation(
+    pool: InferencePool,
+) -> asyncio.Future[Any]:
+    """A generation through `pool`, returned once its first chunk has arrived."""
+    first = asyncio.Event()
+    task = asyncio.ensure_future(
+        pool.submit(GenerateRequest(prompt="hi"), meta(), on_chunk=lambda _c: first.set())
+    )
+    await asyncio.wait_for(first.wait(), WAIT)
+    return task
+
+
 async def test_cancelling_the_call_stops_the_generation_on_the_worker(
     nc: Client, start_worker: Callable[..., Any]
 ) -> None:
     worker = await start_worker(token_delay=0.05)
     pool, backend = remote_pool(nc)
-    first = asyncio.Event()
-    task = asyncio.ensure_future(
-        pool.submit(GenerateRequest(prompt="hi"), meta(), on_chunk=lambda _c: first.set())
-    )
     try:
-        await asyncio.wait_for(first.wait(), WAIT)
+        task = await started_generation(pool)
         assert worker.running == 1
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -222,12 +230,8 @@ async def test_closing_a_worker_lets_running_generations_finish(
 ) -> None:
     worker = await start_worker(token_delay=0.01)
     pool, backend = remote_pool(nc)
-    first = asyncio.Event()
-    task = asyncio.ensure_future(
-        pool.submit(GenerateRequest(prompt="hi"), meta(), on_chunk=lambda _c: first.set())
-    )
     try:
-        await asyncio.wait_for(first.wait(), WAIT)
+        task = await started_generation(pool)
         await worker.close(grace=WAIT)
         result = await asyncio.wait_for(task, WAIT)
         assert result.text == REPLY

@@ -119,10 +119,12 @@ def test_a_killed_gpu_worker_process_is_restarted_and_serves_again(model_dir: Pa
     import signal  # noqa: PLC0415
 
     from bridges import NatsServer, build_node  # noqa: PLC0415
-    from bridges._app import INFERENCE_NAME  # noqa: PLC0415
     from config import decode  # noqa: PLC0415
     from messages import ChildRestarted  # noqa: PLC0415
-    from tests.bridges.test_worker_processes import wait_for_worker  # noqa: PLC0415
+    from tests.bridges.test_worker_processes import (  # noqa: PLC0415
+        wait_for_worker,
+        worker_child,
+    )
     from tests.conftest import EventRecorder  # noqa: PLC0415
 
     server = NatsServer().start()
@@ -144,10 +146,7 @@ def test_a_killed_gpu_worker_process_is_restarted_and_serves_again(model_dir: Pa
         wait_for_worker(server.url, timeout=120)
         before = client.generate(GenerateRequest(prompt="refund", max_tokens=8), _meta())
         assert before.backend == "exllamav2"
-        [inference] = [c for c in node.root.statistics().children if c.id == INFERENCE_NAME]
-        assert inference.supervisor is not None
-        [worker] = [c for c in inference.supervisor.children if c.id == "worker.large.0"]
-        os.kill(worker.pid or 0, signal.SIGKILL)
+        os.kill(worker_child(node).pid or 0, signal.SIGKILL)
         recorder.wait_for(lambda e: isinstance(e, ChildRestarted), timeout=60)
         wait_for_worker(server.url, timeout=120)
         after = client.generate(GenerateRequest(prompt="refund", max_tokens=8), _meta())
