@@ -226,6 +226,8 @@ class Runtime:
         self.prefer_local = True
         self.inference: Inference | None = None
         self.tracing: Tracing | None = None
+        # The in-memory OpenTelemetry metric reader (telemetry.metrics = "memory").
+        self.metrics_reader: object | None = None
         self._closers: list[Callable[[], object]] = []
 
     def ref(self, agent_type: str) -> TypeRef:

@@ -21,12 +21,12 @@ from bridges._inference_child import (
     worker_argv,
 )
 from bridges._loop import IoLoop
-from bridges._metrics import Metrics
+from bridges._metrics import Metrics, Snapshot, meter_from_settings
 from bridges._nats import NatsBridge
 from config import ExLlamaV2BackendSettings, PoolSettings, Settings
-from inference import pool_from_settings
+from inference import PoolClient, pool_from_settings
 from inference._exllamav2 import check_installed as check_exllamav2_installed
-from messages import ConfigError
+from messages import ActorfleetError, ConfigError
 from supervisors import (
     Backoff,
     Node,
@@ -151,6 +151,7 @@ def _bridges_spec(
     url: str,
     tree: Callable[[], SupervisorStatistics],
     exposed: list[type[Agent]],
+    metrics: Metrics,
 ) -> SupervisorSpec:
     """The bridges supervisor: the embedded server (if needed), NATS, then HTTP."""
     shutdown = settings.supervision.shutdown_timeout
@@ -160,7 +161,9 @@ def _bridges_spec(
     if settings.nats.enabled:
 
         def make_bridge() -> NatsBridge:
-            return NatsBridge(runtime, io, settings.nats, settings.events, agents, url=url)
+            return NatsBridge(
+                runtime, io, settings.nats, settings.events, agents, url=url, metrics=metrics
+            )
 
         drain = shutdown + settings.nats.drain_timeout
         children.append(nats_bridge_child(make_bridge, shutdown=drain))
@@ -171,7 +174,6 @@ def _bridges_spec(
             needs_inference=bool(settings.inference.tiers),
             needs_nats=settings.nats.enabled,
         )
-        metrics = Metrics()
 
         def make_http() -> HttpBridge:
             return HttpBridge(runtime, settings.http, exposed, health=health, metrics=metrics)
@@ -185,6 +187,28 @@ def _bridges_spec(
         period=settings.supervision.period,
         backoff=_backoff(settings),
     )
+
+
+def _metrics(
+    settings: Settings, runtime: Runtime, tree: Callable[[], SupervisorStatistics]
+) -> Metrics:
+    """The node's metrics; with `[telemetry] metrics` on, also an OpenTelemetry meter."""
+    built = meter_from_settings(settings.telemetry, node=runtime.node)
+    if built is None:
+        return Metrics()
+    provider, reader = built
+    runtime.metrics_reader = reader
+    runtime.add_closer(provider.shutdown)
+
+    def live() -> Snapshot:
+        client = runtime.inference
+        pool = client.pool.statistics() if isinstance(client, PoolClient) else None
+        try:
+            return Snapshot(tree(), pool)
+        except (RuntimeError, ActorfleetError):
+            return Snapshot(None, pool)  # not started yet, or stopping
+
+    return Metrics(meter=provider.get_meter("actorfleet"), live=live)
 
 
 def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
@@ -237,6 +261,7 @@ def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
                     url=url,
                     tree=tree,
                     exposed=list(dict.fromkeys(unique + exposed)),
+                    metrics=_metrics(settings, runtime, tree),
                 )
             )
     root = SupervisorSpec(

@@ -8,14 +8,29 @@ hot paths pay nothing for it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Final
 
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    InMemoryMetricReader,
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from messages import ConfigError
+
 if TYPE_CHECKING:
-    from inference import PoolStatistics
+    from config import TelemetrySettings
+    from inference import PoolStatistics, TierStatistics
     from supervisors import SupervisorStatistics
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -37,6 +52,8 @@ LATENCY_BUCKETS: Final = (
     60.0,
 )
 BREAKER_LEVEL: Final = {"closed": 0, "half_open": 1, "open": 2}
+# One export reads the live statistics once for all its instruments.
+SNAPSHOT_REUSE_S: Final = 1.0
 
 
 class Snapshot:
@@ -63,9 +80,18 @@ class _Live:
 
 
 class Metrics:
-    """The node's registry: edge request histograms and live collectors."""
+    """The node's registry: edge request histograms and live collectors.
 
-    def __init__(self) -> None:
+    Args:
+        meter: An OpenTelemetry meter to report the same figures to (OTLP,
+            console), when `[telemetry] metrics` is on.
+        live: Reads the live statistics (blocking; the meter's export
+            thread calls it).
+    """
+
+    def __init__(
+        self, *, meter: Meter | None = None, live: Callable[[], Snapshot] | None = None
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Histogram(
             "actorfleet_requests_seconds",
@@ -76,10 +102,39 @@ class Metrics:
         )
         self._live = _Live()
         self.registry.register(self._live)
+        self._otel_requests = None
+        if meter is not None:
+            self._otel_requests = meter.create_histogram(
+                "actorfleet.request.duration",
+                unit="s",
+                description="Requests answered at an edge.",
+                explicit_bucket_boundaries_advisory=list(LATENCY_BUCKETS),
+            )
+            if live is not None:
+                _observe_live(meter, _CachedSnapshot(live))
+
+    def recorder(self, edge: str, agent_type: str) -> Callable[[str, float], None]:
+        """`record(status, seconds)` for one edge and type, its label sets kept at hand."""
+        children: dict[str, Any] = {}
+        otel = self._otel_requests
+
+        def record(status: str, seconds: float) -> None:
+            child = children.get(status)
+            if child is None:
+                child = children[status] = self.requests.labels(edge, agent_type, status)
+            child.observe(seconds)
+            if otel is not None:
+                otel.record(seconds, {"edge": edge, "agent_type": agent_type, "status": status})
+
+        return record
 
     def observe(self, edge: str, agent_type: str, status: str, seconds: float) -> None:
         """Record one answered request."""
         self.requests.labels(edge, agent_type, status).observe(seconds)
+        if self._otel_requests is not None:
+            self._otel_requests.record(
+                seconds, {"edge": edge, "agent_type": agent_type, "status": status}
+            )
 
     def render(self, snapshot: Snapshot) -> bytes:
         """The exposition text, with `snapshot` as the live part (one scrape at a time)."""
@@ -88,6 +143,83 @@ class Metrics:
             return generate_latest(self.registry)
         finally:
             self._live.snapshot = Snapshot(None, None)
+
+
+class _CachedSnapshot:
+    """The live statistics, read at most once per `SNAPSHOT_REUSE_S` for all instruments."""
+
+    def __init__(self, read: Callable[[], Snapshot]) -> None:
+        self._read = read
+        self._lock = threading.Lock()
+        self._at = -SNAPSHOT_REUSE_S
+        self._snapshot = Snapshot(None, None)
+
+    def __call__(self) -> Snapshot:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._at >= SNAPSHOT_REUSE_S:
+                self._snapshot = self._read()
+                self._at = now
+            return self._snapshot
+
+
+def _child_observer(
+    snapshot: Callable[[], Snapshot], field: str
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    """Observations of one child statistic, per supervisor and child."""
+
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        tree = snapshot().tree
+        for supervisor in _walk(tree) if tree is not None else ():
+            for child in supervisor.children:
+                value = getattr(child, field)
+                if value is not None:
+                    yield Observation(value, {"supervisor": supervisor.name, "child": child.id})
+
+    return observe
+
+
+def _tier_observer(
+    snapshot: Callable[[], Snapshot], read: Callable[[TierStatistics], float]
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    """Observations of one tier statistic, per tier."""
+
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        pool = snapshot().pool
+        for tier in pool.tiers if pool is not None else ():
+            yield Observation(read(tier), {"tier": tier.name})
+
+    return observe
+
+
+def _observe_live(meter: Meter, snapshot: Callable[[], Snapshot]) -> None:
+    def children(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        return _child_observer(snapshot, field)
+
+    def tiers(read: Callable[[TierStatistics], float]) -> Callable[..., Iterable[Observation]]:
+        return _tier_observer(snapshot, read)
+
+    meter.create_observable_counter(
+        "actorfleet.child.restarts", [children("restarts")], description="Restarts of a child."
+    )
+    meter.create_observable_gauge(
+        "actorfleet.mailbox.depth", [children("queue_depth")], description="Requests waiting."
+    )
+    gauges: dict[str, Callable[[TierStatistics], float]] = {
+        "queued": lambda t: t.queued,
+        "in_flight": lambda t: t.in_flight,
+        "breaker": lambda t: BREAKER_LEVEL[t.breaker],
+    }
+    counters: dict[str, Callable[[TierStatistics], float]] = {
+        "admitted": lambda t: t.admitted,
+        "degraded": lambda t: t.degraded_in,
+        "rejected": lambda t: t.rejected,
+        "tokens": lambda t: t.tokens,
+    }
+    for name, read in gauges.items():
+        meter.create_observable_gauge(f"actorfleet.inference.{name}", [tiers(read)])
+    for name, read in counters.items():
+        meter.create_observable_counter(f"actorfleet.inference.{name}", [tiers(read)])
 
 
 def _tree_metrics(tree: SupervisorStatistics) -> Iterator[Metric]:
@@ -167,3 +299,36 @@ def _pool_metrics(pool: PoolStatistics) -> Iterator[Metric]:
         breaker.add_metric([stats.name], BREAKER_LEVEL[stats.breaker])
     yield from families.values()
     yield breaker
+
+
+def meter_from_settings(
+    settings: TelemetrySettings, *, node: str
+) -> tuple[MeterProvider, InMemoryMetricReader | None] | None:
+    """The node's meter provider as `[telemetry] metrics` says, or None when off.
+
+    Raises:
+        ConfigError: For `otlp` without the `otlp` extra installed.
+    """
+    if settings.metrics == "none":
+        return None
+    memory = None
+    reader: MetricReader
+    if settings.metrics == "memory":
+        reader = memory = InMemoryMetricReader()
+    else:
+        interval_ms = settings.metrics_interval * 1e3
+        exporter: MetricExporter
+        if settings.metrics == "console":
+            exporter = ConsoleMetricExporter()
+        else:
+            try:
+                from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
+                    OTLPMetricExporter,
+                )
+            except ImportError as exc:
+                reason = "OTLP export needs the otlp extra (pip install -e '.[otlp]')"
+                raise ConfigError("telemetry.metrics", reason) from exc
+            exporter = OTLPMetricExporter(endpoint=settings.otlp_metrics_endpoint)
+        reader = PeriodicExportingMetricReader(exporter, export_interval_millis=interval_ms)
+    resource = Resource.create({"service.name": settings.service_name, "service.instance.id": node})
+    return MeterProvider(metric_readers=[reader], resource=resource), memory

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
     from actors import Agent
     from bridges._loop import IoLoop
+    from bridges._metrics import Metrics
     from config import EventSettings, NatsSettings
 
 logger: Final = logging.getLogger("actorfleet.nats")
@@ -101,11 +102,13 @@ class NatsBridge:
         agents: Sequence[type[Agent]] = (),
         *,
         url: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.runtime = runtime
         self.io = io
         self.settings = settings
         self.url = url or settings.url
+        self.metrics = metrics
         self.subjects = Subjects(settings.prefix)
         self.agents = tuple(agents)
         self.events = EventRouter(self, events)

@@ -26,6 +26,7 @@ from bridges._wire import (
     encode_reply,
     encode_reply_envelope,
     envelope_decoder,
+    error_code_of,
     is_envelope,
     metadata_from_headers,
     open_envelope,
@@ -93,6 +94,8 @@ class AgentEndpoint:
         self.agent_class = agent_class
         self.local = local
         self.types = request_types(agent_class)
+        metrics = bridge.metrics
+        self._record = None if metrics is None else metrics.recorder("nats", agent_class.agent_type)
         union = typing.Union[self.types] if self.types else None  # noqa: UP007 - run time
         self.decoders: Decoders | None = (
             (decoder_for(union), envelope_decoder(union)) if union is not None else None
@@ -171,6 +174,7 @@ class AgentEndpoint:
             late = RequestTimeout("deadline passed before the request arrived")
             self._respond_error(msg, late, enveloped=enveloped)
             return
+        started = time.perf_counter()
         reply: Reply[Any] | None = Reply(meta.deadline) if msg.reply else None
         if not local.deliver_local(Call(payload, meta, reply)):
             gone = Unavailable(f"no agent of type {local.name} on this node", retry_after=0.0)
@@ -179,10 +183,16 @@ class AgentEndpoint:
         if reply is not None:
             bridge = self.bridge
             bridge.track(+1)
-            reply.add_done_callback(lambda r: bridge.outbox.put(self._answer, msg, r, enveloped))
+            reply.add_done_callback(
+                lambda r: bridge.outbox.put(self._answer, msg, r, enveloped, started)
+            )
 
-    async def _answer(self, msg: Msg, reply: Reply[Any], enveloped: bool) -> None:
+    async def _answer(self, msg: Msg, reply: Reply[Any], enveloped: bool, started: float) -> None:
         bridge = self.bridge
+        if self._record is not None:
+            outcome = reply.result()
+            status = error_code_of(outcome) if isinstance(outcome, BaseException) else "ok"
+            self._record(status, time.perf_counter() - started)
         try:
             body, headers = encode_answer(reply.result(), enveloped=enveloped)
             size = len(body) + headers_size(headers)

@@ -171,16 +171,27 @@ class TelemetrySettings(_Section, frozen=True, kw_only=True):
             the process, for tests).
         otlp_endpoint: OTLP/HTTP traces endpoint, e.g.
             `http://127.0.0.1:4318/v1/traces`.
+        metrics: Where OpenTelemetry metrics go, as for traces (`/metrics`
+            serves Prometheus text either way).
+        otlp_metrics_endpoint: OTLP/HTTP metrics endpoint, e.g.
+            `http://127.0.0.1:4318/v1/metrics`.
+        metrics_interval: Seconds between metric exports.
         service_name: The `service.name` resource attribute.
     """
 
     traces: Literal["none", "console", "otlp", "memory"] = "none"
     otlp_endpoint: str = ""
+    metrics: Literal["none", "console", "otlp", "memory"] = "none"
+    otlp_metrics_endpoint: str = ""
+    metrics_interval: Positive = 10.0
     service_name: str = "actorfleet"
 
     def __post_init__(self) -> None:
         if self.traces == "otlp" and not self.otlp_endpoint:
             raise ConfigError("telemetry.otlp_endpoint", "traces = 'otlp' needs an endpoint")
+        if self.metrics == "otlp" and not self.otlp_metrics_endpoint:
+            reason = "metrics = 'otlp' needs an endpoint"
+            raise ConfigError("telemetry.otlp_metrics_endpoint", reason)
 
 
 class EventSettings(_Section, frozen=True, kw_only=True):

@@ -97,10 +97,10 @@ def start_node_process(config: Path, name: str, log: Path) -> subprocess.Popen[s
 def serve() -> Iterator[Callable[..., tuple[Node, httpx.Client]]]:
     started: list[tuple[Node, httpx.Client]] = []
 
-    def start(**http: Any) -> tuple[Node, httpx.Client]:
+    def start(telemetry: dict[str, Any] | None = None, **http: Any) -> tuple[Node, httpx.Client]:
         EchoAgent.handled.clear()
         EchoAgent.started.clear()
-        node = http_node(**http)
+        node = http_node(telemetry, **http)
         node.start()
         client = httpx.Client(base_url=base_url(node), timeout=WAIT)
         started.append((node, client))

@@ -74,9 +74,10 @@ class EchoAgent(Agent):
         raise error
 
 
-def http_node(**http: Any) -> Node:
+def http_node(telemetry: dict[str, Any] | None = None, **http: Any) -> Node:
     raw = {
         "node": {"name": "web"},
+        "telemetry": telemetry or {},
         "nats": {"enabled": False},
         "http": {"enabled": True, "port": 0, **http},
         "pools": [

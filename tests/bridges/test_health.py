@@ -8,11 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridges import NatsBridge, NatsServer, build_node, free_port
 from config import decode
-from messages import ChildRestarted
+from messages import ChildRestarted, Ping
 from tests.bridges.http_agents import base_url
 from tests.conftest import WAIT, EventRecorder
 
@@ -133,3 +134,57 @@ def test_readyz_fails_while_nats_is_down_and_recovers(nats_server: NatsServer) -
     finally:
         node.stop()
         assert node.run(handle_signals=False) == 0
+
+
+def test_the_same_figures_reach_an_opentelemetry_meter_when_configured(
+    serve: Callable[..., Any],
+) -> None:
+    node, client = serve(telemetry={"metrics": "memory"})
+    assert client.post("/v1/agents/echo", json={"type": "Say", "text": "a"}).status_code == 200
+    assert client.post("/v1/generate", json={"prompt": "hi"}).status_code == 200
+    reader = node.runtime.metrics_reader
+    assert isinstance(reader, InMemoryMetricReader)
+    data = reader.get_metrics_data()
+    assert data is not None
+    metrics = {
+        m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+    }
+    requests = {
+        (p.attributes["agent_type"], p.attributes["status"]): p.count
+        for p in metrics["actorfleet.request.duration"].data.data_points
+    }
+    assert requests == {("echo", "200"): 1, ("generate", "200"): 1}
+    restarts = {
+        (p.attributes["supervisor"], p.attributes["child"]): p.value
+        for p in metrics["actorfleet.child.restarts"].data.data_points
+    }
+    assert restarts[("agents.echo", "0")] == 0
+    [tokens] = metrics["actorfleet.inference.tokens"].data.data_points
+    assert (tokens.attributes["tier"], tokens.value) == ("large", 5)
+
+
+def test_requests_served_over_nats_are_counted_by_status(
+    nats_server: NatsServer, connect: Any, other_runtime: Any
+) -> None:
+    raw = {
+        "node": {"name": "web"},
+        "nats": {"url": nats_server.url, "embed": False},
+        "http": {"enabled": True, "port": 0},
+        "pools": [{"agent": "actors:PingAgent", "size": 1}],
+    }
+    node = build_node(decode(raw))
+    node.start()
+    try:
+        connect(other_runtime)
+        assert other_runtime.ref("ping").ask(Ping(payload="x"), timeout=WAIT).payload == "x"
+        text = httpx.get(f"{base_url(node)}/metrics", timeout=WAIT).text
+    finally:
+        node.stop()
+        assert node.run(handle_signals=False) == 0
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    counts = {
+        (s.labels["edge"], s.labels["agent_type"], s.labels["status"]): s.value
+        for s in families["actorfleet_requests_seconds"].samples
+        if s.name.endswith("_count")
+    }
+    assert counts == {("nats", "ping", "ok"): 1}
