@@ -103,6 +103,9 @@ class Agent(pykka.ThreadingActor):
     """
 
     agent_type: ClassVar[str] = "agent"
+    # The type of the chunks its handlers `ctx.emit`, if they stream (the HTTP
+    # edge then offers `POST /v1/agents/<type>/stream` with Server-Sent Events).
+    chunk_type: ClassVar[type | None] = None
     handlers: ClassVar[dict[type, Handler]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -188,7 +191,7 @@ class Agent(pykka.ThreadingActor):
     def _run(self, handle: Handler, call: Call, meta: Metadata, span: Span | None) -> None:
         reply = call.reply
         try:
-            result = handle(self, call.payload, Context(self, meta))
+            result = handle(self, call.payload, Context(self, meta, reply))
         except AgentError as error:
             if span is not None:
                 span.set_attribute("error.type", error.code)

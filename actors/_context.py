@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from actors._reply import Reply
     from actors._runtime import GenerationStream, Inference, Runtime
     from actors._state import StateStore
-    from messages import Metadata
+    from messages import Message, Metadata
 
 
 class Context:
@@ -35,12 +35,31 @@ class Context:
     a chain of agents shares one budget.
     """
 
-    __slots__ = ("_agent", "_published", "metadata")
+    __slots__ = ("_agent", "_published", "_reply", "metadata")
 
-    def __init__(self, agent: Agent, metadata: Metadata) -> None:
+    def __init__(self, agent: Agent, metadata: Metadata, reply: Reply[Any] | None = None) -> None:
         self._agent = agent
         self.metadata = metadata
+        self._reply = reply
         self._published: itertools.count[int] | None = None
+
+    def emit(self, chunk: Message) -> bool:
+        """Send an intermediate chunk to a caller that streams (HTTP SSE, `on_chunk`).
+
+        Chunks reach the caller in order and before the handler's reply. A
+        caller that takes only the reply never sees them; neither does one
+        that has gone away. Returns whether a caller listens.
+        """
+        reply = self._reply
+        if reply is None or reply.on_chunk is None or reply.done():
+            return False
+        reply.on_chunk(chunk)
+        return True
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the caller takes intermediate chunks (`emit`)."""
+        return self._reply is not None and self._reply.on_chunk is not None
 
     @property
     def agent(self) -> str:

@@ -11,6 +11,8 @@ from actors._reply import Reply
 from messages import AgentStopped, Metadata, Priority, Unavailable
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from actors._agent import Agent
     from actors._runtime import Runtime
 
@@ -42,8 +44,13 @@ class AgentRef(Protocol):
         correlation_id: str | None = None,
         sender: str | None = None,
         cause: Metadata | None = None,
+        on_chunk: Callable[[Any], None] | None = None,
     ) -> Reply[Any]:
-        """Send a request and return its pending reply."""
+        """Send a request and return its pending reply.
+
+        `on_chunk(chunk)` is called (on the handler's thread, or the loop for
+        a remote agent) with each chunk the handler emits, before the reply.
+        """
         ...
 
     def ask(
@@ -100,8 +107,13 @@ class _RefBase:
         correlation_id: str | None = None,
         sender: str | None = None,
         cause: Metadata | None = None,
+        on_chunk: Callable[[Any], None] | None = None,
     ) -> Reply[Any]:
-        """Send a request and return its pending reply."""
+        """Send a request and return its pending reply.
+
+        `on_chunk(chunk)` is called (on the handler's thread, or the loop for
+        a remote agent) with each chunk the handler emits, before the reply.
+        """
         meta = make_metadata(
             default_timeout=self._runtime.defaults.ask_timeout,
             timeout=timeout,
@@ -113,6 +125,7 @@ class _RefBase:
             cause=cause,
         )
         reply: Reply[Any] = Reply(meta.deadline)
+        reply.on_chunk = on_chunk
         if not self._deliver(Call(message, meta, reply)):
             reply.fail(self._undeliverable())
         return reply

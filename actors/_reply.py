@@ -26,10 +26,21 @@ class Reply(Generic[T]):
     handler is still running.
     """
 
-    __slots__ = ("_callbacks", "_done", "_error", "_guard", "_once", "_value", "deadline")
+    __slots__ = (
+        "_callbacks",
+        "_done",
+        "_error",
+        "_guard",
+        "_once",
+        "_value",
+        "deadline",
+        "on_chunk",
+    )
 
     def __init__(self, deadline: float = math.inf) -> None:
         self.deadline = deadline
+        # Set by a caller that takes the handler's intermediate chunks (`ctx.emit`).
+        self.on_chunk: Callable[[Any], None] | None = None
         self._once = itertools.count()
         self._done = threading.Lock()
         self._done.acquire()

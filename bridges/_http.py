@@ -26,7 +26,7 @@ import time
 import types
 import typing
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, Union
+from typing import TYPE_CHECKING, Any, Final, Union
 
 import msgspec
 import uvicorn
@@ -37,7 +37,7 @@ from litestar.exceptions import (
     PermissionDeniedException,
 )
 from litestar.handlers import BaseRouteHandler
-from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Schema
 from litestar.params import JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -45,6 +45,7 @@ from opentelemetry.trace import SpanKind
 
 from actors import within
 from bridges._health import HEALTH_JSON, Health, Status
+from bridges._http_streams import SSE_MEDIA_TYPE, SSE_RESPONSE, relay_agent_stream
 from bridges._metrics import CONTENT_TYPE, Metrics, Snapshot
 from bridges._problems import (
     CLIENT_CLOSED,
@@ -196,6 +197,11 @@ class HttpBridge:
         handlers: list[Any] = []
         if api:
             handlers += [self._agent_route(a) for a in self.agents if request_types(a)]
+            handlers += [
+                self._agent_stream_route(a)
+                for a in self.agents
+                if request_types(a) and a.chunk_type is not None
+            ]
             handlers += [self._generate_route(), self._generate_stream_route()]
         if health:
             handlers += self._health_routes()
@@ -296,6 +302,45 @@ class HttpBridge:
             responses=PROBLEMS,
             guards=self._guards(),
         )(ask)
+
+    def _agent_stream_route(self, agent_class: type[Agent]) -> Any:
+        agent_type = agent_class.agent_type
+        record = self.metrics.recorder("http-stream", agent_type)
+
+        async def ask_stream(request: Request[Any, Any, Any], data: Any) -> ServerSentEvent:
+            meta = self.metadata(request)
+            started = time.perf_counter()
+            return ServerSentEvent(
+                relay_agent_stream(
+                    self.runtime,
+                    agent_type,
+                    data,
+                    meta,
+                    problem=lambda error: error_response(error).content,
+                    record=lambda status: record(str(status), time.perf_counter() - started),
+                    status_of=status_of,
+                )
+            )
+
+        ask_stream.__annotations__ = {
+            "request": Request[Any, Any, Any],
+            "data": JSONBody[_union(request_types(agent_class))],  # type: ignore[misc]
+            "return": ServerSentEvent,
+        }
+        return post(
+            f"/v1/agents/{agent_type}/stream",
+            name=f"agent-{agent_type}-stream",
+            operation_id=f"ask_{agent_type.replace('-', '_')}_stream",
+            summary=f"Ask the {agent_type} agent, its reply streamed as Server-Sent Events",
+            description=f"`chunk` events carry `{agent_class.chunk_type.__name__}`s."
+            if agent_class.chunk_type
+            else None,
+            tags=["agents"],
+            status_code=200,
+            media_type=SSE_MEDIA_TYPE,
+            responses={200: SSE_RESPONSE, **PROBLEMS},
+            guards=self._guards(),
+        )(ask_stream)
 
     async def _observed(
         self,
@@ -488,28 +533,6 @@ class HttpBridge:
             return Response(body, media_type=CONTENT_TYPE)
 
         return [livez, readyz, healthz, metrics]
-
-
-SSE_MEDIA_TYPE: Final = "text/event-stream"
-
-
-class StreamEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """One Server-Sent Event of a streamed generation.
-
-    Attributes:
-        event: `chunk`, then `result` or `error`.
-        data: JSON of a TokenChunk, a GenerateResult or a Problem.
-    """
-
-    event: Literal["chunk", "result", "error"]
-    data: str
-
-
-SSE_RESPONSE: Final = ResponseSpec(
-    data_container=StreamEvent,
-    media_type=SSE_MEDIA_TYPE,
-    description="`chunk` events (a TokenChunk each), then one `result` or `error` event",
-)
 
 
 def _optional_tags(app: Litestar) -> None:

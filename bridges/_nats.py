@@ -30,9 +30,11 @@ from bridges._events import EventRouter
 from bridges._outbox import Outbox
 from bridges._serving import AgentEndpoint, event_types, headers_size
 from bridges._wire import (
+    STREAM_HEADER,
     Subjects,
     check_token,
     decode_reply,
+    decode_stream_frame,
     encode_request,
     event_headers,
 )
@@ -50,6 +52,7 @@ from messages import (
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
 
     from actors import Agent
     from bridges._loop import IoLoop
@@ -60,6 +63,7 @@ logger: Final = logging.getLogger("actorfleet.nats")
 
 _VERSION: Final = "0.0.0"
 # Tries of a request while nodes answer "no agent of this type here".
+_NO_RESPONDERS: Final = "503"
 _ELSEWHERE_ATTEMPTS: Final = 3
 _MICRO_NAME_MAX: Final = 64
 
@@ -374,6 +378,8 @@ class NatsBridge:
             return True
         if call.reply is None:
             self.outbox.put(self.send, subject, body, None)
+        elif call.reply.on_chunk is not None:
+            self.io.call_soon(self._start_stream, subject, body, call.reply)
         else:
             self.io.call_soon(self._start_request, subject, body, call.reply)
         return True
@@ -419,6 +425,59 @@ class NatsBridge:
         except Exception as exc:
             logger.exception("request to %s failed", subject)
             reply.fail(InternalError(f"request to {subject} failed: {type(exc).__name__}"))
+
+    def _start_stream(self, subject: str, body: bytes, reply: Reply[Any]) -> None:
+        self.spawn(self._stream_into(subject, body, reply))
+
+    async def _stream_into(self, subject: str, body: bytes, reply: Reply[Any]) -> None:
+        """A request whose handler emits chunks: relay them, then settle the reply.
+
+        The responder answers on our own inbox: chunk frames first, then the
+        reply (see `bridges._wire.STREAM_HEADER`).
+        """
+        try:
+            reply.set(await self._stream(subject, body, reply))
+        except AgentError as error:
+            reply.fail(error)
+        except asyncio.CancelledError:
+            reply.fail(Unavailable(f"the NATS bridge closed before {subject} answered"))
+            raise
+        except Exception as exc:
+            logger.exception("streamed request to %s failed", subject)
+            reply.fail(InternalError(f"request to {subject} failed: {type(exc).__name__}"))
+
+    async def _stream(self, subject: str, body: bytes, reply: Reply[Any]) -> Any:
+        nc = self._nc
+        if nc is None:
+            text = "the NATS bridge is not connected"
+            raise Unavailable(text)
+        frames: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def on_frame(msg: Msg) -> None:
+            frames.put_nowait(msg)
+
+        inbox = nc.new_inbox()
+        subscription = await nc.subscribe(inbox, cb=on_frame)
+        try:
+            await nc.publish(subject, body, reply=inbox, headers={STREAM_HEADER: "1"})
+            async with asyncio.timeout(reply.deadline - time.time()):
+                while True:
+                    msg = await frames.get()
+                    if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+                        text = f"no agent answers on {subject}"
+                        raise Unavailable(text)
+                    chunk, value = decode_stream_frame(msg.data)
+                    if not chunk:
+                        return value
+                    on_chunk = reply.on_chunk
+                    if on_chunk is not None and not reply.done():
+                        on_chunk(value)
+        except TimeoutError:
+            text = f"no reply from {subject} before the deadline"
+            raise RequestTimeout(text) from None
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await subscription.unsubscribe()
 
     async def _request(self, subject: str, body: bytes, deadline: float) -> Any:
         """Send, and retry at once while a node answers that it has no agent of the type.

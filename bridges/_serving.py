@@ -21,6 +21,8 @@ from nats.micro import add_service
 
 from actors import Call, Reply
 from bridges._wire import (
+    STREAM_HEADER,
+    encode_chunk_frame,
     encode_error,
     encode_error_envelope,
     encode_reply,
@@ -151,7 +153,9 @@ class AgentEndpoint:
     def on_request(self, msg: Msg) -> None:
         """Decode, check and hand a request to a local agent (on the loop; never waits)."""
         local = self.local
-        enveloped = not msg.headers and is_envelope(msg.data)
+        headers = msg.headers
+        streamed = bool(headers) and STREAM_HEADER in headers  # type: ignore[operator]
+        enveloped = (not headers or streamed) and is_envelope(msg.data)
         try:
             if self.decoders is None:
                 error = f"{local.name} takes no requests over NATS"
@@ -176,6 +180,11 @@ class AgentEndpoint:
             return
         started = time.perf_counter()
         reply: Reply[Any] | None = Reply(meta.deadline) if msg.reply else None
+        if reply is not None and streamed and enveloped:
+            bridge = self.bridge
+            reply.on_chunk = lambda chunk: bridge.outbox.put(
+                bridge.send, msg.reply, encode_chunk_frame(chunk), None
+            )
         if not local.deliver_local(Call(payload, meta, reply)):
             gone = Unavailable(f"no agent of type {local.name} on this node", retry_after=0.0)
             self._respond_error(msg, gone, enveloped=enveloped)

@@ -64,6 +64,10 @@ ERROR_MESSAGE: Final = "Af-Error"
 SERVICE_ERROR: Final = "Nats-Service-Error"
 
 ERROR_TAG: Final = "ErrorReply"
+# A request with this header (and an envelope) asks for the handler's chunks:
+# the responder sends `[CHUNK_TAG, [tag, chunk]]` frames, then the reply.
+STREAM_HEADER: Final = "Af-Stream"
+CHUNK_TAG: Final = "Af-Chunk"
 # No request from the network may ask for a longer budget than this.
 MAX_BUDGET_S: Final = 24 * 3600.0
 _PRIORITIES: Final = {p.value: p for p in Priority}
@@ -311,6 +315,36 @@ def decode_reply_envelope(data: bytes) -> Any:
         msg = f"malformed reply: {exc}"
         raise InternalError(msg) from exc
     return _decode_tagged(tag, raw)
+
+
+def encode_chunk_frame(chunk: Any) -> bytes:
+    """A chunk frame of a streamed reply."""
+    return encode((CHUNK_TAG, (_tag_of(chunk), chunk)))
+
+
+_chunk_frame: Final = msgspec.msgpack.Decoder(tuple[str, tuple[str, msgspec.Raw]])
+
+
+def decode_stream_frame(data: bytes) -> tuple[bool, Any]:
+    """`(True, chunk)` for a chunk frame, `(False, value)` for the reply.
+
+    Raises:
+        AgentError: The error the reply stands for.
+        InternalError: If the frame is malformed.
+    """
+    try:
+        tag, raw = _reply_envelope.decode(data)
+    except msgspec.DecodeError as exc:
+        msg = f"malformed frame: {exc}"
+        raise InternalError(msg) from exc
+    if tag != CHUNK_TAG:
+        return False, _decode_tagged(tag, raw)
+    try:
+        inner_tag, inner = _chunk_frame.decode(data)[1]
+    except msgspec.DecodeError as exc:
+        msg = f"malformed chunk frame: {exc}"
+        raise InternalError(msg) from exc
+    return True, _decode_tagged(inner_tag, inner)
 
 
 def _decode_tagged(tag: str, data: bytes | msgspec.Raw) -> Any:

@@ -14,7 +14,7 @@ from actors import Agent, AgentDefaults, Runtime
 from bridges import IoLoop, NatsBridge, NatsServer
 from config import EventSettings, NatsSettings
 from supervisors import Node
-from tests.bridges.http_agents import EchoAgent, base_url, http_node
+from tests.bridges.http_agents import EchoAgent, StoryAgent, base_url, http_node
 from tests.conftest import WAIT
 
 START = 10.0
@@ -100,6 +100,8 @@ def serve() -> Iterator[Callable[..., tuple[Node, httpx.Client]]]:
     def start(telemetry: dict[str, Any] | None = None, **http: Any) -> tuple[Node, httpx.Client]:
         EchoAgent.handled.clear()
         EchoAgent.started.clear()
+        StoryAgent.dropped.clear()
+        StoryAgent.finished.clear()
         node = http_node(telemetry, **http)
         node.start()
         client = httpx.Client(base_url=base_url(node), timeout=WAIT)

@@ -83,6 +83,7 @@ def http_node(telemetry: dict[str, Any] | None = None, **http: Any) -> Node:
         "pools": [
             {"agent": "tests.bridges.http_agents:EchoAgent", "size": 1},
             {"agent": "actors:PingAgent", "size": 1},
+            {"agent": "tests.bridges.http_agents:StoryAgent", "size": 1},
         ],
         "inference": {
             "tiers": [
@@ -130,3 +131,41 @@ class SummaryAgent(Agent):
     def summarise(self, msg: Summarise, ctx: Context) -> Summary:
         result = ctx.generate(msg.text, max_tokens=3)
         return Summary(text=result.text, model=result.model)
+
+
+class Tell(Message, frozen=True, kw_only=True):
+    """Tell a story in `parts` parts, `pause` seconds apart."""
+
+    parts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
+    pause: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+
+
+class StoryPart(Message, frozen=True, kw_only=True):
+    index: int
+    text: str
+
+
+class Story(Message, frozen=True, kw_only=True):
+    text: str
+    streamed: bool
+
+
+class StoryAgent(Agent):
+    """Tells a story part by part (its replies stream)."""
+
+    agent_type = "story"
+    chunk_type = StoryPart
+    dropped: ClassVar[list[int]] = []
+    finished: ClassVar[threading.Event] = threading.Event()
+
+    @handler
+    def tell(self, msg: Tell, ctx: Context) -> Story:
+        parts = []
+        for index in range(msg.parts):
+            text = f"part {index} "
+            parts.append(text)
+            if not ctx.emit(StoryPart(index=index, text=text)) and ctx.streaming:
+                StoryAgent.dropped.append(index)
+            time.sleep(msg.pause)
+        StoryAgent.finished.set()
+        return Story(text="".join(parts), streamed=ctx.streaming)
