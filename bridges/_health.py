@@ -15,7 +15,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
+from litestar import MediaType, Response, get
 
+from bridges._metrics import CONTENT_TYPE, Metrics, Snapshot
 from bridges._nats import ConnectionState, NatsBridge
 from inference import PoolClient, PoolStatistics
 
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from supervisors import ChildStatistics, SupervisorStatistics
 
 HEALTH_JSON: Final = "application/health+json"
+OK: Final = 200
+DOWN: Final = 503
 # /livez must answer fast: a tree that takes longer than this is not live.
 TREE_TIMEOUT: Final = 1.0
 
@@ -255,3 +259,33 @@ def _worst(statuses: Any) -> Status:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def health_routes(health: Health, metrics: Metrics) -> list[Any]:
+    """`/livez`, `/readyz`, `/healthz` and `/metrics` (no API key: probes and scrapers)."""
+    scrape = asyncio.Lock()
+
+    @get("/livez", include_in_schema=False, media_type=MediaType.TEXT)
+    async def livez() -> Response[str]:
+        ok, why = await health.live()
+        return Response(why + "\n", status_code=OK if ok else DOWN, media_type=MediaType.TEXT)
+
+    @get("/readyz", include_in_schema=False, media_type=MediaType.TEXT)
+    async def readyz() -> Response[str]:
+        ok, why = await health.ready()
+        return Response(why + "\n", status_code=OK if ok else DOWN, media_type=MediaType.TEXT)
+
+    @get("/healthz", include_in_schema=False)
+    async def healthz() -> Response[bytes]:
+        report = await health.report()
+        status = DOWN if report.status is Status.FAIL else OK
+        return Response(msgspec.json.encode(report), status_code=status, media_type=HEALTH_JSON)
+
+    @get("/metrics", include_in_schema=False)
+    async def scrape_metrics() -> Response[bytes]:
+        async with scrape:  # one scrape at a time: the live part is shared
+            snapshot = Snapshot(await health.tree(), health.pool())
+            body = await asyncio.to_thread(metrics.render, snapshot)
+        return Response(body, media_type=CONTENT_TYPE)
+
+    return [livez, readyz, healthz, scrape_metrics]

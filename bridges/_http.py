@@ -17,38 +17,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import logging
 import math
 import re
 import socket
 import time
-import types
 import typing
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Union
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
-import msgspec
 import uvicorn
-from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar import Litestar, Request, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import (
-    NotAuthorizedException,
-    PermissionDeniedException,
-)
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Schema
 from litestar.params import JSONBody
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import ServerSentEvent
 from opentelemetry.trace import SpanKind
 
 from actors import within
-from bridges._health import HEALTH_JSON, Health, Status
-from bridges._http_streams import SSE_MEDIA_TYPE, SSE_RESPONSE, relay_agent_stream
-from bridges._metrics import CONTENT_TYPE, Metrics, Snapshot
+from bridges._health import Health, health_routes
+from bridges._http_schema import check_api_key, optional_tags, reply_types, union_of
+from bridges._http_streams import (
+    SSE_MEDIA_TYPE,
+    SSE_RESPONSE,
+    relay_agent_stream,
+    relay_generation,
+)
+from bridges._metrics import Metrics
 from bridges._problems import (
-    CLIENT_CLOSED,
     PROBLEMS,
     ClientGone,
     error_response,
@@ -59,13 +56,11 @@ from bridges._serving import request_types
 from inference import PoolClient, prompt_text
 from inference._client import Cancelled
 from messages import (
-    AgentError,
     GenerateRequest,
     GenerateResult,
     Metadata,
     Priority,
     RequestTimeout,
-    TokenChunk,
     Unavailable,
     new_message_id,
 )
@@ -79,7 +74,6 @@ logger: Final = logging.getLogger("actorfleet.http")
 TIMEOUT_HEADER: Final = "x-request-timeout"
 REQUEST_ID_HEADER: Final = "x-request-id"
 PRIORITY_HEADER: Final = "x-priority"
-API_KEY_HEADER: Final = "x-api-key"
 # The agent answers by the deadline; this covers the hop back.
 HOP_MARGIN: Final = 0.5
 SHUTDOWN_GRACE: Final = 5.0
@@ -112,7 +106,6 @@ class HttpBridge:
         self.agents = list(agents)
         self.health = health
         self.metrics = metrics
-        self._scrape = asyncio.Lock()
         separate = settings.health_port != 0
         self.app = self._app(api=True, health=not separate)
         self.health_app = self._app(api=False, health=True) if separate else None
@@ -204,7 +197,7 @@ class HttpBridge:
             ]
             handlers += [self._generate_route(), self._generate_stream_route()]
         if health:
-            handlers += self._health_routes()
+            handlers += health_routes(self.health, self.metrics)
         app = Litestar(
             route_handlers=handlers,
             exception_handlers={Exception: on_error},
@@ -221,7 +214,7 @@ class HttpBridge:
             debug=False,
         )
         if api:
-            _optional_tags(app)
+            optional_tags(app)
         return app
 
     def _guards(
@@ -279,7 +272,7 @@ class HttpBridge:
     def _agent_route(self, agent_class: type[Agent]) -> Any:
         agent_type = agent_class.agent_type
         accepted = request_types(agent_class)
-        replies = _reply_types(agent_class, accepted)
+        replies = reply_types(agent_class, accepted)
 
         async def ask(request: Request[Any, Any, Any], data: Any) -> Any:
             return await self._observed(
@@ -288,8 +281,8 @@ class HttpBridge:
 
         ask.__annotations__ = {
             "request": Request[Any, Any, Any],
-            "data": JSONBody[_union(accepted)],  # type: ignore[misc] # built at run time
-            "return": _union(replies) if replies else Any,
+            "data": JSONBody[union_of(accepted)],  # type: ignore[misc] # built at run time
+            "return": union_of(replies) if replies else Any,
         }
         ask.__doc__ = (agent_class.__doc__ or f"Ask an agent of type {agent_type}.").strip()
         return post(
@@ -324,7 +317,7 @@ class HttpBridge:
 
         ask_stream.__annotations__ = {
             "request": Request[Any, Any, Any],
-            "data": JSONBody[_union(request_types(agent_class))],  # type: ignore[misc]
+            "data": JSONBody[union_of(request_types(agent_class))],  # type: ignore[misc]
             "return": ServerSentEvent,
         }
         return post(
@@ -449,6 +442,8 @@ class HttpBridge:
         raise ClientGone(msg)
 
     def _generate_stream_route(self) -> Any:
+        record = self.metrics.recorder("http", "generate")
+
         async def generate_stream(
             request: Request[Any, Any, Any], data: JSONBody[GenerateRequest]
         ) -> ServerSentEvent:
@@ -459,7 +454,17 @@ class HttpBridge:
             meta = self.metadata(request)
             prompt_text(data)  # a bad prompt is a 400 here, not an event
             pool = self._pool().pool
-            return ServerSentEvent(self._stream(pool, data, meta))
+            started = time.perf_counter()
+            return ServerSentEvent(
+                relay_generation(
+                    pool,
+                    data,
+                    meta,
+                    problem=lambda error: error_response(error).content,
+                    record=lambda status: record(str(status), time.perf_counter() - started),
+                    status_of=status_of,
+                )
+            )
 
         return post(
             "/v1/generate/stream",
@@ -472,115 +477,6 @@ class HttpBridge:
             responses={200: SSE_RESPONSE, **PROBLEMS},
             guards=self._guards(),
         )(generate_stream)
-
-    async def _stream(
-        self, pool: Any, data: GenerateRequest, meta: Metadata
-    ) -> AsyncIterator[ServerSentEventMessage]:
-        chunks: asyncio.Queue[TokenChunk | None] = asyncio.Queue()
-        started = time.perf_counter()
-        status = 200
-        task = asyncio.ensure_future(pool.submit(data, meta, on_chunk=chunks.put_nowait))
-        task.add_done_callback(lambda _t: chunks.put_nowait(None))
-        try:
-            while (chunk := await chunks.get()) is not None:
-                yield ServerSentEventMessage(
-                    event="chunk", data=msgspec.json.encode(chunk).decode()
-                )
-            try:
-                result = task.result()
-            except AgentError as error:
-                status = status_of(error)
-                body = error_response(error).content
-                yield ServerSentEventMessage(event="error", data=msgspec.json.encode(body).decode())
-            else:
-                yield ServerSentEventMessage(
-                    event="result", data=msgspec.json.encode(result).decode()
-                )
-        except BaseException:
-            status = CLIENT_CLOSED
-            raise
-        finally:
-            if not task.done():
-                task.cancel()  # the client went away: the pool frees the slot
-            self.metrics.observe("http", "generate", str(status), time.perf_counter() - started)
-
-    # -- health -------------------------------------------------------------
-
-    def _health_routes(self) -> list[Any]:
-        health = self.health
-
-        @get("/livez", include_in_schema=False, media_type=MediaType.TEXT)
-        async def livez() -> Response[str]:
-            ok, why = await health.live()
-            return Response(why + "\n", status_code=200 if ok else 503, media_type=MediaType.TEXT)
-
-        @get("/readyz", include_in_schema=False, media_type=MediaType.TEXT)
-        async def readyz() -> Response[str]:
-            ok, why = await health.ready()
-            return Response(why + "\n", status_code=200 if ok else 503, media_type=MediaType.TEXT)
-
-        @get("/healthz", include_in_schema=False)
-        async def healthz() -> Response[bytes]:
-            report = await health.report()
-            status = 503 if report.status is Status.FAIL else 200
-            return Response(msgspec.json.encode(report), status_code=status, media_type=HEALTH_JSON)
-
-        @get("/metrics", include_in_schema=False)
-        async def metrics() -> Response[bytes]:
-            async with self._scrape:
-                snapshot = Snapshot(await health.tree(), health.pool())
-                body = await asyncio.to_thread(self.metrics.render, snapshot)
-            return Response(body, media_type=CONTENT_TYPE)
-
-        return [livez, readyz, healthz, metrics]
-
-
-def _optional_tags(app: Litestar) -> None:
-    """Say in the document what msgspec does: a message's `type` tag may be left out.
-
-    Alone, a request type decodes without it; among several (`oneOf`), a
-    body without it matches them all, so it is invalid there, as msgspec
-    finds it too.
-    """
-    for schema in (app.openapi_schema.components.schemas or {}).values():
-        if isinstance(schema, Schema) and schema.required and "type" in schema.required:
-            schema.required = [name for name in schema.required if name != "type"] or None
-
-
-def check_api_key(connection: ASGIConnection[Any, Any, Any, Any], keys: list[str]) -> None:
-    """Raise unless the connection presents one of `keys`."""
-    presented = connection.headers.get(API_KEY_HEADER)
-    if presented is None:
-        scheme, _, token = connection.headers.get("authorization", "").partition(" ")
-        presented = token.strip() if scheme.lower() == "bearer" else None
-    if not presented:
-        msg = "an API key is needed (Authorization: Bearer <key> or X-API-Key)"
-        raise NotAuthorizedException(msg)
-    if not any(hmac.compare_digest(presented.encode(), k.encode()) for k in keys):
-        msg = "the API key is not valid"
-        raise PermissionDeniedException(msg)
-
-
-def _union(options: Sequence[type]) -> Any:
-    return options[0] if len(options) == 1 else Union[tuple(options)]  # noqa: UP007 - built at run time
-
-
-def _reply_types(agent_class: type[Agent], accepted: Sequence[type]) -> list[type]:
-    found: list[type] = []
-    for message_type in accepted:
-        fn = agent_class.handlers[message_type]
-        try:
-            returned = typing.get_type_hints(fn).get("return")
-        except (NameError, TypeError):
-            return []
-        if returned is None or returned is type(None):
-            continue
-        union = typing.get_origin(returned) in {Union, types.UnionType}
-        options = typing.get_args(returned) if union else ()
-        for option in options or (returned,):
-            if isinstance(option, type) and option not in found and option is not type(None):
-                found.append(option)
-    return found
 
 
 def _as_future(reply: Reply[Any]) -> asyncio.Future[Any]:

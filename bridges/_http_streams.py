@@ -1,4 +1,4 @@
-"""Agent replies streamed over HTTP as Server-Sent Events.
+"""Agent replies and generations streamed over HTTP as Server-Sent Events.
 
 An agent whose handlers `ctx.emit` chunks (and say so with `chunk_type`)
 gets `POST /v1/agents/<type>/stream`: one `chunk` event per emitted chunk,
@@ -20,10 +20,18 @@ from litestar.openapi import ResponseSpec
 from litestar.response import ServerSentEventMessage
 
 from inference._client import Cancelled
-from messages import AgentError, InternalError, Metadata, RequestTimeout
+from messages import (
+    AgentError,
+    GenerateRequest,
+    InternalError,
+    Metadata,
+    RequestTimeout,
+    TokenChunk,
+)
 
 if TYPE_CHECKING:
     from actors import Runtime
+    from inference import InferencePool
 
 SSE_MEDIA_TYPE: Final = "text/event-stream"
 # The agent answers by the deadline; this covers the hop back.
@@ -110,4 +118,41 @@ async def relay_agent_stream(
     finally:
         if not reply.done():
             reply.fail(Cancelled("the HTTP client went away"))
+        record(status)
+
+
+async def relay_generation(
+    pool: InferencePool,
+    data: GenerateRequest,
+    meta: Metadata,
+    *,
+    problem: Callable[[AgentError], Any],
+    record: Callable[[int], None],
+    status_of: Callable[[BaseException], int],
+) -> AsyncIterator[ServerSentEventMessage]:
+    """Run a generation on `pool` and yield its chunks and result as SSE messages.
+
+    Leaving early (the client went away) cancels the generation, which frees
+    its slot.
+    """
+    chunks: asyncio.Queue[TokenChunk | None] = asyncio.Queue()
+    status = OK
+    task = asyncio.ensure_future(pool.submit(data, meta, on_chunk=chunks.put_nowait))
+    task.add_done_callback(lambda _t: chunks.put_nowait(None))
+    try:
+        while (chunk := await chunks.get()) is not None:
+            yield event("chunk", chunk)
+        try:
+            result = task.result()
+        except AgentError as error:
+            status = status_of(error)
+            yield event("error", problem(error))
+        else:
+            yield event("result", result)
+    except BaseException:
+        status = CLIENT_CLOSED
+        raise
+    finally:
+        if not task.done():
+            task.cancel()
         record(status)
