@@ -12,6 +12,7 @@ from typing import Final
 import msgspec
 
 import config
+from actors import tracing_from_settings
 from bridges._app import build_node, import_agent
 from bridges._loop import run_async
 from bridges._model_worker import serve_worker
@@ -97,8 +98,15 @@ def _worker(args: argparse.Namespace) -> int:
         raise ConfigError("--tier", f"{args.tier!r} is not one of the tiers {names}")
     url = args.nats or settings.nats.url
     try:
+        tracing = tracing_from_settings(settings.telemetry, node=f"worker-{tier.name}")
         run_async(
-            serve_worker(tier, settings.nats, url, on_ready=lambda _w: print("ready", flush=True))
+            serve_worker(
+                tier,
+                settings.nats,
+                url,
+                on_ready=lambda _w: print("ready", flush=True),
+                tracing=tracing,
+            )
         )
     except Unavailable as exc:
         print(f"actorfleet worker: {exc}", file=sys.stderr)

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
+    from actors import Tracing
     from config import NatsSettings, TierSettings
     from inference import Backend
 
@@ -245,16 +246,19 @@ async def serve_worker(
     url: str,
     *,
     on_ready: Callable[[ModelWorker], None] | None = None,
+    tracing: Tracing | None = None,
 ) -> None:
     """Run one worker of `tier` until SIGTERM or SIGINT, then stop gracefully.
 
-    `on_ready(worker)` is called once it serves.
+    `on_ready(worker)` is called once it serves. With `tracing`, each
+    generation is a span whose parent is the caller's (from the request).
 
     Raises:
         Unavailable: If no NATS server answers within `nats.connect_timeout`.
         ConfigError: If the backend cannot run here (no CUDA, no `gpu` extra).
     """
     pool, backend = worker_pool(tier)
+    pool.tracing = tracing
     connect = nats.connect(
         url.split(","),
         name=f"actorfleet-worker-{tier.name}-{os.getpid()}",
@@ -296,3 +300,5 @@ async def serve_worker(
         await worker.close(grace=nats_settings.drain_timeout)
         with contextlib.suppress(nats.errors.Error):
             await nc.drain()
+        if tracing is not None:
+            tracing.shutdown()

@@ -11,11 +11,12 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from actors import tracing_from_settings
 from bridges import NatsServer
 from bridges._model_worker import ModelWorker, worker_pool
 from bridges._remote_backend import RemoteBackend
 from bridges._wire import Subjects, decode_reply_envelope, encode_reply_envelope, encode_request
-from config import TierSettings, decode
+from config import TelemetrySettings, TierSettings, decode
 from inference import InferencePool, ScriptedBackend, TierSpec
 from messages import (
     BadRequest,
@@ -239,3 +240,28 @@ async def test_closing_a_worker_lets_running_generations_finish(
             await pool.submit(GenerateRequest(prompt="hi"), meta())
     finally:
         await backend.aclose()
+
+
+async def test_a_generation_on_a_worker_continues_the_callers_trace(
+    nc: Client, start_worker: Callable[..., Any]
+) -> None:
+    worker = await start_worker()
+    worker_tracing = tracing_from_settings(TelemetrySettings(traces="memory"), node="worker")
+    caller_tracing = tracing_from_settings(TelemetrySettings(traces="memory"), node="caller")
+    assert worker_tracing is not None
+    assert caller_tracing is not None
+    worker.pool.tracing = worker_tracing
+    pool, backend = remote_pool(nc)
+    pool.tracing = caller_tracing
+    try:
+        await pool.submit(GenerateRequest(prompt="hi"), meta())
+    finally:
+        await backend.aclose()
+    assert caller_tracing.exporter is not None
+    assert worker_tracing.exporter is not None
+    [caller] = caller_tracing.exporter.get_finished_spans()
+    [served] = worker_tracing.exporter.get_finished_spans()
+    assert served.context.trace_id == caller.context.trace_id
+    assert served.parent is not None
+    assert served.parent.span_id == caller.context.span_id
+    assert served.attributes["gen_ai.system"] == "scripted"
