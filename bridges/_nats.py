@@ -15,7 +15,7 @@ import logging
 import math
 import time
 import typing
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from importlib import metadata as distribution
 from typing import TYPE_CHECKING, Any, Final
 
@@ -412,11 +412,19 @@ class NatsBridge:
         return body
 
     def _start_request(self, subject: str, body: bytes, reply: Reply[Any]) -> None:
-        self.spawn(self._request_into(subject, body, reply))
+        self.spawn(self._settle(subject, reply, self._request(subject, body, reply.deadline)))
 
-    async def _request_into(self, subject: str, body: bytes, reply: Reply[Any]) -> None:
+    def _start_stream(self, subject: str, body: bytes, reply: Reply[Any]) -> None:
+        """A request whose handler emits chunks: relay them, then settle the reply.
+
+        The responder answers on our own inbox: chunk frames first, then the
+        reply (see `bridges._wire.STREAM_HEADER`).
+        """
+        self.spawn(self._settle(subject, reply, self._stream(subject, body, reply)))
+
+    async def _settle(self, subject: str, reply: Reply[Any], answer: Awaitable[Any]) -> None:
         try:
-            reply.set(await self._request(subject, body, reply.deadline))
+            reply.set(await answer)
         except AgentError as error:
             reply.fail(error)
         except asyncio.CancelledError:
@@ -424,26 +432,6 @@ class NatsBridge:
             raise
         except Exception as exc:
             logger.exception("request to %s failed", subject)
-            reply.fail(InternalError(f"request to {subject} failed: {type(exc).__name__}"))
-
-    def _start_stream(self, subject: str, body: bytes, reply: Reply[Any]) -> None:
-        self.spawn(self._stream_into(subject, body, reply))
-
-    async def _stream_into(self, subject: str, body: bytes, reply: Reply[Any]) -> None:
-        """A request whose handler emits chunks: relay them, then settle the reply.
-
-        The responder answers on our own inbox: chunk frames first, then the
-        reply (see `bridges._wire.STREAM_HEADER`).
-        """
-        try:
-            reply.set(await self._stream(subject, body, reply))
-        except AgentError as error:
-            reply.fail(error)
-        except asyncio.CancelledError:
-            reply.fail(Unavailable(f"the NATS bridge closed before {subject} answered"))
-            raise
-        except Exception as exc:
-            logger.exception("streamed request to %s failed", subject)
             reply.fail(InternalError(f"request to {subject} failed: {type(exc).__name__}"))
 
     async def _stream(self, subject: str, body: bytes, reply: Reply[Any]) -> Any:

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridges import NatsBridge, NatsServer, build_node, free_port
 from config import decode
 from messages import ChildRestarted, Ping
+from supervisors import Node
 from tests.bridges.http_agents import base_url
 from tests.conftest import WAIT, EventRecorder
 
@@ -106,14 +107,19 @@ def test_health_endpoints_can_listen_on_their_own_port(serve: Callable[..., Any]
     assert client.post("/v1/agents/ping", json={}).status_code == 200
 
 
-def test_readyz_fails_while_nats_is_down_and_recovers(nats_server: NatsServer) -> None:
+def ping_node(url: str) -> Node:
+    """A node with one ping agent, NATS at `url` and HTTP on a free port."""
     raw = {
         "node": {"name": "web"},
-        "nats": {"url": nats_server.url, "embed": False},
+        "nats": {"url": url, "embed": False},
         "http": {"enabled": True, "port": 0},
         "pools": [{"agent": "actors:PingAgent", "size": 1}],
     }
-    node = build_node(decode(raw))
+    return build_node(decode(raw))
+
+
+def test_readyz_fails_while_nats_is_down_and_recovers(nats_server: NatsServer) -> None:
+    node = ping_node(nats_server.url)
     node.start()
     try:
         url = base_url(node)
@@ -166,13 +172,7 @@ def test_the_same_figures_reach_an_opentelemetry_meter_when_configured(
 def test_requests_served_over_nats_are_counted_by_status(
     nats_server: NatsServer, connect: Any, other_runtime: Any
 ) -> None:
-    raw = {
-        "node": {"name": "web"},
-        "nats": {"url": nats_server.url, "embed": False},
-        "http": {"enabled": True, "port": 0},
-        "pools": [{"agent": "actors:PingAgent", "size": 1}],
-    }
-    node = build_node(decode(raw))
+    node = ping_node(nats_server.url)
     node.start()
     try:
         connect(other_runtime)
