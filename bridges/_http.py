@@ -48,7 +48,6 @@ from bridges._metrics import Metrics
 from bridges._problems import (
     PROBLEMS,
     ClientGone,
-    error_response,
     on_error,
     status_of,
 )
@@ -309,9 +308,7 @@ class HttpBridge:
                     agent_type,
                     data,
                     meta,
-                    problem=lambda error: error_response(error).content,
                     record=lambda status: record(str(status), time.perf_counter() - started),
-                    status_of=status_of,
                 )
             )
 
@@ -377,26 +374,17 @@ class HttpBridge:
             message, message_id=meta.id, priority=meta.priority, sender="http", cause=meta
         )
         answer = _as_future(reply)
-        gone = asyncio.ensure_future(_disconnected(request))
+        budget = max(meta.deadline - time.time(), 0) + HOP_MARGIN
         try:
-            done, _ = await asyncio.wait(
-                {answer, gone},
-                timeout=max(meta.deadline - time.time(), 0) + HOP_MARGIN,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            gone.cancel()
-        if answer in done:
-            return answer.result()
-        answer.cancel()
-        if gone in done:
+            return await _unless_gone(request, answer, budget=budget)
+        except ClientGone:
             # Still queued, the agent skips it; running, its answer is dropped.
             reply.fail(Cancelled("the HTTP client went away"))
-            msg = "the client disconnected"
-            raise ClientGone(msg)
-        reply.fail(RequestTimeout("no answer before the deadline"))
-        msg = f"{agent_type} did not answer before the deadline"
-        raise RequestTimeout(msg)
+            raise
+        except TimeoutError:
+            reply.fail(RequestTimeout("no answer before the deadline"))
+            msg = f"{agent_type} did not answer before the deadline"
+            raise RequestTimeout(msg) from None
 
     # -- generations --------------------------------------------------------
 
@@ -429,17 +417,8 @@ class HttpBridge:
         self, request: Request[Any, Any, Any], data: GenerateRequest, meta: Metadata
     ) -> Any:
         pool = self._pool().pool
-        task = asyncio.ensure_future(pool.submit(data, meta))
-        gone = asyncio.ensure_future(_disconnected(request))
-        try:
-            done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if task in done:
-            return task.result()
-        task.cancel()  # the pool frees the slot
-        msg = "the client disconnected"
-        raise ClientGone(msg)
+        # The pool answers by the deadline; leaving early cancels and frees the slot.
+        return await _unless_gone(request, asyncio.ensure_future(pool.submit(data, meta)))
 
     def _generate_stream_route(self) -> Any:
         record = self.metrics.recorder("http", "generate")
@@ -460,9 +439,7 @@ class HttpBridge:
                     pool,
                     data,
                     meta,
-                    problem=lambda error: error_response(error).content,
                     record=lambda status: record(str(status), time.perf_counter() - started),
-                    status_of=status_of,
                 )
             )
 
@@ -499,6 +476,33 @@ def _settle(future: asyncio.Future[Any], reply: Reply[Any]) -> None:
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
+
+
+async def _unless_gone(
+    request: Request[Any, Any, Any], answer: asyncio.Future[Any], *, budget: float | None = None
+) -> Any:
+    """`answer`'s result, unless the client disconnects or `budget` seconds pass first.
+
+    Either way `answer` is cancelled.
+
+    Raises:
+        ClientGone: The client disconnected first.
+        TimeoutError: `budget` passed first.
+    """
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait(
+            {answer, gone}, timeout=budget, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        gone.cancel()
+    if answer in done:
+        return answer.result()
+    answer.cancel()
+    if gone in done:
+        msg = "the client disconnected"
+        raise ClientGone(msg)
+    raise TimeoutError
 
 
 async def _disconnected(request: Request[Any, Any, Any]) -> None:

@@ -19,6 +19,7 @@ import msgspec
 from litestar.openapi import ResponseSpec
 from litestar.response import ServerSentEventMessage
 
+from bridges._problems import CLIENT_CLOSED, Problem, error_response, status_of
 from inference._client import Cancelled
 from messages import (
     AgentError,
@@ -39,7 +40,6 @@ HOP_MARGIN: Final = 0.5
 _END: Final = object()
 OK: Final = 200
 TIMED_OUT: Final = 504
-CLIENT_CLOSED: Final = 499
 
 
 class StreamEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,6 +61,11 @@ SSE_RESPONSE: Final = ResponseSpec(
 )
 
 
+def problem(error: AgentError) -> Problem:
+    """The problem body an `error` event carries."""
+    return error_response(error).content
+
+
 def event(kind: str, value: Any) -> ServerSentEventMessage:
     """One SSE message carrying `value` as JSON."""
     return ServerSentEventMessage(event=kind, data=msgspec.json.encode(value).decode())
@@ -72,9 +77,7 @@ async def relay_agent_stream(
     message: Any,
     meta: Metadata,
     *,
-    problem: Callable[[AgentError], Any],
     record: Callable[[int], None],
-    status_of: Callable[[BaseException], int],
 ) -> AsyncIterator[ServerSentEventMessage]:
     """Ask `agent_type` for a streamed reply and yield it as SSE messages."""
     loop = asyncio.get_running_loop()
@@ -126,9 +129,7 @@ async def relay_generation(
     data: GenerateRequest,
     meta: Metadata,
     *,
-    problem: Callable[[AgentError], Any],
     record: Callable[[int], None],
-    status_of: Callable[[BaseException], int],
 ) -> AsyncIterator[ServerSentEventMessage]:
     """Run a generation on `pool` and yield its chunks and result as SSE messages.
 
