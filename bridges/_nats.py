@@ -27,6 +27,7 @@ from opentelemetry.trace import SpanKind
 
 from actors import Call, Reply, Runtime, within
 from bridges._events import EventRouter
+from bridges._inbox import Inbox, no_responders
 from bridges._outbox import Outbox
 from bridges._serving import AgentEndpoint, event_types, headers_size
 from bridges._wire import (
@@ -52,7 +53,6 @@ from messages import (
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
-    from nats.aio.msg import Msg
 
     from actors import Agent
     from bridges._loop import IoLoop
@@ -63,7 +63,6 @@ logger: Final = logging.getLogger("actorfleet.nats")
 
 _VERSION: Final = "0.0.0"
 # Tries of a request while nodes answer "no agent of this type here".
-_NO_RESPONDERS: Final = "503"
 _ELSEWHERE_ATTEMPTS: Final = 3
 _MICRO_NAME_MAX: Final = 64
 
@@ -113,6 +112,7 @@ class NatsBridge:
         self.settings = settings
         self.url = url or settings.url
         self.metrics = metrics
+        self._inbox: Inbox | None = None
         self.subjects = Subjects(settings.prefix)
         self.agents = tuple(agents)
         self.events = EventRouter(self, events)
@@ -439,19 +439,16 @@ class NatsBridge:
         if nc is None:
             text = "the NATS bridge is not connected"
             raise Unavailable(text)
-        frames: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def on_frame(msg: Msg) -> None:
-            frames.put_nowait(msg)
-
-        inbox = nc.new_inbox()
-        subscription = await nc.subscribe(inbox, cb=on_frame)
+        if self._inbox is None or self._inbox.nc is not nc:
+            self._inbox = Inbox(nc)
+        inbox = self._inbox
+        answer_to, frames = await inbox.open()
         try:
-            await nc.publish(subject, body, reply=inbox, headers={STREAM_HEADER: "1"})
+            await nc.publish(subject, body, reply=answer_to, headers={STREAM_HEADER: "1"})
             async with asyncio.timeout(reply.deadline - time.time()):
                 while True:
                     msg = await frames.get()
-                    if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+                    if no_responders(msg):
                         text = f"no agent answers on {subject}"
                         raise Unavailable(text)
                     chunk, value = decode_stream_frame(msg.data)
@@ -464,8 +461,7 @@ class NatsBridge:
             text = f"no reply from {subject} before the deadline"
             raise RequestTimeout(text) from None
         finally:
-            with contextlib.suppress(nats.errors.Error):
-                await subscription.unsubscribe()
+            inbox.done(answer_to)
 
     async def _request(self, subject: str, body: bytes, deadline: float) -> Any:
         """Send, and retry at once while a node answers that it has no agent of the type.

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 import nats.errors
 
+from bridges._inbox import Inbox, no_responders
 from bridges._wire import decode_reply_envelope, encode_request
 from inference import Emit, Generation
 from messages import (
@@ -44,7 +44,6 @@ from messages import (
 if TYPE_CHECKING:
     from nats.aio.client import Client
     from nats.aio.msg import Msg
-    from nats.aio.subscription import Subscription
 
 logger: Final = logging.getLogger("actorfleet.inference.remote")
 
@@ -52,8 +51,6 @@ NAME: Final = "remote"
 SILENT_BEATS: Final = 3
 # A context nobody has reported yet: the worker checks requests against its own.
 UNKNOWN_CONTEXT: Final = 1 << 30
-_STATUS: Final = "Status"
-_NO_RESPONDERS: Final = "503"
 
 
 class NoWorkers(ConnectionError):
@@ -66,42 +63,6 @@ class WorkerLost(ConnectionError):
 
 class WorkerFailed(RuntimeError):
     """Raised when a worker reports that its model failed (`internal`)."""
-
-
-class _Inbox:
-    """One wildcard subscription that sorts the frames of every call by its token."""
-
-    def __init__(self, nc: Client) -> None:
-        self.nc = nc
-        self.prefix = nc.new_inbox()
-        self._subscription: Subscription | None = None
-        self._calls: dict[str, asyncio.Queue[Msg]] = {}
-        self._tokens = itertools.count()
-        self._subscribing = asyncio.Lock()
-
-    async def open(self) -> tuple[str, asyncio.Queue[Msg]]:
-        """A reply subject and the queue its frames arrive in."""
-        async with self._subscribing:
-            if self._subscription is None:
-                self._subscription = await self.nc.subscribe(f"{self.prefix}.*", cb=self._on_frame)
-        token = str(next(self._tokens))
-        frames: asyncio.Queue[Msg] = asyncio.Queue()
-        self._calls[token] = frames
-        return f"{self.prefix}.{token}", frames
-
-    def done(self, subject: str) -> None:
-        self._calls.pop(subject.rpartition(".")[2], None)
-
-    async def _on_frame(self, msg: Msg) -> None:
-        frames = self._calls.get(msg.subject.rpartition(".")[2])
-        if frames is not None:
-            frames.put_nowait(msg)
-
-    async def close(self) -> None:
-        if self._subscription is not None and not self.nc.is_closed:
-            with contextlib.suppress(nats.errors.Error):
-                await self._subscription.unsubscribe()
-        self._subscription = None
 
 
 class RemoteBackend:
@@ -138,7 +99,7 @@ class RemoteBackend:
         self._capacity = capacity
         self._context_length = context_length or UNKNOWN_CONTEXT
         self._heartbeat = heartbeat
-        self._inbox: _Inbox | None = None
+        self._inbox: Inbox | None = None
 
     @property
     def name(self) -> str:
@@ -225,7 +186,7 @@ class RemoteBackend:
             raise WorkerLost(msg) from None
 
     def _decode(self, msg: Msg) -> object:
-        if msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
+        if no_responders(msg):
             msg_text = f"no worker serves {self.subject}"
             raise NoWorkers(msg_text)
         try:
@@ -245,12 +206,12 @@ class RemoteBackend:
         with contextlib.suppress(nats.errors.Error):
             await nc.publish(control, encode(CancelGeneration(id=request_id)))
 
-    async def _inbox_for(self, nc: Client) -> _Inbox:
+    async def _inbox_for(self, nc: Client) -> Inbox:
         # A new bridge brings a new connection: its inbox goes with it.
         if self._inbox is None or self._inbox.nc is not nc:
             if self._inbox is not None:
                 await self._inbox.close()
-            self._inbox = _Inbox(nc)
+            self._inbox = Inbox(nc)
         return self._inbox
 
     async def aclose(self) -> None:
