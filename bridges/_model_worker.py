@@ -44,7 +44,9 @@ from messages import (
     InternalError,
     Metadata,
     Unavailable,
+    WorkerReady,
     decoder_for,
+    encode,
 )
 
 if TYPE_CHECKING:
@@ -101,6 +103,7 @@ class ModelWorker:
         self.id = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.subject = subjects.inference(tier)
         self.control = subjects.inference_control(tier, self.id)
+        self.ready_subject = subjects.inference_ready(tier)
         self.heartbeat = heartbeat
         self._nc: Client | None = None
         self._requests: Subscription | None = None
@@ -125,11 +128,24 @@ class ModelWorker:
         )
 
     async def start(self, nc: Client) -> None:
-        """Subscribe for requests and cancellations; start the heartbeat."""
+        """Subscribe for requests and cancellations, start the heartbeat, say so.
+
+        `WorkerReady` goes out on `af.inf.<tier>.ready` once the server has
+        the subscriptions, so whoever hears it can send requests at once.
+        """
         self._nc = nc
         self._cancels = await nc.subscribe(self.control, cb=self._on_cancel)
         self._requests = await nc.subscribe(self.subject, queue=self.tier, cb=self._on_request)
         self._beat = asyncio.create_task(self._beat_forever())
+        await nc.flush()
+        ready = WorkerReady(
+            worker=self.id,
+            tier=self.tier,
+            backend=self.backend.name,
+            model=self.backend.model,
+            capacity=self.backend.capacity,
+        )
+        await nc.publish(self.ready_subject, encode(ready))
         await nc.flush()
 
     async def close(self, *, grace: float = DEFAULT_GRACE) -> None:

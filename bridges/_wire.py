@@ -114,6 +114,10 @@ class Subjects:
         """Generation requests to a tier's model workers (queue group: the tier)."""
         return f"{self.prefix}.inf.{tier}"
 
+    def inference_ready(self, tier: str) -> str:
+        """Where a tier's model workers say they now take requests."""
+        return f"{self.prefix}.inf.{tier}.ready"
+
     def inference_control(self, tier: str, worker: str) -> str:
         """Cancellations for one model worker."""
         return f"{self.prefix}.inf.{tier}.ctl.{worker}"

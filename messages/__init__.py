@@ -59,6 +59,7 @@ from messages._inference import (
     Sampling,
     TokenChunk,
     Usage,
+    WorkerReady,
 )
 
 __all__ = [
@@ -109,6 +110,7 @@ __all__ = [
     "TokenChunk",
     "Unavailable",
     "Usage",
+    "WorkerReady",
     "decode",
     "decoder_for",
     "encode",

@@ -154,6 +154,24 @@ class GenerationStarted(Message, frozen=True, kw_only=True):
     heartbeat: float
 
 
+class WorkerReady(Message, frozen=True, kw_only=True):
+    """A model worker now takes requests (published on `af.inf.<tier>.ready`).
+
+    Attributes:
+        worker: The worker's id.
+        tier: The tier it serves.
+        backend: Its backend.
+        model: Its model.
+        capacity: Generations it runs at once.
+    """
+
+    worker: str
+    tier: str
+    backend: str
+    model: str
+    capacity: int
+
+
 class GenerationAlive(Message, frozen=True, kw_only=True):
     """The worker still runs the generation (sent every `heartbeat` seconds)."""
 
@@ -175,4 +193,5 @@ InferenceMessage = (
     | GenerationStarted
     | GenerationAlive
     | CancelGeneration
+    | WorkerReady
 )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import time
+import threading
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
 from bridges import NatsServer, build_node
@@ -16,7 +19,6 @@ from tests.conftest import WAIT
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_SPAN = "b7ad6b7169203331"
-_LOOK_AGAIN = 0.01
 
 
 def _node(url: str, name: str, **sections: Any) -> Node:
@@ -29,17 +31,32 @@ def _node(url: str, name: str, **sections: Any) -> Node:
     return build_node(decode(raw))
 
 
-def _spans(node: Node, count: int) -> list[Any]:
-    """The node's finished spans, once there are `count` (a handler's span ends after
-    its reply is on its way, so the caller may hear back first)."""
-    tracing = node.runtime.tracing
-    assert tracing is not None
-    assert tracing.exporter is not None
-    limit = time.monotonic() + WAIT
-    while len(spans := tracing.exporter.get_finished_spans()) < count:
-        assert time.monotonic() < limit, f"{len(spans)} spans, expected {count}"
-        time.sleep(_LOOK_AGAIN)
-    return list(spans)
+class EndedSpans(SpanExporter):
+    """Collects a node's spans as they end, and waits (bounded) for them.
+
+    A handler's span ends just after its reply is on its way, so the caller
+    may hear back before the span is done.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.spans: list[ReadableSpan] = []
+        self._changed = threading.Condition()
+        tracing = node.runtime.tracing
+        assert tracing is not None
+        tracing.provider.add_span_processor(SimpleSpanProcessor(self))
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self._changed:
+            self.spans.extend(spans)
+            self._changed.notify_all()
+        return SpanExportResult.SUCCESS
+
+    def wait(self, count: int) -> list[ReadableSpan]:
+        with self._changed:
+            ended = self._changed.wait_for(lambda: len(self.spans) >= count, WAIT)
+            spans = list(self.spans)
+        assert ended, f"{len(spans)} spans, expected {count}"
+        return spans
 
 
 def test_one_trace_runs_from_http_on_one_node_to_the_agent_and_its_model_on_another(
@@ -63,6 +80,7 @@ def test_one_trace_runs_from_http_on_one_node_to_the_agent_and_its_model_on_anot
         "gateway",
         http={"enabled": True, "port": 0, "agents": ["tests.bridges.http_agents:SummaryAgent"]},
     )
+    worker_spans, gateway_spans = EndedSpans(worker), EndedSpans(gateway)
     worker.start()
     gateway.start()
     try:
@@ -74,8 +92,8 @@ def test_one_trace_runs_from_http_on_one_node_to_the_agent_and_its_model_on_anot
         )
         assert response.status_code == 200, response.text
         assert response.json()["model"] == "scripted-large"
-        server, send = sorted(_spans(gateway, 2), key=lambda s: s.kind.value)
-        generate, process = sorted(_spans(worker, 2), key=lambda s: s.name)
+        server, send = sorted(gateway_spans.wait(2), key=lambda s: s.kind.value)
+        generate, process = sorted(worker_spans.wait(2), key=lambda s: s.name)
     finally:
         gateway.stop()
         gateway.run(handle_signals=False)

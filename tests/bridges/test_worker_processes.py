@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats
-import nats.errors
 import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
-from bridges import NatsServer, build_node
+from bridges import IoLoop, NatsServer, build_node
 from bridges._app import INFERENCE_NAME
 from config import decode
 from messages import (
@@ -23,6 +25,8 @@ from messages import (
     Metadata,
     Overloaded,
     TokenChunk,
+    WorkerReady,
+    decoder_for,
     new_message_id,
 )
 from supervisors import ChildStatistics, Node
@@ -34,7 +38,6 @@ pytestmark = pytest.mark.slow
 REPLY = "the large model answers in several words"
 # A worker process imports the package and connects: allow it a few seconds.
 WORKER_START = 20.0
-_RETRY = 0.05
 
 
 def large_tier(**tier: Any) -> dict[str, Any]:
@@ -72,29 +75,49 @@ def meta(timeout: float = WAIT) -> Metadata:
     return Metadata(id=new_message_id(), deadline=time.time() + timeout)
 
 
-def wait_for_worker(url: str, tier: str = "large", *, timeout: float = WORKER_START) -> None:
-    """Wait (bounded) until a worker of `tier` takes requests.
+class ReadyWorkers:
+    """Counts `WorkerReady` announcements of a tier, and waits (bounded) for them.
 
-    A worker's subscription is not announced to other clients, so this asks
-    with a request no worker can take: any answer means one is listening.
+    Start it before the workers: an announcement made before it listens is
+    not heard.
     """
 
-    async def probe() -> None:
-        nc = await nats.connect(url)
-        try:
-            limit = time.monotonic() + timeout
-            while time.monotonic() < limit:
-                try:
-                    await nc.request(f"af.inf.{tier}", b"\x90", timeout=WAIT)
-                except nats.errors.NoRespondersError:
-                    await asyncio.sleep(_RETRY)
-                else:
-                    return
-            pytest.fail(f"no {tier} worker subscribed within {timeout} s")
-        finally:
-            await nc.close()
+    def __init__(self, url: str, tier: str = "large") -> None:
+        self._io = IoLoop(name="ready-workers").start()
+        self._seen: list[WorkerReady] = []
+        self._changed = threading.Condition()
+        self._nc = self._io.run(self._listen(url, tier), timeout=WAIT)
 
-    asyncio.run(probe())
+    async def _listen(self, url: str, tier: str) -> Client:
+        nc = await nats.connect(url)
+        await nc.subscribe(f"af.inf.{tier}.ready", cb=self._on_ready)
+        await nc.flush()
+        return nc
+
+    async def _on_ready(self, msg: Msg) -> None:
+        ready = decoder_for(WorkerReady).decode(msg.data)
+        with self._changed:
+            self._seen.append(ready)
+            self._changed.notify_all()
+
+    def wait(self, count: int, *, timeout: float = WORKER_START) -> list[WorkerReady]:
+        """The first `count` announcements, once there are that many."""
+        with self._changed:
+            heard = self._changed.wait_for(lambda: len(self._seen) >= count, timeout)
+            seen = list(self._seen)
+        assert heard, f"{len(seen)} workers ready within {timeout} s, expected {count}"
+        return seen[:count]
+
+    def close(self) -> None:
+        self._io.run(self._nc.close(), timeout=WAIT)
+        self._io.stop()
+
+
+@pytest.fixture
+def ready_workers(nats_server: NatsServer) -> Iterator[ReadyWorkers]:
+    watch = ReadyWorkers(nats_server.url)
+    yield watch
+    watch.close()
 
 
 def worker_child(node: Node, index: int = 0) -> ChildStatistics:
@@ -117,7 +140,7 @@ async def _read(read: Any) -> Any:
 
 
 def test_the_breaker_opens_when_the_worker_process_keeps_dying_and_closes_after_recovery(
-    nats_server: NatsServer,
+    nats_server: NatsServer, ready_workers: ReadyWorkers
 ) -> None:
     settings = decode(
         node_settings(
@@ -133,11 +156,12 @@ def test_the_breaker_opens_when_the_worker_process_keeps_dying_and_closes_after_
     try:
         client = node.runtime.inference
         assert client is not None
-        wait_for_worker(nats_server.url)
+        ready_workers.wait(1)
         first = client.generate(GenerateRequest(prompt="hi", may_degrade=True), meta())
         assert (first.tier, first.backend, first.text) == ("large", "scripted", REPLY)
 
         for kill in (1, 2):
+            ready_workers.wait(kill)  # the worker to kill is up
             os.kill(worker_child(node).pid or 0, signal.SIGKILL)
             recorder.wait_for(
                 lambda e: isinstance(e, ChildRestarted) and e.child_id == "worker.large.0",
@@ -152,7 +176,7 @@ def test_the_breaker_opens_when_the_worker_process_keeps_dying_and_closes_after_
             client.generate(GenerateRequest(prompt="hi", may_degrade=False), meta())
         assert refused.value.retry_after is not None
 
-        wait_for_worker(nats_server.url)
+        ready_workers.wait(3)  # the third process since start
         time.sleep(refused.value.retry_after)  # the breaker's cooldown, the delay under test
         probe = client.generate(GenerateRequest(prompt="hi", may_degrade=False), meta())
         assert probe.tier == "large"
@@ -163,7 +187,7 @@ def test_the_breaker_opens_when_the_worker_process_keeps_dying_and_closes_after_
 
 
 def test_a_generation_streams_over_nats_to_a_caller_on_another_node(
-    nats_server: NatsServer, tmp_path: Path
+    nats_server: NatsServer, tmp_path: Path, ready_workers: ReadyWorkers
 ) -> None:
     config = tmp_path / "worker-node.toml"
     raw = node_settings(nats_server.url, large_tier(), name="gpu-node")
@@ -181,7 +205,8 @@ def test_a_generation_streams_over_nats_to_a_caller_on_another_node(
     )
     caller.start()
     try:
-        wait_for_worker(nats_server.url)
+        [ready] = ready_workers.wait(1)
+        assert (ready.backend, ready.model, ready.capacity) == ("scripted", "scripted-large", 2)
         client = caller.runtime.inference
         assert client is not None
         stream = client.stream(GenerateRequest(prompt="hi"), meta())

@@ -23,6 +23,8 @@ from messages import FinishReason, GenerateRequest, Metadata, Sampling, TokenChu
 pytestmark = pytest.mark.gpu
 
 ROOT = Path(__file__).resolve().parents[2]
+# A worker process loads torch and the model before it says it is ready.
+MODEL_LOAD = 120.0
 
 
 def _gpu_ready() -> str | None:
@@ -122,7 +124,7 @@ def test_a_killed_gpu_worker_process_is_restarted_and_serves_again(model_dir: Pa
     from config import decode  # noqa: PLC0415
     from messages import ChildRestarted  # noqa: PLC0415
     from tests.bridges.test_worker_processes import (  # noqa: PLC0415
-        wait_for_worker,
+        ReadyWorkers,
         worker_child,
     )
     from tests.conftest import EventRecorder  # noqa: PLC0415
@@ -139,20 +141,23 @@ def test_a_killed_gpu_worker_process_is_restarted_and_serves_again(model_dir: Pa
     )
     recorder = EventRecorder()
     node.runtime.events.subscribe(recorder)
+    ready = ReadyWorkers(server.url)
     node.start()
     try:
         client = node.runtime.inference
         assert client is not None
-        wait_for_worker(server.url, timeout=120)
+        [up] = ready.wait(1, timeout=MODEL_LOAD)
+        assert up.backend == "exllamav2"
         before = client.generate(GenerateRequest(prompt="refund", max_tokens=8), _meta())
         assert before.backend == "exllamav2"
         os.kill(worker_child(node).pid or 0, signal.SIGKILL)
-        recorder.wait_for(lambda e: isinstance(e, ChildRestarted), timeout=60)
-        wait_for_worker(server.url, timeout=120)
+        recorder.wait_for(lambda e: isinstance(e, ChildRestarted), timeout=MODEL_LOAD)
+        ready.wait(2, timeout=MODEL_LOAD)
         after = client.generate(GenerateRequest(prompt="refund", max_tokens=8), _meta())
         assert after.backend == "exllamav2"
         assert after.usage.completion_tokens > 0
     finally:
         node.stop()
         node.run(handle_signals=False)
+        ready.close()
         server.stop()
