@@ -55,6 +55,7 @@ from bridges._serving import request_types
 from inference import PoolClient, prompt_text
 from inference._client import Cancelled
 from messages import (
+    BadRequest,
     GenerateRequest,
     GenerateResult,
     Metadata,
@@ -235,8 +236,6 @@ class HttpBridge:
         Raises:
             BadRequest: A header has a bad value.
         """
-        from messages import BadRequest  # noqa: PLC0415 - keeps the import block short
-
         headers = request.headers
         timeout = self.settings.default_timeout
         raw = headers.get(TIMEOUT_HEADER)

@@ -183,7 +183,9 @@ class ModelWorker:
             await self._send(run, encode_error_envelope(exc))
             return
         if meta.id in self._runs:
-            return  # a duplicate of a request already running here
+            busy = Unavailable(f"a generation with id {meta.id} already runs on this worker")
+            await self._send(run, encode_error_envelope(busy))
+            return
         self._runs[meta.id] = run
         await self._send(run, encode_reply_envelope(self._started()))
         run.task = asyncio.create_task(self._generate(run, request, meta))

@@ -265,3 +265,21 @@ async def test_a_generation_on_a_worker_continues_the_callers_trace(
     assert served.parent is not None
     assert served.parent.span_id == caller.context.span_id
     assert served.attributes["gen_ai.system"] == "scripted"
+
+
+async def test_a_second_request_with_a_running_id_is_answered_not_dropped(
+    nc: Client, start_worker: Callable[..., Any]
+) -> None:
+    await start_worker(token_delay=0.05)
+    request_meta = meta()
+    body = encode_request(GenerateRequest(prompt="hi"), request_meta)
+    first, second = nc.new_inbox(), nc.new_inbox()
+    first_frames = await nc.subscribe(first)
+    second_frames = await nc.subscribe(second)
+    await nc.publish(SUBJECTS.inference("large"), body, first)
+    assert isinstance(
+        decode_reply_envelope((await first_frames.next_msg(WAIT)).data), GenerationStarted
+    )
+    await nc.publish(SUBJECTS.inference("large"), body, second)
+    with pytest.raises(Unavailable, match="already runs"):
+        decode_reply_envelope((await second_frames.next_msg(WAIT)).data)
