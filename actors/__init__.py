@@ -16,7 +16,7 @@ from actors._runtime import (
     Runtime,
     Transport,
 )
-from actors._state import MemoryStore, StateStore
+from actors._state import MemoryStore, StateStore, state_key
 from actors._timers import TimerHandle, Timers
 from actors._tracing import Tracing, tracing_from_settings, within
 
@@ -46,6 +46,7 @@ __all__ = [
     "TypeRef",
     "handler",
     "make_metadata",
+    "state_key",
     "tracing_from_settings",
     "within",
 ]

@@ -8,14 +8,40 @@ synchronous because handlers run on actor threads; networked backends
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
+
+_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def state_key(*parts: str) -> str:
+    """A store key from free-form parts, safe for every backend.
+
+    Each part keeps letters, digits, `_` and `-`; any other character is
+    written as `=` and its UTF-8 bytes in hex, so `user@example.com` becomes
+    `user=40example=2Ecom`. Parts are joined with `.`, the separator `scan`
+    understands. (JetStream KV keys allow only these characters.)
+    """
+    if not parts:
+        msg = "state_key() needs at least one part"
+        raise ValueError(msg)
+    return ".".join(_UNSAFE.sub(_escape, part) if part else "=" for part in parts)
+
+
+def _escape(match: re.Match[str]) -> str:
+    return "".join(f"={byte:02X}" for byte in match.group().encode())
 
 
 class StateStore(Protocol):
-    """Key-value state with expiry and compare-and-set."""
+    """Key-value state with expiry and compare-and-set.
+
+    Keys are dot-separated tokens of `[A-Za-z0-9_=-]` (build them with
+    `state_key`). Implementations: `MemoryStore` here; JetStream KV and
+    Redis in `bridges`. One test suite runs against all three.
+    """
 
     def get(self, key: str) -> bytes | None:
         """The value under `key`, or None if absent or expired."""
@@ -38,6 +64,10 @@ class StateStore(Protocol):
             Whether the value was stored. `compare_and_set(key, None, v)` is
             how a side effect claims an idempotency key exactly once.
         """
+        ...
+
+    def scan(self, prefix: str) -> list[str]:
+        """Every live key under `prefix.` (keys made by `state_key(prefix, ...)`), sorted."""
         ...
 
 
@@ -92,3 +122,9 @@ class MemoryStore:
                 return False
             self._items[key] = (value, self._expiry(ttl))
             return True
+
+    def scan(self, prefix: str) -> list[str]:
+        """Every live key under `prefix.`, sorted."""
+        start = prefix + "."
+        with self._lock:
+            return sorted(k for k in list(self._items) if k.startswith(start) and self._live(k))

@@ -24,6 +24,7 @@ from config._settings import (
     decode,
     default_toml,
     load,
+    read_rules_file,
 )
 
 __all__ = [
@@ -50,4 +51,5 @@ __all__ = [
     "decode",
     "default_toml",
     "load",
+    "read_rules_file",
 ]

@@ -69,13 +69,31 @@ class SupervisionSettings(_Section, frozen=True, kw_only=True):
 
 
 class StateSettings(_Section, frozen=True, kw_only=True):
-    """Where agents keep state between messages.
+    """Where agents keep state between messages (`ctx.state`).
 
     Attributes:
-        backend: `memory` (this process only; lost on restart).
+        backend: `kv` (a JetStream key-value bucket on the node's NATS),
+            `redis` (at `redis_url`) or `memory` (this process only; lost
+            when the node restarts).
+        bucket: The JetStream KV bucket (`kv`).
+        replicas: Replicas of the bucket: 1 on one server, 3 on a cluster.
+        redis_url: The Redis server (`redis`).
+        redis_prefix: Prepended to every Redis key, so services can share a database.
+        timeout: Seconds one state operation may take before it fails as `unavailable`.
+        audit_stream: The JetStream stream of the audit log (every prompt and
+            response, sealed per user; the stream denies delete and purge).
+            Empty: no audit log.
     """
 
-    backend: Literal["memory"] = "memory"
+    backend: Literal["kv", "redis", "memory"] = "memory"
+    bucket: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+$")] = "AF_STATE"
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    redis_url: Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://")] = (
+        "redis://127.0.0.1:6379/0"
+    )
+    redis_prefix: str = "af:"
+    timeout: Positive = 5.0
+    audit_stream: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]*$")] = ""
 
 
 Token = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+$")]
@@ -228,6 +246,37 @@ class ScriptedRule(_Section, frozen=True, kw_only=True):
     reply: str
 
 
+class _RulesFile(_Section, frozen=True, kw_only=True):
+    rules: list[ScriptedRule]
+
+
+def read_rules_file(source: str, *, key: str = "rules_files") -> list[ScriptedRule]:
+    """The `[[rules]]` of a TOML file: `package:resource` (shipped) or a path.
+
+    Raises:
+        ConfigError: Naming `key`, if the file is missing, malformed, or a
+            pattern is not a regular expression.
+    """
+    package, sep, resource = source.partition(":")
+    try:
+        if sep:
+            text = resources.files(package).joinpath(resource).read_text(encoding="utf-8")
+        else:
+            text = Path(source).read_text(encoding="utf-8")
+        rules = msgspec.convert(tomllib.loads(text), _RulesFile).rules
+        for rule in rules:
+            re.compile(rule.pattern)
+    except (
+        OSError,
+        ImportError,
+        tomllib.TOMLDecodeError,
+        msgspec.ValidationError,
+        re.error,
+    ) as exc:
+        raise ConfigError(key, f"{source}: {exc}") from exc
+    return rules
+
+
 class ScriptedBackendSettings(
     _Section, frozen=True, kw_only=True, tag="scripted", tag_field="kind"
 ):
@@ -236,6 +285,8 @@ class ScriptedBackendSettings(
     Attributes:
         model: Name shown in results.
         rules: Tried in order; the first match answers.
+        rules_files: More rules, after `rules`: TOML files of `[[rules]]`,
+            each `package:resource` (shipped with a package) or a path.
         default_reply: The reply when no rule matches.
         token_delay: Seconds per generated word (simulated decoding).
         prefill_delay: Seconds before the first word (simulated prefill).
@@ -245,6 +296,7 @@ class ScriptedBackendSettings(
 
     model: str = "scripted"
     rules: list[ScriptedRule] = msgspec.field(default_factory=list)
+    rules_files: list[str] = msgspec.field(default_factory=list)
     default_reply: str = "I do not have a scripted answer for that."
     token_delay: NonNegative = 0.0
     prefill_delay: NonNegative = 0.0
@@ -362,6 +414,9 @@ class TierSettings(_Section, frozen=True, kw_only=True):
         if self.gpus and (not self.runs_processes or len(self.gpus) != self.workers):
             reason = "give one GPU per worker process (process = true, len(gpus) == workers)"
             raise ConfigError(f"{key}.gpus", reason)
+        if isinstance(self.backend, ScriptedBackendSettings):
+            for index, source in enumerate(self.backend.rules_files):
+                read_rules_file(source, key=f"{key}.backend.rules_files[{index}]")
 
 
 class InferenceSettings(_Section, frozen=True, kw_only=True):
@@ -394,11 +449,19 @@ class PoolSettings(_Section, frozen=True, kw_only=True):
         agent: `module:Class` of the agent.
         size: How many instances.
         restart: `permanent`, `transient` or `temporary`.
+        options: The agent's own settings, checked against its `options_type`.
+        permissions: Tool permissions of the agent type (replacing the
+            class's `permissions`); the runtime refuses any other tool call.
     """
 
     agent: ImportPath
     size: Annotated[int, msgspec.Meta(ge=1)] = 1
     restart: Literal["permanent", "transient", "temporary"] = "permanent"
+    # Passed to the agent class, validated against its `options_type`.
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Tool permissions granted to the agent type, replacing the class's own
+    # `permissions` (None: keep the class's).
+    permissions: list[str] | None = None
 
 
 class Settings(_Section, frozen=True, kw_only=True):
@@ -418,6 +481,11 @@ class Settings(_Section, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.nats.enabled:
             return
+        if self.state.backend == "kv":
+            raise ConfigError("state.backend", "kv needs NATS JetStream, and [nats] is disabled")
+        if self.state.audit_stream:
+            reason = "the audit log needs NATS, and [nats] is disabled"
+            raise ConfigError("state.audit_stream", reason)
         for index, tier in enumerate(self.inference.tiers):
             if tier.runs_processes or isinstance(tier.backend, RemoteBackendSettings):
                 reason = "its workers are reached over NATS, and [nats] is disabled"
@@ -437,6 +505,8 @@ ENV_OVERRIDES: Final[dict[str, tuple[str, ...]]] = {
     "AF_HTTP_PORT": ("http", "port"),
     "AF_TRACES": ("telemetry", "traces"),
     "AF_OTLP_ENDPOINT": ("telemetry", "otlp_endpoint"),
+    "AF_STATE_BACKEND": ("state", "backend"),
+    "AF_REDIS_URL": ("state", "redis_url"),
 }
 
 _PATH_IN_ERROR: Final = re.compile(r" - at `\$(?P<path>[^`]*)`$")
@@ -482,3 +552,5 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             for key in key_path[:-1]:
                 section = section.setdefault(key, {})
             section[key_path[-1]] = env[variable]
+    if "AF_REDIS_URL" in env and "AF_STATE_BACKEND" not in env:
+        raw.setdefault("state", {})["backend"] = "redis"  # naming a Redis means using it

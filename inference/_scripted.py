@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from config import read_rules_file
 from inference._backend import Emit, Generation, prompt_text
 from messages import FinishReason, GenerateRequest, Metadata
 
@@ -124,8 +125,11 @@ class ScriptedBackend:
 
 def scripted_from_settings(settings: ScriptedBackendSettings) -> ScriptedBackend:
     """A scripted backend configured by a tier's `[backend]` table."""
+    rules = [*settings.rules]
+    for source in settings.rules_files:
+        rules.extend(read_rules_file(source))
     return ScriptedBackend(
-        [Rule(pattern=r.pattern, reply=r.reply) for r in settings.rules],
+        [Rule(pattern=r.pattern, reply=r.reply) for r in rules],
         default=settings.default_reply,
         model=settings.model,
         token_delay=settings.token_delay,

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 
 import pykka
 import pytest
+import redis
 
 from actors import AgentDefaults, Runtime
 from messages import SupervisionEvent
@@ -68,3 +70,19 @@ def _stop_all_actors() -> Iterator[None]:
     for thread in leaked:
         thread.join(WAIT)
     assert [t.name for t in leaked if t.is_alive()] == [], "actor threads outlived the test"
+
+
+def redis_url() -> str:
+    """The Redis the tests use (`AF_TEST_REDIS_URL`, default the local one).
+
+    Tests that need it fail, never skip, when it does not answer: CI starts one.
+    """
+    url = os.environ.get("AF_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        pytest.fail(f"these tests need Redis at {url} (set AF_TEST_REDIS_URL): {exc}")
+    finally:
+        client.close()
+    return url

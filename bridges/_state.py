@@ -1,0 +1,326 @@
+"""State stores on the network: JetStream KV and Redis, behind `actors.StateStore`.
+
+Both run their client on the node's I/O loop; `LoopStore` gives actor
+threads the synchronous `StateStore` protocol by hopping onto the loop with
+a bounded wait. A backend that cannot answer in time, or at all, raises
+`Unavailable`; nothing is retried behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import redis.asyncio
+import redis.exceptions
+from nats.js.api import KeyValueConfig
+
+from bridges._connect import open_connection, supports_message_ttl
+from messages import Unavailable
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.js.kv import KeyValue
+
+    from bridges._loop import IoLoop
+    from config import NatsSettings, StateSettings
+
+T = TypeVar("T")
+
+# A value is stored with its absolute expiry (epoch seconds, 0: none), so that
+# expiry is exact and the same on every node whatever the server version.
+_Envelope = tuple[float, bytes]
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(_Envelope).decode
+_EXPECTED_LAST: Final = "Nats-Expected-Last-Subject-Sequence"
+_WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
+_TTL_SLACK: Final = 1.0  # the server's TTL only reclaims space; the envelope decides
+_MS: Final = 1000
+
+# KEYS[1] key; ARGV: absent-expected flag, expected, value, ttl in ms ("" none).
+_REDIS_CAS: Final = """
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current then return 0 end
+elseif current ~= ARGV[2] then
+  return 0
+end
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+else
+  redis.call('SET', KEYS[1], ARGV[3])
+end
+return 1
+"""
+
+
+class AsyncStore(Protocol):
+    """The loop side of a state store: `StateStore` as coroutines."""
+
+    async def get(self, key: str) -> bytes | None: ...
+    async def put(self, key: str, value: bytes, *, ttl: float | None) -> None: ...
+    async def delete(self, key: str) -> None: ...
+    async def compare_and_set(
+        self, key: str, expected: bytes | None, value: bytes, *, ttl: float | None
+    ) -> bool: ...
+    async def scan(self, prefix: str) -> list[str]: ...
+    async def close(self) -> None: ...
+    def describe(self) -> str: ...
+
+
+def _expires(ttl: float | None) -> float:
+    return 0.0 if ttl is None else time.time() + ttl
+
+
+def _live(data: bytes) -> bytes | None:
+    expires, value = _decode(data)
+    return None if expires and expires <= time.time() else value
+
+
+class KvStore:
+    """A JetStream key-value bucket (history 1); values carry their expiry.
+
+    Deleting purges the key, so no earlier revision of it is kept.
+    """
+
+    def __init__(self, nc: Client, kv: KeyValue, *, bucket: str, url: str) -> None:
+        self._nc = nc
+        self._kv = kv
+        self._js = nc.jetstream()
+        self._subject = f"$KV.{bucket}."
+        self._ttl = supports_message_ttl(nc)
+        self.bucket = bucket
+        self.url = url
+
+    @classmethod
+    async def open(
+        cls, url: str, settings: StateSettings, nats_settings: NatsSettings, *, name: str
+    ) -> KvStore:
+        """Connect and create (or bind to) the bucket.
+
+        Raises:
+            Unavailable: If no server answers or JetStream is off.
+        """
+        nc = await open_connection(url, name=name, settings=nats_settings)
+        try:
+            js = nc.jetstream()
+            config = KeyValueConfig(bucket=settings.bucket, history=1, replicas=settings.replicas)
+            kv = await asyncio.wait_for(js.create_key_value(config), settings.timeout)
+        except (TimeoutError, nats.errors.Error) as exc:
+            await nc.close()
+            msg = f"cannot open the KV bucket {settings.bucket} at {url}: {exc!r}"
+            raise Unavailable(msg) from exc
+        return cls(nc, kv, bucket=settings.bucket, url=url)
+
+    def _require_connected(self) -> None:
+        # nats-py would buffer the request until reconnected; fail fast instead.
+        if not self._nc.is_connected:
+            msg = f"the KV bucket {self.bucket} is unreachable: NATS is disconnected"
+            raise Unavailable(msg)
+
+    async def _entry(self, key: str) -> tuple[int, bytes | None]:
+        """The key's last revision (0: never written) and its live value."""
+        self._require_connected()
+        try:
+            entry = await self._kv.get(key)
+        except nats.js.errors.KeyNotFoundError as exc:
+            return (exc.entry.revision if exc.entry is not None else 0), None
+        return entry.revision or 0, _live(entry.value or b"")
+
+    async def get(self, key: str) -> bytes | None:
+        """The value under `key`, or None."""
+        return (await self._entry(key))[1]
+
+    async def _publish(
+        self, key: str, value: bytes, ttl: float | None, *, last: int | None
+    ) -> bool:
+        self._require_connected()
+        headers = None if last is None else {_EXPECTED_LAST: str(last)}
+        server_ttl = math.ceil(ttl + _TTL_SLACK) if ttl is not None and self._ttl else None
+        try:
+            await self._js.publish(
+                self._subject + key,
+                _encode((_expires(ttl), value)),
+                headers=headers,
+                msg_ttl=server_ttl,
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in _WRONG_LAST_SEQUENCE:
+                return False
+            raise
+        return True
+
+    async def put(self, key: str, value: bytes, *, ttl: float | None) -> None:
+        """Store `value`, expiring after `ttl` seconds if given."""
+        await self._publish(key, value, ttl, last=None)
+
+    async def delete(self, key: str) -> None:
+        """Purge `key` and its history."""
+        self._require_connected()
+        await self._kv.purge(key)
+
+    async def compare_and_set(
+        self, key: str, expected: bytes | None, value: bytes, *, ttl: float | None
+    ) -> bool:
+        """Store `value` if the live value is `expected`, atomically by revision."""
+        revision, current = await self._entry(key)
+        if current != expected:
+            return False
+        return await self._publish(key, value, ttl, last=revision)
+
+    async def scan(self, prefix: str) -> list[str]:
+        """Live keys under `prefix.`, sorted."""
+        self._require_connected()
+        watcher = await self._kv.watch(f"{prefix}.>", ignore_deletes=True)
+        found = []
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of what is stored now
+                    break
+                if entry.value and _live(entry.value) is not None:
+                    found.append(entry.key)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return sorted(found)
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self._nc.close()
+
+    def describe(self) -> str:
+        """The bucket and where it lives."""
+        state = "connected" if self._nc.is_connected else "disconnected"
+        return f"JetStream KV {self.bucket} at {self.url}, {state}"
+
+
+class RedisStore:
+    """Redis: native expiry, compare-and-set as one Lua script."""
+
+    def __init__(self, client: redis.asyncio.Redis, *, prefix: str, url: str) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._cas = client.register_script(_REDIS_CAS)
+        self.url = url
+
+    @classmethod
+    async def open(cls, settings: StateSettings) -> RedisStore:
+        """Connect and check that the server answers.
+
+        Raises:
+            Unavailable: If it does not answer within `settings.timeout`.
+        """
+        client = redis.asyncio.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.timeout,
+            socket_connect_timeout=settings.timeout,
+        )
+        try:
+            await asyncio.wait_for(client.ping(), settings.timeout)
+        except (TimeoutError, OSError, redis.exceptions.RedisError) as exc:
+            await client.aclose()
+            msg = f"cannot reach Redis at {settings.redis_url}: {exc!r}"
+            raise Unavailable(msg) from exc
+        return cls(client, prefix=settings.redis_prefix, url=settings.redis_url)
+
+    async def get(self, key: str) -> bytes | None:
+        """The value under `key`, or None."""
+        value = await self._redis.get(self._prefix + key)
+        return value.encode() if isinstance(value, str) else value
+
+    async def put(self, key: str, value: bytes, *, ttl: float | None) -> None:
+        """Store `value`, expiring after `ttl` seconds if given."""
+        await self._redis.set(self._prefix + key, value, px=_milliseconds(ttl))
+
+    async def delete(self, key: str) -> None:
+        """Remove `key`."""
+        await self._redis.delete(self._prefix + key)
+
+    async def compare_and_set(
+        self, key: str, expected: bytes | None, value: bytes, *, ttl: float | None
+    ) -> bool:
+        """Store `value` if the value is `expected` (None: absent), in one script."""
+        px = _milliseconds(ttl)
+        args = ["1" if expected is None else "0", expected or b"", value, "" if px is None else px]
+        return bool(await self._cas(keys=[self._prefix + key], args=args))
+
+    async def scan(self, prefix: str) -> list[str]:
+        """Keys under `prefix.`, sorted."""
+        pattern = _glob_escape(self._prefix + prefix + ".") + "*"
+        cut = len(self._prefix)
+        return sorted([k.decode()[cut:] async for k in self._redis.scan_iter(match=pattern)])
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._redis.aclose()
+
+    def describe(self) -> str:
+        """Where the server is."""
+        return f"Redis at {self.url}"
+
+
+def _milliseconds(ttl: float | None) -> int | None:
+    return None if ttl is None else max(1, math.ceil(ttl * _MS))
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class LoopStore:
+    """`actors.StateStore` for actor threads over an `AsyncStore` on the I/O loop.
+
+    Args:
+        io: The node's I/O loop, where `store` runs.
+        store: The backend.
+        timeout: Seconds one operation may take.
+    """
+
+    def __init__(self, io: IoLoop, store: AsyncStore, *, timeout: float) -> None:
+        self.io = io
+        self.store = store
+        self.timeout = timeout
+
+    def _run(self, what: str, key: str, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            return self.io.run(coro, timeout=self.timeout)
+        except TimeoutError as exc:
+            msg = f"state {what} {key!r} took over {self.timeout} s"
+            raise Unavailable(msg) from exc
+        # nats-py raises RuntimeError when its transport closes mid-operation.
+        except (OSError, RuntimeError, nats.errors.Error, redis.exceptions.RedisError) as exc:
+            msg = f"state {what} {key!r} failed: {exc!r}"
+            raise Unavailable(msg) from exc
+
+    def get(self, key: str) -> bytes | None:
+        """The value under `key`, or None if absent or expired."""
+        return self._run("get", key, self.store.get(key))
+
+    def put(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
+        """Store `value`; it expires after `ttl` seconds if given."""
+        self._run("put", key, self.store.put(key, value, ttl=ttl))
+
+    def delete(self, key: str) -> None:
+        """Remove `key` (no-op if absent)."""
+        self._run("delete", key, self.store.delete(key))
+
+    def compare_and_set(
+        self, key: str, expected: bytes | None, value: bytes, *, ttl: float | None = None
+    ) -> bool:
+        """Store `value` only if the current value is `expected` (None: absent)."""
+        return self._run(
+            "compare-and-set", key, self.store.compare_and_set(key, expected, value, ttl=ttl)
+        )
+
+    def scan(self, prefix: str) -> list[str]:
+        """Every live key under `prefix.`, sorted."""
+        return self._run("scan", prefix, self.store.scan(prefix))
+
+    def describe(self) -> str:
+        """The backend's line in the supervision tree."""
+        return self.store.describe()
