@@ -1,6 +1,7 @@
 """Agents: pykka actors with typed handlers, deadlines and a context."""
 
 from actors._agent import Agent, handler
+from actors._audit import AuditLog, DataKeys, seal, unseal
 from actors._builtin import PingAgent
 from actors._call import Call, make_metadata
 from actors._context import Context
@@ -18,14 +19,17 @@ from actors._runtime import (
 )
 from actors._state import MemoryStore, StateStore, state_key
 from actors._timers import TimerHandle, Timers
+from actors._tools import Tool, ToolCall, tool
 from actors._tracing import Tracing, tracing_from_settings, within
 
 __all__ = [
     "Agent",
     "AgentDefaults",
     "AgentRef",
+    "AuditLog",
     "Call",
     "Context",
+    "DataKeys",
     "Directory",
     "EventBus",
     "ExitLink",
@@ -41,12 +45,17 @@ __all__ = [
     "StateStore",
     "TimerHandle",
     "Timers",
+    "Tool",
+    "ToolCall",
     "Tracing",
     "Transport",
     "TypeRef",
     "handler",
     "make_metadata",
+    "seal",
     "state_key",
+    "tool",
     "tracing_from_settings",
+    "unseal",
     "within",
 ]

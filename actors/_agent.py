@@ -106,6 +106,11 @@ class Agent(pykka.ThreadingActor):
     # The type of the chunks its handlers `ctx.emit`, if they stream (the HTTP
     # edge then offers `POST /v1/agents/<type>/stream` with Server-Sent Events).
     chunk_type: ClassVar[type | None] = None
+    # Tool permissions of the type (`ctx.use` checks them); a node's config
+    # may replace them per type (`pools[].permissions`).
+    permissions: ClassVar[frozenset[str]] = frozenset()
+    # The msgspec type of `pools[].options`, passed to __init__ as `options=`.
+    options_type: ClassVar[type | None] = None
     handlers: ClassVar[dict[type, Handler]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

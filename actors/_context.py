@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
+from actors._audit import SERVICE_SUBJECT, AuditedStream, Auditor, DataKeys
+from actors._tools import call_tool
 from messages import (
+    AgentError,
     BadRequest,
     Event,
     GenerateRequest,
@@ -24,7 +27,11 @@ if TYPE_CHECKING:
     from actors._reply import Reply
     from actors._runtime import GenerationStream, Inference, Runtime
     from actors._state import StateStore
+    from actors._tools import Tool
     from messages import Message, Metadata
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 
 class Context:
@@ -35,13 +42,57 @@ class Context:
     a chain of agents shares one budget.
     """
 
-    __slots__ = ("_agent", "_published", "_reply", "metadata")
+    __slots__ = (
+        "_agent",
+        "_published",
+        "_reply",
+        "_tool_calls",
+        "conversation_id",
+        "metadata",
+        "user_id",
+    )
 
     def __init__(self, agent: Agent, metadata: Metadata, reply: Reply[Any] | None = None) -> None:
         self._agent = agent
         self.metadata = metadata
         self._reply = reply
         self._published: itertools.count[int] | None = None
+        self._tool_calls: itertools.count[int] | None = None
+        self.user_id: str | None = None
+        self.conversation_id: str | None = None
+
+    def on_behalf_of(self, user_id: str, conversation_id: str | None = None) -> None:
+        """Say whom this message is handled for (and in which conversation).
+
+        Audit records of its generations are sealed with that user's data
+        key and name the conversation.
+        """
+        self.user_id = user_id
+        self.conversation_id = conversation_id
+
+    @property
+    def agent_type(self) -> str:
+        """The handling agent's type."""
+        return self._agent.agent_type
+
+    @property
+    def agent_permissions(self) -> frozenset[str]:
+        """The permissions the agent's class declares (the config may replace them)."""
+        return self._agent.permissions
+
+    def use(self, used: Tool[A, R], args: A | dict[str, Any]) -> R:
+        """Call a tool: permission checked, arguments and result validated.
+
+        A side-effecting tool called again by a retry of this message (same
+        message id) returns the first call's result without acting twice.
+
+        Raises:
+            messages.Forbidden: If this agent type may not call the tool.
+            messages.BadRequest: If the arguments do not fit the tool.
+        """
+        if self._tool_calls is None:
+            self._tool_calls = itertools.count(1)
+        return call_tool(self, used, args, next(self._tool_calls))
 
     def emit(self, chunk: Message) -> bool:
         """Send an intermediate chunk to a caller that streams (HTTP SSE, `on_chunk`).
@@ -128,7 +179,19 @@ class Context:
             messages.Unavailable: If the node runs no inference pool.
             messages.AgentError: Overloaded, timeout, bad request, ...
         """
-        return self._inference().generate(_request(request, fields), self._cause(new_message_id()))
+        inference = self._inference()
+        full, meta = _request(request, fields), self._cause(new_message_id())
+        auditor = self._auditor()
+        if auditor is None:
+            return inference.generate(full, meta)
+        started = time.time()
+        try:
+            result = inference.generate(full, meta)
+        except AgentError as exc:
+            auditor.failed(full, meta, started=started, error=exc)
+            raise
+        auditor.record(full, meta, started=started, result=result)
+        return result
 
     def generate_stream(self, request: GenerateRequest | str, **fields: Any) -> GenerationStream:
         """Like `generate`, but iterate over the chunks as they are produced.
@@ -136,7 +199,30 @@ class Context:
         The final `GenerateResult` is the stream's `result` once the
         iteration ends; `close()` it to stop early and free the slot.
         """
-        return self._inference().stream(_request(request, fields), self._cause(new_message_id()))
+        full, meta = _request(request, fields), self._cause(new_message_id())
+        stream = self._inference().stream(full, meta)
+        auditor = self._auditor()
+        if auditor is None:
+            return stream
+        started = time.time()
+
+        def done(result: GenerateResult | None, text: str) -> None:
+            auditor.record(full, meta, started=started, result=result, response=text)
+
+        return AuditedStream(stream, done)
+
+    def _auditor(self) -> Auditor | None:
+        runtime = self._agent.runtime
+        if runtime.audit is None:
+            return None
+        return Auditor(
+            runtime.audit,
+            DataKeys(self.state),
+            node=runtime.node,
+            agent=self._agent.name,
+            subject=self.user_id if self.user_id is not None else SERVICE_SUBJECT,
+            conversation_id=self.conversation_id,
+        )
 
     def _inference(self) -> Inference:
         inference = self._agent.runtime.inference

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from actors._agent import Agent
+    from actors._audit import AuditLog
     from actors._call import Call
     from actors._state import StateStore
     from actors._tracing import Tracing
@@ -228,6 +229,10 @@ class Runtime:
         self.tracing: Tracing | None = None
         # The in-memory OpenTelemetry metric reader (telemetry.metrics = "memory").
         self.metrics_reader: object | None = None
+        # The audit log of generations, while one is open (`[state] audit_stream`).
+        self.audit: AuditLog | None = None
+        # Tool permissions per agent type, replacing what agent classes declare.
+        self.grants: dict[str, frozenset[str]] = {}
         self._closers: list[Callable[[], object]] = []
 
     def ref(self, agent_type: str) -> TypeRef:
@@ -239,6 +244,10 @@ class Runtime:
         if ref is None:
             ref = self._type_refs.setdefault(agent_type, TypeRef(self, agent_type))
         return ref
+
+    def permissions_of(self, agent_type: str, declared: frozenset[str]) -> frozenset[str]:
+        """The tool permissions of an agent type: its grant, else what its class declares."""
+        return self.grants.get(agent_type, declared)
 
     def add_closer(self, closer: Callable[[], object]) -> None:
         """Call `closer()` when the runtime closes (last added, first called)."""

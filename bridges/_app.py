@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final, cast
 
 import msgspec
 
 from actors import Agent, AgentDefaults, MemoryStore, Runtime, tracing_from_settings
+from bridges._audit import JetStreamAudit, LoopAudit
 from bridges._bridge_child import embedded_server, embedded_server_child, nats_bridge_child
 from bridges._embedded import NatsServer
 from bridges._health import TREE_TIMEOUT, Health
@@ -23,12 +24,15 @@ from bridges._inference_child import (
 from bridges._loop import IoLoop
 from bridges._metrics import Metrics, Snapshot, meter_from_settings
 from bridges._nats import NatsBridge
+from bridges._resource_child import Resource, resource_child
+from bridges._state import AsyncStore, KvStore, LoopStore, RedisStore
 from config import ExLlamaV2BackendSettings, PoolSettings, Settings
 from inference import PoolClient, pool_from_settings
 from inference._exllamav2 import check_installed as check_exllamav2_installed
 from messages import ActorfleetError, ConfigError
 from supervisors import (
     Backoff,
+    ChildSpec,
     Node,
     Restart,
     Strategy,
@@ -58,11 +62,16 @@ def import_agent(path: str, *, key: str) -> type[Agent]:
 
 
 def build_runtime(settings: Settings) -> Runtime:
-    """The runtime a node's agents share."""
+    """The runtime a node's agents share.
+
+    Its state store is set here for `memory`; a networked store (and the
+    audit log) is set by its child in the bridges supervisor once it is open.
+    """
     defaults = AgentDefaults(
         ask_timeout=settings.agents.ask_timeout, hung_margin=settings.agents.hung_margin
     )
-    runtime = Runtime(node=settings.node.name or None, defaults=defaults, state=MemoryStore())
+    memory = MemoryStore() if settings.state.backend == "memory" else None
+    runtime = Runtime(node=settings.node.name or None, defaults=defaults, state=memory)
     tracing = tracing_from_settings(settings.telemetry, node=runtime.node)
     if tracing is not None:
         runtime.tracing = tracing
@@ -70,8 +79,24 @@ def build_runtime(settings: Settings) -> Runtime:
     return runtime
 
 
+def _agent_options(agent_class: type[Agent], pool: PoolSettings, key: str) -> dict[str, Any]:
+    """`pools[].options` checked against the agent's `options_type`, as constructor kwargs."""
+    if agent_class.options_type is None:
+        if pool.options:
+            raise ConfigError(key, f"{agent_class.__name__} takes no options")
+        return {}
+    try:
+        return {"options": msgspec.convert(pool.options, agent_class.options_type)}
+    except msgspec.ValidationError as exc:
+        raise ConfigError(key, str(exc)) from exc
+
+
 def _pool_spec(
-    agent_class: type[Agent], pool: PoolSettings, settings: Settings, runtime: Runtime
+    agent_class: type[Agent],
+    pool: PoolSettings,
+    settings: Settings,
+    runtime: Runtime,
+    options: dict[str, Any],
 ) -> SupervisorSpec:
     supervision = settings.supervision
     children = [
@@ -81,6 +106,7 @@ def _pool_spec(
             id=str(n),
             restart=Restart(pool.restart),
             shutdown=supervision.shutdown_timeout,
+            **options,
         )
         for n in range(pool.size)
     ]
@@ -167,6 +193,7 @@ def _bridges_spec(
 
         drain = shutdown + settings.nats.drain_timeout
         children.append(nats_bridge_child(make_bridge, shutdown=drain))
+    children.extend(_state_children(settings, runtime, io, url))
     if settings.http.enabled:
         health = Health(
             runtime,
@@ -187,6 +214,65 @@ def _bridges_spec(
         period=settings.supervision.period,
         backoff=_backoff(settings),
     )
+
+
+def _state_children(settings: Settings, runtime: Runtime, io: IoLoop, url: str) -> list[ChildSpec]:
+    """The networked state store and the audit log, each holding its connection."""
+    state, nats_settings = settings.state, settings.nats
+    shutdown = settings.supervision.shutdown_timeout
+    name = f"{runtime.node}-state"
+    children = []
+    if state.backend != "memory":
+
+        async def open_store() -> AsyncStore:
+            if state.backend == "redis":
+                return await RedisStore.open(state)
+            return await KvStore.open(url, state, nats_settings, name=name)
+
+        def attach_store(store: Resource) -> None:
+            runtime.state = LoopStore(io, cast("AsyncStore", store), timeout=state.timeout)
+
+        def detach_store() -> None:
+            runtime.state = None
+
+        children.append(
+            resource_child(
+                runtime,
+                io,
+                id="state",
+                open_resource=open_store,
+                attach=attach_store,
+                detach=detach_store,
+                timeout=state.timeout + nats_settings.connect_timeout,
+                shutdown=shutdown,
+            )
+        )
+    if state.audit_stream:
+
+        async def open_audit() -> JetStreamAudit:
+            return await JetStreamAudit.open(
+                url, state, nats_settings, name=f"{runtime.node}-audit"
+            )
+
+        def attach_audit(log: Resource) -> None:
+            runtime.audit = LoopAudit(io, cast("JetStreamAudit", log), timeout=state.timeout)
+
+        def detach_audit() -> None:
+            runtime.audit = None
+
+        children.append(
+            resource_child(
+                runtime,
+                io,
+                id="audit",
+                open_resource=open_audit,
+                attach=attach_audit,
+                detach=detach_audit,
+                timeout=state.timeout + nats_settings.connect_timeout,
+                shutdown=shutdown,
+            )
+        )
+    return children
 
 
 def _metrics(
@@ -225,10 +311,12 @@ def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
     agents = [
         import_agent(pool.agent, key=f"pools[{i}].agent") for i, pool in enumerate(settings.pools)
     ]
-    specs = [
-        _pool_spec(agent_class, pool, settings, runtime)
-        for agent_class, pool in zip(agents, settings.pools, strict=True)
-    ]
+    specs = []
+    for index, (agent_class, pool) in enumerate(zip(agents, settings.pools, strict=True)):
+        options = _agent_options(agent_class, pool, f"pools[{index}].options")
+        specs.append(_pool_spec(agent_class, pool, settings, runtime, options))
+        if pool.permissions is not None:
+            runtime.grants[agent_class.agent_type] = frozenset(pool.permissions)
     node: Node | None = None
 
     def tree() -> SupervisorStatistics:
@@ -237,7 +325,9 @@ def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
             raise RuntimeError(msg)
         return node.root.statistics(timeout=TREE_TIMEOUT)
 
-    if settings.nats.enabled or settings.inference.tiers or settings.http.enabled:
+    networked_state = settings.state.backend != "memory"
+    edges = settings.nats.enabled or settings.http.enabled or networked_state
+    if edges or settings.inference.tiers:
         io = IoLoop(name=f"actorfleet-io-{runtime.node}").start()
         runtime.add_closer(io.stop)
         server = embedded_server(settings.nats) if settings.nats.enabled else None
@@ -245,7 +335,7 @@ def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
         if settings.inference.tiers:
             # Before the agents, which may generate as soon as they start.
             specs.insert(0, _inference_spec(settings, runtime, io, url))
-        if settings.nats.enabled or settings.http.enabled:
+        if edges:
             unique = list(dict.fromkeys(agents))
             exposed = [
                 import_agent(path, key=f"http.agents[{i}]")

@@ -37,6 +37,7 @@ from opentelemetry.trace import SpanKind
 
 from actors import within
 from bridges._health import Health, health_routes
+from bridges._http_erasure import erasure_route
 from bridges._http_schema import check_api_key, optional_tags, reply_types, union_of
 from bridges._http_streams import (
     SSE_MEDIA_TYPE,
@@ -196,6 +197,9 @@ class HttpBridge:
                 if request_types(a) and a.chunk_type is not None
             ]
             handlers += [self._generate_route(), self._generate_stream_route()]
+            erase = erasure_route(self, self.agents)
+            if erase is not None:
+                handlers.append(erase)
         if health:
             handlers += health_routes(self.health, self.metrics)
         app = Litestar(
@@ -217,7 +221,7 @@ class HttpBridge:
             optional_tags(app)
         return app
 
-    def _guards(
+    def guards(
         self,
     ) -> list[Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]]:
         """The API-key check, when keys are configured (a closure: Litestar copies guards)."""
@@ -273,8 +277,8 @@ class HttpBridge:
         replies = reply_types(agent_class, accepted)
 
         async def ask(request: Request[Any, Any, Any], data: Any) -> Any:
-            return await self._observed(
-                agent_type, request, lambda meta: self._ask(request, agent_type, data, meta)
+            return await self.observed(
+                agent_type, request, lambda meta: self.ask(request, agent_type, data, meta)
             )
 
         ask.__annotations__ = {
@@ -291,7 +295,7 @@ class HttpBridge:
             tags=["agents"],
             status_code=200,
             responses=PROBLEMS,
-            guards=self._guards(),
+            guards=self.guards(),
         )(ask)
 
     def _agent_stream_route(self, agent_class: type[Agent]) -> Any:
@@ -328,10 +332,10 @@ class HttpBridge:
             status_code=200,
             media_type=SSE_MEDIA_TYPE,
             responses={200: SSE_RESPONSE, **PROBLEMS},
-            guards=self._guards(),
+            guards=self.guards(),
         )(ask_stream)
 
-    async def _observed(
+    async def observed(
         self,
         agent_type: str,
         request: Request[Any, Any, Any],
@@ -346,11 +350,11 @@ class HttpBridge:
             tracing = self.runtime.tracing
             if tracing is not None:
                 span = tracing.start(
-                    f"POST {request.url.path}",
+                    f"{request.method} {request.url.path}",
                     kind=SpanKind.SERVER,
                     parent=meta,
                     attributes={
-                        "http.request.method": "POST",
+                        "http.request.method": request.method,
                         "url.path": request.url.path,
                         "http.route": request.url.path,
                     },
@@ -366,7 +370,7 @@ class HttpBridge:
                 span.end()
             self.metrics.observe("http", agent_type, str(status), time.perf_counter() - started)
 
-    async def _ask(
+    async def ask(
         self, request: Request[Any, Any, Any], agent_type: str, message: Any, meta: Metadata
     ) -> Any:
         reply = self.runtime.ref(agent_type).ask_async(
@@ -396,7 +400,7 @@ class HttpBridge:
 
     def _generate_route(self) -> Any:
         async def generate(request: Request[Any, Any, Any], data: JSONBody[GenerateRequest]) -> Any:
-            return await self._observed(
+            return await self.observed(
                 "generate", request, lambda meta: self._generate(request, data, meta)
             )
 
@@ -409,7 +413,7 @@ class HttpBridge:
             tags=["inference"],
             status_code=200,
             responses=PROBLEMS,
-            guards=self._guards(),
+            guards=self.guards(),
         )(generate)
 
     async def _generate(
@@ -451,7 +455,7 @@ class HttpBridge:
             status_code=200,
             media_type=SSE_MEDIA_TYPE,
             responses={200: SSE_RESPONSE, **PROBLEMS},
-            guards=self._guards(),
+            guards=self.guards(),
         )(generate_stream)
 
 

@@ -1,6 +1,7 @@
 """Typed wire messages, metadata, errors and the MessagePack codec."""
 
 from messages._agent import ErrorReply, Metadata
+from messages._audit import AuditRecord, GenerationAudited, SealedExchange, UserDataErased
 from messages._base import (
     Event,
     Message,
@@ -67,6 +68,7 @@ __all__ = [
     "AgentDefinitionError",
     "AgentError",
     "AgentStopped",
+    "AuditRecord",
     "BadRequest",
     "CancelGeneration",
     "ChatMessage",
@@ -87,6 +89,7 @@ __all__ = [
     "GenerateRequest",
     "GenerateResult",
     "GenerationAlive",
+    "GenerationAudited",
     "GenerationStarted",
     "GetStatistics",
     "InferenceMessage",
@@ -102,6 +105,7 @@ __all__ = [
     "Priority",
     "RequestTimeout",
     "Sampling",
+    "SealedExchange",
     "StartFailed",
     "StopAgent",
     "SupervisionEvent",
@@ -110,6 +114,7 @@ __all__ = [
     "TokenChunk",
     "Unavailable",
     "Usage",
+    "UserDataErased",
     "WorkerReady",
     "decode",
     "decoder_for",

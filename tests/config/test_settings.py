@@ -8,10 +8,45 @@ import config
 from messages import ConfigError
 
 
-def test_the_embedded_defaults_load_and_run_a_ping_pool() -> None:
+def test_the_embedded_defaults_run_the_support_service_on_kv_state() -> None:
     settings = config.load(env={})
     assert settings.agents.ask_timeout == 30.0
-    assert [p.agent for p in settings.pools] == ["actors:PingAgent"]
+    assert [p.agent for p in settings.pools] == [
+        "actors.support:SupportAgent",
+        "actors.support:PricingAgent",
+        "actors.support:ShippingAgent",
+        "actors.support:PrivacyAgent",
+        "actors:PingAgent",
+    ]
+    assert settings.state.backend == "kv"
+    assert settings.state.audit_stream == "AF_AUDIT"
+
+
+def test_naming_a_redis_url_selects_the_redis_state_backend() -> None:
+    settings = config.load(env={"AF_REDIS_URL": "redis://127.0.0.1:6380/2"})
+    assert (settings.state.backend, settings.state.redis_url) == (
+        "redis",
+        "redis://127.0.0.1:6380/2",
+    )
+    chosen = config.load(env={"AF_REDIS_URL": "redis://x:1/0", "AF_STATE_BACKEND": "memory"})
+    assert chosen.state.backend == "memory"
+
+
+def test_kv_state_without_nats_is_refused_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('[nats]\nenabled = false\n[state]\nbackend = "kv"\n')
+    with pytest.raises(ConfigError, match="state.backend"):
+        config.load(path, env={})
+
+
+def test_a_missing_scripted_rules_file_is_refused_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        '[[inference.tiers]]\nname = "t"\n[inference.tiers.backend]\nkind = "scripted"\n'
+        f'rules_files = ["{tmp_path}/none.toml"]\n'
+    )
+    with pytest.raises(ConfigError, match=r"inference.tiers\[0\].backend.rules_files\[0\]"):
+        config.load(path, env={})
 
 
 def test_a_file_overrides_defaults_and_keeps_the_rest(tmp_path: Path) -> None:

@@ -1,0 +1,227 @@
+"""The audit trail of generations: sealed per user, so erasure works on an immutable log.
+
+Every `ctx.generate` on a node with an audit log appends a
+`GenerationAudited` record. Its prompt and response are encrypted
+(AES-256-GCM) with the data key of the user the agent acts for
+(`ctx.on_behalf_of`); keys live in the state store. Erasing a user's data
+destroys the key, so the log can deny delete and purge and still forget.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from typing import TYPE_CHECKING, Final, Protocol
+
+import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from actors._state import state_key
+from inference._backend import prompt_text
+from messages import (
+    AgentError,
+    AuditRecord,
+    GenerateRequest,
+    GenerateResult,
+    GenerationAudited,
+    Metadata,
+    SealedExchange,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from actors._runtime import GenerationStream
+    from actors._state import StateStore
+    from messages import TokenChunk
+
+logger: Final = logging.getLogger("actorfleet.audit")
+
+# The subject of generations made for no user in particular.
+SERVICE_SUBJECT: Final = ""
+_NONCE: Final = 12
+_KEY_BITS: Final = 256
+_CLAIM_ATTEMPTS: Final = 3
+_exchange_decoder: Final = msgspec.msgpack.Decoder(SealedExchange)
+
+
+class AuditLog(Protocol):
+    """Where audit records go: an append-only stream (the bridges' JetStream log)."""
+
+    def append(self, record: AuditRecord) -> None:
+        """Store `record`; return once it is stored.
+
+        Raises:
+            messages.Unavailable: If it could not be stored.
+        """
+        ...
+
+
+class DataKeys:
+    """Per-subject (user) data keys in the state store: `auditkey.user.<subject>` -> id -> key."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    def current(self, subject: str) -> tuple[str, bytes]:
+        """The subject's key id and key, made on first use (one winner among racers)."""
+        pointer = state_key("auditkey", "user", subject)
+        for _ in range(_CLAIM_ATTEMPTS):
+            key_id = self.store.get(pointer)
+            if key_id is not None:
+                secret = self.store.get(state_key("auditkey", "id", key_id.decode()))
+                if secret is not None:
+                    return key_id.decode(), secret
+                self.store.delete(pointer)  # its key was destroyed: start a new one
+                continue
+            new_id, secret = uuid.uuid4().hex, AESGCM.generate_key(bit_length=_KEY_BITS)
+            self.store.put(state_key("auditkey", "id", new_id), secret)
+            if self.store.compare_and_set(pointer, None, new_id.encode()):
+                return new_id, secret
+            self.store.delete(state_key("auditkey", "id", new_id))  # another writer won
+        msg = f"could not settle a data key for subject {subject!r}"
+        raise RuntimeError(msg)
+
+    def secret(self, key_id: str) -> bytes | None:
+        """The key with this id, or None once it has been destroyed."""
+        return self.store.get(state_key("auditkey", "id", key_id))
+
+    def destroy(self, subject: str) -> list[str]:
+        """Destroy the subject's key; return the ids destroyed."""
+        pointer = state_key("auditkey", "user", subject)
+        key_id = self.store.get(pointer)
+        if key_id is None:
+            return []
+        self.store.delete(state_key("auditkey", "id", key_id.decode()))
+        self.store.delete(pointer)
+        return [key_id.decode()]
+
+
+def seal(secret: bytes, exchange: SealedExchange, *, key_id: str) -> bytes:
+    """Encrypt an exchange; the key id is bound in as associated data."""
+    nonce = os.urandom(_NONCE)
+    return nonce + AESGCM(secret).encrypt(nonce, msgspec.msgpack.encode(exchange), key_id.encode())
+
+
+def unseal(secret: bytes, sealed: bytes, *, key_id: str) -> SealedExchange | None:
+    """Decrypt what `seal` made; None if it does not open with this key."""
+    try:
+        plain = AESGCM(secret).decrypt(sealed[:_NONCE], sealed[_NONCE:], key_id.encode())
+    except InvalidTag:
+        return None
+    return _exchange_decoder.decode(plain)
+
+
+class Auditor:
+    """Appends the records of one agent's generations for one subject and conversation."""
+
+    def __init__(
+        self,
+        log: AuditLog,
+        keys: DataKeys,
+        *,
+        node: str,
+        agent: str,
+        subject: str,
+        conversation_id: str | None,
+    ) -> None:
+        self.log = log
+        self.keys = keys
+        self.node = node
+        self.agent = agent
+        self.subject = subject
+        self.conversation_id = conversation_id
+
+    def record(
+        self,
+        request: GenerateRequest,
+        meta: Metadata,
+        *,
+        started: float,
+        result: GenerateResult | None,
+        response: str = "",
+        error: AgentError | None = None,
+    ) -> None:
+        """Append the record of a finished, stopped or failed generation.
+
+        Raises:
+            messages.Unavailable: If the record cannot be stored (the caller
+                then does not hand the response on: no unaudited output).
+        """
+        key_id, secret = self.keys.current(self.subject)
+        text = result.text if result is not None else response
+        exchange = SealedExchange(prompt=prompt_text(request), response=text)
+        usage = result.usage if result is not None else None
+        self.log.append(
+            GenerationAudited(
+                at=time.time(),
+                node=self.node,
+                agent=self.agent,
+                request_id=meta.id,
+                correlation_id=meta.correlation_id,
+                conversation_id=self.conversation_id,
+                model=result.model if result else "",
+                tier=result.tier if result else "",
+                backend=result.backend if result else "",
+                outcome=_outcome(result, error),
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                queue_s=usage.queue_s if usage else 0.0,
+                prefill_s=usage.prefill_s if usage else 0.0,
+                generate_s=usage.generate_s if usage else 0.0,
+                total_s=time.time() - started,
+                key_id=key_id,
+                sealed=seal(secret, exchange, key_id=key_id),
+            )
+        )
+
+    def failed(
+        self, request: GenerateRequest, meta: Metadata, *, started: float, error: AgentError
+    ) -> None:
+        """Record a failed generation; a failure to record is logged, the error stands."""
+        try:
+            self.record(request, meta, started=started, result=None, error=error)
+        except AgentError:
+            logger.warning("could not audit the failed generation %s", meta.id, exc_info=True)
+
+
+def _outcome(result: GenerateResult | None, error: AgentError | None) -> str:
+    if error is not None:
+        return str(error.code)
+    return "ok" if result is not None else "stopped"
+
+
+class AuditedStream:
+    """A generation stream that appends its record when it ends or is closed."""
+
+    def __init__(
+        self, stream: GenerationStream, done: Callable[[GenerateResult | None, str], None]
+    ) -> None:
+        self._stream = stream
+        self._done = done
+        self._text: list[str] = []
+        self._recorded = False
+
+    def __iter__(self) -> Iterator[TokenChunk]:
+        for chunk in self._stream:
+            self._text.append(chunk.text)
+            yield chunk
+        self._finish(self._stream.result)
+
+    @property
+    def result(self) -> GenerateResult:
+        """The final result (after the iteration has ended)."""
+        return self._stream.result
+
+    def close(self) -> None:
+        """Stop early; the record holds what was generated so far."""
+        self._stream.close()
+        self._finish(None)
+
+    def _finish(self, result: GenerateResult | None) -> None:
+        if not self._recorded:
+            self._recorded = True
+            self._done(result, "".join(self._text))

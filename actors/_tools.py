@@ -1,0 +1,169 @@
+"""Tools: typed plugins agents call through `ctx.use`, with permissions the runtime enforces.
+
+A tool declares the permission it needs (`tickets:write`), its argument and
+result types, and whether it has side effects. On every call the runtime
+checks that the calling agent's type holds the permission (RBAC: granted
+by the agent class's `permissions`, or by `pools[].permissions` in the
+config), validates the arguments and the result with msgspec, and for a
+side-effecting tool hands out an idempotency key derived from the message
+being handled: a retried request (same message id) gets the first call's
+result back instead of a second side effect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+
+import msgspec
+from opentelemetry.trace import SpanKind, StatusCode
+
+from actors._state import state_key
+from messages import (
+    AgentDefinitionError,
+    AgentError,
+    BadRequest,
+    Forbidden,
+    InternalError,
+)
+
+if TYPE_CHECKING:
+    from actors._context import Context
+    from actors._state import StateStore
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+# How long a side-effecting tool's result is kept for retries of its request.
+RESULT_TTL: Final = 7 * 24 * 3600.0
+_PARAMETERS: Final = 2  # (args, call)
+_DIGEST: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """What a tool gets besides its arguments.
+
+    Attributes:
+        context: The calling agent's context (state, publish, deadline, ...).
+        key: Idempotency key of this call: the same for a retry of the
+            request being handled with the same arguments, different for
+            each call within it and for other arguments.
+    """
+
+    context: Context
+    key: str
+
+    @property
+    def state(self) -> StateStore:
+        """The node's state store."""
+        return self.context.state
+
+
+@dataclass(frozen=True, slots=True)
+class Tool(Generic[A, R]):
+    """A typed capability behind a permission. Make one with `@tool`.
+
+    Attributes:
+        name: Dotted name (`tickets.create`), unique per service.
+        permission: What an agent type must hold to call it.
+        args: The argument type (a msgspec Struct).
+        result: The result type.
+        side_effect: Whether calls change the world (then they are made
+            idempotent by the message being handled).
+        fn: The implementation, `(args, call) -> result`.
+        description: What it does, for prompts and docs.
+    """
+
+    name: str
+    permission: str
+    args: type[A]
+    result: type[R]
+    side_effect: bool
+    fn: Callable[[A, ToolCall], R]
+    description: str = ""
+
+
+def tool(
+    name: str, *, permission: str, side_effect: bool = False
+) -> Callable[[Callable[[A, ToolCall], R]], Tool[A, R]]:
+    """Make a `Tool` of a function `(args: A, call: ToolCall) -> R`; types from its annotations."""
+
+    def wrap(fn: Callable[[A, ToolCall], R]) -> Tool[A, R]:
+        params = list(inspect.signature(fn).parameters)
+        hints = typing.get_type_hints(fn)
+        if len(params) != _PARAMETERS or params[0] not in hints or "return" not in hints:
+            msg = f"tool {name}: annotate (args: A, call: ToolCall) -> R"
+            raise AgentDefinitionError(msg)
+        return Tool(
+            name=name,
+            permission=permission,
+            args=hints[params[0]],
+            result=hints["return"],
+            side_effect=side_effect,
+            fn=fn,
+            description=inspect.getdoc(fn) or "",
+        )
+
+    return wrap
+
+
+def call_tool(ctx: Context, used: Tool[A, R], args: A | dict[str, Any], ordinal: int) -> R:
+    """Check permission, validate, run (once per request for side effects), validate.
+
+    Raises:
+        Forbidden: If the calling agent's type lacks the tool's permission.
+        BadRequest: If the arguments do not fit the tool's argument type.
+        InternalError: If the tool returns something not of its result type.
+    """
+    agent = ctx.agent_type
+    if used.permission not in ctx.runtime.permissions_of(agent, ctx.agent_permissions):
+        msg = f"agent type {agent!r} may not call tool {used.name} (needs {used.permission})"
+        raise Forbidden(msg)
+    try:
+        valid_args = msgspec.convert(args, used.args, from_attributes=True)
+    except msgspec.ValidationError as exc:
+        msg = f"bad arguments to tool {used.name}: {exc}"
+        raise BadRequest(msg) from exc
+    # The arguments are part of the key: a message id is chosen by the caller
+    # (X-Request-Id), and two callers' ids may collide; their calls may not.
+    digest = hashlib.sha256(msgspec.msgpack.encode(valid_args)).hexdigest()[:_DIGEST]
+    key = state_key("tool", used.name, ctx.metadata.id, str(ordinal), digest)
+    tracing = ctx.runtime.tracing
+    if tracing is None:
+        return _run(ctx, used, valid_args, key)
+    span = tracing.start(
+        f"execute_tool {used.name}",
+        kind=SpanKind.INTERNAL,
+        parent=ctx.metadata,
+        attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": used.name},
+    )
+    try:
+        return _run(ctx, used, valid_args, key)
+    except AgentError as exc:
+        span.set_status(StatusCode.ERROR, str(exc))
+        raise
+    finally:
+        span.end()
+
+
+def _run(ctx: Context, used: Tool[A, R], args: A, key: str) -> R:
+    decoder = msgspec.msgpack.Decoder(used.result)
+    if used.side_effect:
+        done = ctx.state.get(key)
+        if done is not None:
+            result: R = decoder.decode(done)
+            return result
+    raw = used.fn(args, ToolCall(context=ctx, key=key))
+    try:
+        result = msgspec.convert(raw, used.result, from_attributes=True)
+    except msgspec.ValidationError as exc:
+        msg = f"tool {used.name} returned a bad result: {exc}"
+        raise InternalError(msg) from exc
+    if used.side_effect:
+        ctx.state.put(key, msgspec.msgpack.encode(result), ttl=RESULT_TTL)
+    return result

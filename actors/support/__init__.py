@@ -1,0 +1,115 @@
+"""The reference customer-support service: agents, tools, prompts and guardrails.
+
+`SupportAgent` answers customers with the knowledge base and tickets,
+`PricingAgent` prices contracts and places orders by rules in code,
+`ShippingAgent` picks carriers when orders are created, and `PrivacyAgent`
+erases a user's data. Their prompts are versioned templates, their model
+output is validated, and each may call only the tools its permissions allow.
+"""
+
+from actors.support._commerce import (
+    PricingAgent,
+    PrivacyAgent,
+    ShippingAgent,
+    choose_carrier,
+    explanation_is_faithful,
+    price_contract,
+)
+from actors.support._guardrails import (
+    Action,
+    ModelOutputInvalid,
+    OutputPolicy,
+    PolicyRule,
+    decode_with_repair,
+)
+from actors.support._kb import KnowledgeBase, search_kb, shipped_knowledge_base
+from actors.support._messages import (
+    Destination,
+    EraseUserData,
+    ErasureReport,
+    Intent,
+    InvoiceValidated,
+    KBLookupPerformed,
+    OrderConfirmation,
+    OrderCreated,
+    OrderRequest,
+    PriceQuote,
+    PriceRequest,
+    Shipment,
+    ShipmentPlanned,
+    ShipmentQuery,
+    SupportRequest,
+    SupportResponse,
+    Ticket,
+    TicketCreated,
+    TicketQuery,
+    TicketView,
+)
+from actors.support._prompts import (
+    PRICING_EXPLAIN,
+    REPAIR,
+    SUPPORT_ANSWER,
+    SUPPORT_DECIDE,
+    PromptTemplate,
+    escape_user_text,
+)
+from actors.support._records import (
+    create_order,
+    create_ticket,
+    erase_user,
+    get_shipment,
+    get_ticket,
+    plan_shipment,
+)
+from actors.support._support_agent import SupportAgent, SupportOptions
+
+__all__ = [
+    "PRICING_EXPLAIN",
+    "REPAIR",
+    "SUPPORT_ANSWER",
+    "SUPPORT_DECIDE",
+    "Action",
+    "Destination",
+    "EraseUserData",
+    "ErasureReport",
+    "Intent",
+    "InvoiceValidated",
+    "KBLookupPerformed",
+    "KnowledgeBase",
+    "ModelOutputInvalid",
+    "OrderConfirmation",
+    "OrderCreated",
+    "OrderRequest",
+    "OutputPolicy",
+    "PolicyRule",
+    "PriceQuote",
+    "PriceRequest",
+    "PricingAgent",
+    "PrivacyAgent",
+    "PromptTemplate",
+    "Shipment",
+    "ShipmentPlanned",
+    "ShipmentQuery",
+    "ShippingAgent",
+    "SupportAgent",
+    "SupportOptions",
+    "SupportRequest",
+    "SupportResponse",
+    "Ticket",
+    "TicketCreated",
+    "TicketQuery",
+    "TicketView",
+    "choose_carrier",
+    "create_order",
+    "create_ticket",
+    "decode_with_repair",
+    "erase_user",
+    "escape_user_text",
+    "explanation_is_faithful",
+    "get_shipment",
+    "get_ticket",
+    "plan_shipment",
+    "price_contract",
+    "search_kb",
+    "shipped_knowledge_base",
+]

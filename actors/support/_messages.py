@@ -1,0 +1,264 @@
+"""The support service's contract: requests, replies, state records and domain events."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import msgspec
+
+from messages import Event, Message
+
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Money = Annotated[float, msgspec.Meta(ge=0, le=10_000_000)]
+Months = Annotated[int, msgspec.Meta(ge=1, le=120)]
+
+
+class Intent(enum.StrEnum):
+    """What a support message is about, as the model reads it."""
+
+    ACCOUNT = "account"
+    BILLING = "billing"
+    TECHNICAL = "technical"
+    SHIPPING = "shipping"
+    PRICING = "pricing"
+    PRIVACY = "privacy"
+    OTHER = "other"
+
+
+# --- support -------------------------------------------------------------
+
+
+class SupportRequest(Message, frozen=True, kw_only=True):
+    """A customer's message to support (the founding article's request).
+
+    Attributes:
+        user_id: Who writes.
+        message: What they write.
+        conversation_id: The conversation it continues; None starts one
+            (the reply's conversation is named after the request).
+    """
+
+    user_id: Id
+    message: Text
+    conversation_id: Id | None = None
+
+
+class SupportResponse(Message, frozen=True, kw_only=True):
+    """Support's answer (the founding article's response).
+
+    Attributes:
+        answer: A concise answer.
+        ticket_id: The ticket opened for this message, if one was.
+        references: Links to the help articles the answer relies on.
+        conversation_id: The conversation to continue.
+        intent: What the message was taken to be about.
+    """
+
+    answer: str
+    ticket_id: str | None
+    references: list[str]
+    conversation_id: str
+    intent: Intent = Intent.OTHER
+
+
+class SupportDecision(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What the model decides for a support message (its first output, validated)."""
+
+    intent: Intent
+    search_kb: bool
+    query: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    open_ticket: bool
+    ticket_summary: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+
+class SupportAnswer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The model's final answer (its second output, validated)."""
+
+    answer: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+
+
+class Turn(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """One exchange kept in conversation memory."""
+
+    user: str
+    agent: str
+    at: float
+
+
+class Memory(msgspec.Struct, kw_only=True):
+    """A conversation's memory in the state store (expires after the memory TTL)."""
+
+    user_id: str
+    turns: list[Turn] = msgspec.field(default_factory=list)
+
+
+class Ticket(msgspec.Struct, frozen=True, kw_only=True):
+    """A support ticket as the state store keeps it."""
+
+    id: str
+    user_id: str
+    summary: str
+    description: str
+    intent: Intent
+    conversation_id: str
+    created_at: float
+    status: str = "open"
+    redacted_at: float | None = None
+
+
+class TicketQuery(Message, frozen=True, kw_only=True):
+    """Look a ticket up by id (its owner only)."""
+
+    user_id: Id
+    ticket_id: Id
+
+
+class TicketView(Message, frozen=True, kw_only=True):
+    """A ticket as its owner sees it."""
+
+    ticket_id: str
+    status: str
+    summary: str
+    description: str
+    intent: Intent
+    created_at: float
+
+
+# --- pricing and orders -------------------------------------------------
+
+
+class PriceRequest(Message, frozen=True, kw_only=True):
+    """Price a contract (the founding article's pricing inputs)."""
+
+    customer_id: Id
+    base_price_usd: Money
+    contract_length_months: Months
+    discount_code: Annotated[str, msgspec.Meta(max_length=40)] = ""
+
+
+class PriceQuote(Message, frozen=True, kw_only=True):
+    """The article's output schema: price, discounts applied, and the model's notes."""
+
+    final_price_usd: Annotated[float, msgspec.Meta(ge=0)]
+    applied_discounts: list[str]
+    notes: str
+
+
+class Destination(msgspec.Struct, frozen=True, kw_only=True):
+    """Where an order ships."""
+
+    country: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")]
+    postcode: Annotated[str, msgspec.Meta(max_length=20)] = ""
+
+
+class OrderRequest(Message, frozen=True, kw_only=True):
+    """Place an order at the quoted price; shipping follows by event."""
+
+    customer_id: Id
+    base_price_usd: Money
+    contract_length_months: Months
+    discount_code: Annotated[str, msgspec.Meta(max_length=40)] = ""
+    weight_kg: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 1.0
+    destination: Destination
+
+
+class OrderConfirmation(Message, frozen=True, kw_only=True):
+    """An order placed (the same one again for a retried request)."""
+
+    order_id: str
+    quote: PriceQuote
+
+
+class Order(msgspec.Struct, frozen=True, kw_only=True):
+    """An order as the state store keeps it."""
+
+    id: str
+    customer_id: str
+    total_usd: float
+    weight_kg: float
+    destination: Destination
+    created_at: float
+
+
+# --- shipping -------------------------------------------------------------
+
+
+class ShipmentQuery(Message, frozen=True, kw_only=True):
+    """Ask how an order ships."""
+
+    order_id: Id
+
+
+class Shipment(Message, frozen=True, kw_only=True):
+    """The carrier chosen for an order."""
+
+    order_id: str
+    carrier: str
+    service: str
+    eta_days: str
+    planned_at: float
+
+
+# --- privacy ----------------------------------------------------------------
+
+
+class EraseUserData(Message, frozen=True, kw_only=True):
+    """Right to be forgotten: erase what is kept about a user."""
+
+    user_id: Id
+
+
+class ErasureReport(Message, frozen=True, kw_only=True):
+    """What an erasure did (`DELETE /v1/users/{user_id}/data`)."""
+
+    conversations: int
+    tickets: int
+    keys_destroyed: int
+
+
+# --- domain events (JetStream, <prefix>.evt.<Name>) --------------------------
+
+
+class TicketCreated(Event, frozen=True, kw_only=True):
+    """A ticket was opened (carries no personal data: analytics read it)."""
+
+    ticket_id: str
+    intent: Intent
+    conversation_id: str
+
+
+class KBLookupPerformed(Event, frozen=True, kw_only=True):
+    """The knowledge base was searched for a support message."""
+
+    query: str
+    results: list[str]
+    conversation_id: str
+
+
+class OrderCreated(Event, frozen=True, kw_only=True):
+    """An order was placed; shipping picks a carrier."""
+
+    order_id: str
+    customer_id: str
+    total_usd: float
+    weight_kg: float
+    destination: Destination
+
+
+class InvoiceValidated(Event, frozen=True, kw_only=True):
+    """An order's invoice amount passed the pricing rules."""
+
+    order_id: str
+    amount_usd: float
+    applied_discounts: list[str]
+
+
+class ShipmentPlanned(Event, frozen=True, kw_only=True):
+    """Shipping chose a carrier for an order."""
+
+    order_id: str
+    carrier: str
+    service: str
+    eta_days: str

@@ -1,0 +1,253 @@
+"""Tools that write the service's records: tickets, orders, shipments, erasure.
+
+Every record is created with compare-and-set under an id derived from the
+tool call's idempotency key, so a retried request (same message id) finds
+the record it made the first time instead of making a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Final
+
+import msgspec
+
+from actors._audit import DataKeys
+from actors._state import StateStore, state_key
+from actors._tools import ToolCall, tool
+from actors.support._messages import (
+    Destination,
+    ErasureReport,
+    Intent,
+    Order,
+    Shipment,
+    Ticket,
+)
+from messages import Forbidden
+
+ERASED: Final = "[erased]"
+_ID_DIGITS: Final = 12
+
+
+def record_id(prefix: str, call: ToolCall, owner: str) -> str:
+    """A short id that is the same for every retry of the request, per owner.
+
+    The owner is part of it because request ids are chosen by callers and
+    may collide between them.
+    """
+    seed = f"{call.context.metadata.id}|{owner}".encode()
+    return f"{prefix}-{hashlib.sha256(seed).hexdigest()[:_ID_DIGITS].upper()}"
+
+
+def ticket_key(ticket_id: str) -> str:
+    """Where a ticket is stored."""
+    return state_key("ticket", ticket_id)
+
+
+def memory_prefix(user_id: str) -> str:
+    """Where a user's conversation memories are stored (`<prefix>.<conversation>`)."""
+    return state_key("mem", user_id)
+
+
+def _user_tickets(user_id: str) -> str:
+    return state_key("tickets", user_id)
+
+
+# --- tickets ---------------------------------------------------------------
+
+
+class NewTicket(msgspec.Struct, frozen=True, kw_only=True):
+    """Arguments of `tickets.create`."""
+
+    user_id: str
+    summary: str
+    description: str
+    intent: Intent
+    conversation_id: str
+
+
+class TicketRef(msgspec.Struct, frozen=True, kw_only=True):
+    """Result of `tickets.create`: the ticket, and whether this call opened it."""
+
+    ticket_id: str
+    created: bool
+
+
+class TicketLookup(msgspec.Struct, frozen=True, kw_only=True):
+    """Arguments of `tickets.get`."""
+
+    user_id: str
+    ticket_id: str
+
+
+class MaybeTicket(msgspec.Struct, frozen=True, kw_only=True):
+    """Result of `tickets.get`: None if there is no such ticket of that user."""
+
+    ticket: Ticket | None
+
+
+@tool("tickets.create", permission="tickets:write", side_effect=True)
+def create_ticket(args: NewTicket, call: ToolCall) -> TicketRef:
+    """Open a ticket for a user (once per request, however often it is retried)."""
+    # By request and user, not by every argument: a retry whose model wrote
+    # another summary must still find the ticket it opened.
+    ticket_id = record_id("T", call, args.user_id)
+    ticket = Ticket(
+        id=ticket_id,
+        user_id=args.user_id,
+        summary=args.summary,
+        description=args.description,
+        intent=args.intent,
+        conversation_id=args.conversation_id,
+        created_at=time.time(),
+    )
+    created = call.state.compare_and_set(
+        ticket_key(ticket_id), None, msgspec.msgpack.encode(ticket)
+    )
+    # The user's index lets erasure find the ticket without a scan of them all.
+    call.state.put(state_key("tickets", args.user_id, ticket_id), b"")
+    return TicketRef(ticket_id=ticket_id, created=created)
+
+
+@tool("tickets.get", permission="tickets:read")
+def get_ticket(args: TicketLookup, call: ToolCall) -> MaybeTicket:
+    """A user's own ticket by id."""
+    raw = call.state.get(ticket_key(args.ticket_id))
+    ticket = None if raw is None else msgspec.msgpack.decode(raw, type=Ticket)
+    if ticket is not None and ticket.user_id != args.user_id:
+        ticket = None  # someone else's ticket is as good as absent
+    return MaybeTicket(ticket=ticket)
+
+
+# --- orders and shipments ------------------------------------------------------
+
+
+class NewOrder(msgspec.Struct, frozen=True, kw_only=True):
+    """Arguments of `orders.create`."""
+
+    customer_id: str
+    total_usd: float
+    weight_kg: float
+    destination: Destination
+
+
+@tool("orders.create", permission="orders:write", side_effect=True)
+def create_order(args: NewOrder, call: ToolCall) -> Order:
+    """Record an order at a price the pricing rules produced."""
+    order = Order(
+        id=record_id("O", call, args.customer_id),
+        customer_id=args.customer_id,
+        total_usd=args.total_usd,
+        weight_kg=args.weight_kg,
+        destination=args.destination,
+        created_at=time.time(),
+    )
+    key = state_key("order", order.id)
+    if not call.state.compare_and_set(key, None, msgspec.msgpack.encode(order)):
+        return msgspec.msgpack.decode(call.state.get(key) or b"", type=Order)
+    return order
+
+
+class ShipmentPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """Arguments of `shipments.plan`."""
+
+    order_id: str
+    carrier: str
+    service: str
+    eta_days: str
+
+
+class OrderLookup(msgspec.Struct, frozen=True, kw_only=True):
+    """Arguments of `shipments.get`."""
+
+    order_id: str
+
+
+class MaybeShipment(msgspec.Struct, frozen=True, kw_only=True):
+    """Result of `shipments.get`."""
+
+    shipment: Shipment | None
+
+
+def shipment_key(order_id: str) -> str:
+    """Where an order's shipment is stored."""
+    return state_key("shipment", order_id)
+
+
+@tool("shipments.plan", permission="shipments:write", side_effect=True)
+def plan_shipment(args: ShipmentPlan, call: ToolCall) -> Shipment:
+    """Book the carrier for an order (the first plan for an order stands)."""
+    shipment = Shipment(
+        order_id=args.order_id,
+        carrier=args.carrier,
+        service=args.service,
+        eta_days=args.eta_days,
+        planned_at=time.time(),
+    )
+    key = shipment_key(args.order_id)
+    if not call.state.compare_and_set(key, None, msgspec.msgpack.encode(shipment)):
+        return msgspec.msgpack.decode(call.state.get(key) or b"", type=Shipment)
+    return shipment
+
+
+@tool("shipments.get", permission="shipments:read")
+def get_shipment(args: OrderLookup, call: ToolCall) -> MaybeShipment:
+    """An order's shipment, if one is planned."""
+    raw = call.state.get(shipment_key(args.order_id))
+    return MaybeShipment(
+        shipment=None if raw is None else msgspec.msgpack.decode(raw, type=Shipment)
+    )
+
+
+# --- erasure -----------------------------------------------------------------
+
+
+class Erase(msgspec.Struct, frozen=True, kw_only=True):
+    """Arguments of `privacy.erase`."""
+
+    user_id: str
+
+
+class Erased(msgspec.Struct, frozen=True, kw_only=True):
+    """Result of `privacy.erase`."""
+
+    report: ErasureReport
+    key_ids: list[str]
+
+
+@tool("privacy.erase", permission="privacy:erase")
+def erase_user(args: Erase, call: ToolCall) -> Erased:
+    """Delete a user's conversation memory, redact their tickets, destroy their data key.
+
+    Safe to repeat: a second erasure finds nothing more to do.
+    """
+    state = call.state
+    if not args.user_id:
+        msg = "erasure needs a user id"
+        raise Forbidden(msg)
+    memories = state.scan(memory_prefix(args.user_id))
+    for key in memories:
+        state.delete(key)
+    tickets = 0
+    for index in state.scan(_user_tickets(args.user_id)):
+        tickets += _redact_ticket(state, index.rsplit(".", 1)[-1])
+        state.delete(index)
+    key_ids = DataKeys(state).destroy(args.user_id)
+    report = ErasureReport(
+        conversations=len(memories), tickets=tickets, keys_destroyed=len(key_ids)
+    )
+    return Erased(report=report, key_ids=key_ids)
+
+
+def _redact_ticket(state: StateStore, ticket_id: str) -> int:
+    key = ticket_key(ticket_id)
+    raw = state.get(key)
+    if raw is None:
+        return 0
+    ticket = msgspec.msgpack.decode(raw, type=Ticket)
+    redacted = msgspec.structs.replace(
+        ticket, user_id=ERASED, summary=ERASED, description=ERASED, redacted_at=time.time()
+    )
+    state.put(key, msgspec.msgpack.encode(redacted))
+    return 1

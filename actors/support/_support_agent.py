@@ -1,0 +1,208 @@
+"""SupportAgent: reads intent, searches the knowledge base, opens tickets, answers."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+
+from actors._agent import Agent, handler
+from actors._context import Context
+from actors._state import state_key
+from actors.support._guardrails import OutputPolicy, PolicyRule, decode_with_repair
+from actors.support._kb import Search, search_kb
+from actors.support._messages import (
+    KBLookupPerformed,
+    Memory,
+    SupportAnswer,
+    SupportDecision,
+    SupportRequest,
+    SupportResponse,
+    TicketCreated,
+    TicketQuery,
+    TicketView,
+    Turn,
+)
+from actors.support._prompts import SUPPORT_ANSWER, SUPPORT_DECIDE
+from actors.support._records import (
+    NewTicket,
+    TicketLookup,
+    create_ticket,
+    get_ticket,
+    memory_prefix,
+)
+from messages import GenerateRequest, NotFound, Sampling
+
+if TYPE_CHECKING:
+    from actors._runtime import Runtime
+
+_SEED_MASK: Final = 0x7FFFFFFF
+_TURN_CHARS: Final = 300
+
+
+class SupportOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[[pools]] options` of the support agent.
+
+    Attributes:
+        tier: The model tier to ask first (a smaller one may answer under load).
+        max_tokens: Most tokens per model output.
+        temperature: Sampling temperature (each request is seeded by its id,
+            so a retry decides the same way).
+        memory_ttl: Seconds a conversation is remembered after its last message.
+        memory_turns: Exchanges of the conversation shown to the model.
+        policy: Output policy rules (None: the built-in ones).
+    """
+
+    tier: str | None = None
+    max_tokens: int = 256
+    temperature: float = 0.2
+    memory_ttl: float = 7 * 24 * 3600.0
+    memory_turns: int = 6
+    policy: list[PolicyRule] | None = None
+
+
+class SupportAgent(Agent):
+    """The founding article's support agent, on the framework's guardrails.
+
+    For each message: the model decides (intent, search, ticket) from a
+    fenced prompt; the runtime checks each tool call; the model answers from
+    what the tools found; the answer passes the output policy; the exchange
+    joins the conversation's memory in the state store.
+    """
+
+    agent_type = "support"
+    permissions = frozenset({"kb:read", "tickets:write", "tickets:read"})
+    options_type = SupportOptions
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        instance: str | None = None,
+        options: SupportOptions | None = None,
+    ) -> None:
+        super().__init__(runtime, instance=instance)
+        self.options = options or SupportOptions()
+        rules = self.options.policy
+        self.policy = OutputPolicy() if rules is None else OutputPolicy(rules)
+
+    @handler
+    def support(self, msg: SupportRequest, ctx: Context) -> SupportResponse:
+        """Answer a customer's message, with references and a ticket when one is needed."""
+        conversation = msg.conversation_id or ctx.metadata.id
+        ctx.on_behalf_of(msg.user_id, conversation)
+        memory_key = state_key(memory_prefix(msg.user_id), conversation)
+        memory = self._memory(ctx, memory_key, msg.user_id)
+        decision = decode_with_repair(
+            self._generator(ctx),
+            SUPPORT_DECIDE.render(history=self._history(memory), message=msg.message),
+            SupportDecision,
+            task=SUPPORT_DECIDE,
+        )
+        references: list[str] = []
+        titles: list[str] = []
+        if decision.search_kb:
+            query = decision.query or msg.message
+            hits = ctx.use(search_kb, Search(query=query)).hits
+            references, titles = [h.url for h in hits], [h.title for h in hits]
+            ctx.publish(
+                KBLookupPerformed(query=query, results=references, conversation_id=conversation)
+            )
+        ticket_id = None
+        if decision.open_ticket:
+            ticket_id = self._open_ticket(ctx, msg, decision, conversation)
+        answer = decode_with_repair(
+            self._generator(ctx),
+            SUPPORT_ANSWER.render(
+                articles="; ".join(titles) or "none",
+                intent=decision.intent,
+                ticket=ticket_id or "none",
+                message=msg.message,
+            ),
+            SupportAnswer,
+            task=SUPPORT_ANSWER,
+        )
+        text = self.policy.apply(answer.answer).text
+        memory.turns.append(Turn(user=msg.message[:_TURN_CHARS], agent=text, at=time.time()))
+        del memory.turns[: -self.options.memory_turns or None]
+        ctx.state.put(memory_key, msgspec.msgpack.encode(memory), ttl=self.options.memory_ttl)
+        return SupportResponse(
+            answer=text,
+            ticket_id=ticket_id,
+            references=references,
+            conversation_id=conversation,
+            intent=decision.intent,
+        )
+
+    @handler
+    def ticket(self, msg: TicketQuery, ctx: Context) -> TicketView:
+        """A customer's own ticket."""
+        found = ctx.use(get_ticket, TicketLookup(user_id=msg.user_id, ticket_id=msg.ticket_id))
+        if found.ticket is None:
+            message = f"no ticket {msg.ticket_id} for this user"
+            raise NotFound(message)
+        t = found.ticket
+        return TicketView(
+            ticket_id=t.id,
+            status=t.status,
+            summary=t.summary,
+            description=t.description,
+            intent=t.intent,
+            created_at=t.created_at,
+        )
+
+    def _open_ticket(
+        self, ctx: Context, msg: SupportRequest, decision: SupportDecision, conversation: str
+    ) -> str:
+        ref = ctx.use(
+            create_ticket,
+            NewTicket(
+                user_id=msg.user_id,
+                summary=decision.ticket_summary or f"{decision.intent} request",
+                description=msg.message,
+                intent=decision.intent,
+                conversation_id=conversation,
+            ),
+        )
+        # Published on every attempt under the ticket's id: a retry after a
+        # crash between the ticket and its event still publishes it, once.
+        ctx.publish(
+            TicketCreated(
+                ticket_id=ref.ticket_id, intent=decision.intent, conversation_id=conversation
+            ),
+            message_id=f"TicketCreated.{ref.ticket_id}",
+        )
+        return ref.ticket_id
+
+    def _memory(self, ctx: Context, key: str, user_id: str) -> Memory:
+        raw = ctx.state.get(key)
+        if raw is None:
+            return Memory(user_id=user_id)
+        return msgspec.msgpack.decode(raw, type=Memory)
+
+    def _history(self, memory: Memory) -> str:
+        turns = memory.turns[-self.options.memory_turns :] if self.options.memory_turns else []
+        return " | ".join(f"customer: {t.user} / agent: {t.agent}" for t in turns) or "none"
+
+    def _generator(self, ctx: Context) -> _Generate:
+        return _Generate(ctx, self.options)
+
+
+class _Generate:
+    """Prompt -> text through the pool, seeded by the request so retries decide alike."""
+
+    def __init__(self, ctx: Context, options: SupportOptions) -> None:
+        self.ctx = ctx
+        self.options = options
+
+    def __call__(self, prompt: str) -> str:
+        request = GenerateRequest(
+            prompt=prompt,
+            max_tokens=self.options.max_tokens,
+            sampling=Sampling(temperature=self.options.temperature),
+            seed=zlib.crc32(self.ctx.metadata.id.encode()) & _SEED_MASK,
+            tier=self.options.tier,
+        )
+        return self.ctx.generate(request).text

@@ -1,0 +1,145 @@
+"""The audit log: an append-only JetStream stream that denies delete and purge.
+
+Records (`messages.AuditRecord`) go to `<prefix>.audit.generation` and
+`<prefix>.audit.erasure`, deduplicated by the record's request id. Nothing
+can remove them short of deleting the stream itself; personal data in them
+is sealed per user (`actors.DataKeys`), so erasure destroys keys, not records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any, Final
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import DeliverPolicy, StreamConfig
+
+from bridges._connect import open_connection
+from messages import AuditRecord, GenerationAudited, Unavailable, decode, encode
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+
+    from bridges._loop import IoLoop
+    from config import NatsSettings, StateSettings
+
+_STREAM_IN_USE: Final = 10058
+_READ_WAIT: Final = 1.0
+
+
+class JetStreamAudit:
+    """The audit stream, on a connection of its own."""
+
+    def __init__(self, nc: Client, *, stream: str, prefix: str, url: str, timeout: float) -> None:
+        self._nc = nc
+        self._js = nc.jetstream(timeout=timeout)
+        self.stream = stream
+        self.prefix = prefix
+        self.url = url
+
+    @classmethod
+    async def open(
+        cls, url: str, settings: StateSettings, nats_settings: NatsSettings, *, name: str
+    ) -> JetStreamAudit:
+        """Connect and create (or update) the stream.
+
+        Raises:
+            Unavailable: If no server answers or the stream cannot be made.
+        """
+        nc = await open_connection(url, name=name, settings=nats_settings)
+        log = cls(
+            nc,
+            stream=settings.audit_stream,
+            prefix=nats_settings.prefix,
+            url=url,
+            timeout=settings.timeout,
+        )
+        config = StreamConfig(
+            name=settings.audit_stream,
+            subjects=[f"{nats_settings.prefix}.audit.>"],
+            num_replicas=settings.replicas,
+            deny_delete=True,
+            deny_purge=True,
+        )
+        try:
+            try:
+                await log._js.add_stream(config)
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != _STREAM_IN_USE:
+                    raise
+                await log._js.update_stream(config)
+        except (TimeoutError, nats.errors.Error) as exc:
+            await nc.close()
+            msg = f"cannot open the audit stream {settings.audit_stream} at {url}: {exc!r}"
+            raise Unavailable(msg) from exc
+        return log
+
+    def subject(self, record: AuditRecord) -> str:
+        """Where a record goes."""
+        kind = "generation" if isinstance(record, GenerationAudited) else "erasure"
+        return f"{self.prefix}.audit.{kind}"
+
+    async def append(self, record: AuditRecord) -> None:
+        """Store `record` (a record appended twice is stored once)."""
+        if not self._nc.is_connected:
+            msg = f"the audit stream {self.stream} is unreachable: NATS is disconnected"
+            raise Unavailable(msg)
+        await self._js.publish(
+            self.subject(record), encode(record), headers={"Nats-Msg-Id": record.request_id}
+        )
+
+    async def records(self) -> AsyncIterator[AuditRecord]:
+        """Every record stored now, oldest first."""
+        sub = await self._js.subscribe(
+            f"{self.prefix}.audit.>",
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=_READ_WAIT)
+                except nats.errors.TimeoutError:
+                    return
+                yield decode(msg.data, AuditRecord)  # type: ignore[arg-type]
+                if msg.metadata.num_pending == 0:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self._nc.close()
+
+    def describe(self) -> str:
+        """The stream and its connection."""
+        state = "connected" if self._nc.is_connected else "disconnected"
+        return f"audit stream {self.stream} at {self.url}, {state}"
+
+
+class LoopAudit:
+    """`actors.AuditLog` for actor threads over a `JetStreamAudit` on the loop."""
+
+    def __init__(self, io: IoLoop, log: JetStreamAudit, *, timeout: float) -> None:
+        self.io = io
+        self.log = log
+        self.timeout = timeout
+
+    def append(self, record: AuditRecord) -> None:
+        """Store `record`; return once stored.
+
+        Raises:
+            Unavailable: If it is not stored within the timeout.
+        """
+        self._run(self.log.append(record))
+
+    def _run(self, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            self.io.run(coro, timeout=self.timeout)
+        except TimeoutError as exc:
+            msg = f"audit record not stored within {self.timeout} s"
+            raise Unavailable(msg) from exc
+        except (OSError, RuntimeError, nats.errors.Error) as exc:
+            msg = f"audit record not stored: {exc!r}"
+            raise Unavailable(msg) from exc
