@@ -14,6 +14,7 @@ import msgspec
 import config
 from actors import tracing_from_settings
 from bridges._app import build_node, import_agent
+from bridges._cli_client import add_client_commands, audit, default_url, print_tree, send, status
 from bridges._loop import run_async
 from bridges._model_worker import serve_worker
 from messages import ActorfleetError, ConfigError, StartFailed, Unavailable
@@ -47,17 +48,45 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--log-level", default="INFO")
     show = commands.add_parser("config", help="print the effective configuration as JSON")
     show.add_argument("--config", help="TOML file (default: the embedded config/default.toml)")
+    add_client_commands(commands)
     return parser
 
 
-def _print_tree(tree: SupervisorStatistics, indent: str = "") -> None:
-    print(f"{indent}{tree.name} [{tree.strategy}] {tree.status}")
+def _describe(settings: config.Settings, tree: SupervisorStatistics, types: list[str]) -> None:
+    """Where the node serves, and what answers for the model."""
+    http = _child_detail(tree, "http")
+    if http is not None:
+        # "serving <url>" or "serving <url>, health on <url>"
+        urls = [part.split()[-1] for part in http.split(", health on ")]
+        api, health = urls[0], urls[-1]
+        paths = "{" + ",".join(types) + "}" if len(types) > 1 else "".join(types)
+        print(f"  API      POST {api}/v1/agents/{paths}")
+        print(f"  OpenAPI  {api}/schema")
+        print(f"  health   {health}/healthz  (/livez, /readyz)")
+        print(f"  metrics  {health}/metrics")
+    for child_id, label in (("nats", "NATS"), ("state", "state"), ("audit", "audit")):
+        detail = _child_detail(tree, child_id)
+        if detail is not None:
+            print(f"  {label:<8} {detail}")
+    if settings.state.backend == "memory":
+        print("  state    in this process's memory (lost when it stops)")
+    for tier in settings.inference.tiers:
+        backend = tier.backend
+        kind = backend.__struct_config__.tag
+        model = getattr(backend, "model", "") or getattr(backend, "model_dir", "")
+        note = " (rule-driven replies, no model)" if kind == "scripted" else ""
+        print(f"  backend  tier {tier.name}: {kind} {model}{note}")
+
+
+def _child_detail(tree: SupervisorStatistics, child_id: str) -> str | None:
     for child in tree.children:
         if child.supervisor is not None:
-            _print_tree(child.supervisor, indent + "  ")
-        else:
-            detail = f": {child.detail}" if child.detail else ""
-            print(f"{indent}  {child.id} ({child.kind}, {child.restart}) {child.status}{detail}")
+            found = _child_detail(child.supervisor, child_id)
+            if found is not None:
+                return found
+        elif child.id == child_id and child.detail:
+            return child.detail
+    return None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -70,11 +99,14 @@ def _run(args: argparse.Namespace) -> int:
     node = build_node(settings)
 
     def ready(root: Supervisor) -> None:
-        types = ", ".join(
-            sorted({import_agent(p.agent, key="").agent_type for p in settings.pools})
+        types = list(
+            dict.fromkeys(import_agent(p.agent, key="").agent_type for p in settings.pools)
         )
-        print(f"actorfleet node {node.runtime.node} running; agent types: {types or 'none'}")
-        _print_tree(root.statistics())
+        tree = root.statistics()
+        served = ", ".join(types) or "none"
+        print(f"actorfleet node {node.runtime.node} running; agent types: {served}")
+        _describe(settings, tree, types)
+        print_tree(tree)
         print("ready", flush=True)
         if args.duration is not None:
             timer = threading.Timer(args.duration, node.stop)
@@ -114,7 +146,7 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit per command
     """Entry point of the `actorfleet` console script."""
     args = _parser().parse_args(argv)
     try:
@@ -124,6 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "worker":
             return _worker(args)
+        if args.command in {"status", "send"}:
+            url = args.url or default_url(config.load(args.config))
+            return status(url) if args.command == "status" else send(args, url)
+        if args.command == "audit":
+            return audit(args, config.load(args.config))
         return _run(args)
     except StartFailed as exc:
         print(f"actorfleet: {exc}", file=sys.stderr)

@@ -61,7 +61,7 @@ from actors.support._records import (
     get_ticket,
     plan_shipment,
 )
-from actors.support._support_agent import SupportAgent, SupportOptions
+from actors.support._support_agent import SupportAgent, SupportOptions, TicketsAgent
 
 __all__ = [
     "PRICING_EXPLAIN",
@@ -99,6 +99,7 @@ __all__ = [
     "TicketCreated",
     "TicketQuery",
     "TicketView",
+    "TicketsAgent",
     "choose_carrier",
     "create_order",
     "create_ticket",

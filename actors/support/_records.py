@@ -50,6 +50,11 @@ def memory_prefix(user_id: str) -> str:
     return state_key("mem", user_id)
 
 
+def memory_key(user_id: str, conversation_id: str) -> str:
+    """Where one conversation's memory is stored."""
+    return state_key("mem", user_id, conversation_id)
+
+
 def _user_tickets(user_id: str) -> str:
     return state_key("tickets", user_id)
 

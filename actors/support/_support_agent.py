@@ -10,7 +10,6 @@ import msgspec
 
 from actors._agent import Agent, handler
 from actors._context import Context
-from actors._state import state_key
 from actors.support._guardrails import OutputPolicy, PolicyRule, decode_with_repair
 from actors.support._kb import Search, search_kb
 from actors.support._messages import (
@@ -31,7 +30,7 @@ from actors.support._records import (
     TicketLookup,
     create_ticket,
     get_ticket,
-    memory_prefix,
+    memory_key,
 )
 from messages import GenerateRequest, NotFound, Sampling
 
@@ -73,7 +72,7 @@ class SupportAgent(Agent):
     """
 
     agent_type = "support"
-    permissions = frozenset({"kb:read", "tickets:write", "tickets:read"})
+    permissions = frozenset({"kb:read", "tickets:write"})
     options_type = SupportOptions
 
     def __init__(
@@ -93,8 +92,8 @@ class SupportAgent(Agent):
         """Answer a customer's message, with references and a ticket when one is needed."""
         conversation = msg.conversation_id or ctx.metadata.id
         ctx.on_behalf_of(msg.user_id, conversation)
-        memory_key = state_key(memory_prefix(msg.user_id), conversation)
-        memory = self._memory(ctx, memory_key, msg.user_id)
+        remembered = memory_key(msg.user_id, conversation)
+        memory = self._memory(ctx, remembered, msg.user_id)
         decision = decode_with_repair(
             self._generator(ctx),
             SUPPORT_DECIDE.render(history=self._history(memory), message=msg.message),
@@ -127,30 +126,13 @@ class SupportAgent(Agent):
         text = self.policy.apply(answer.answer).text
         memory.turns.append(Turn(user=msg.message[:_TURN_CHARS], agent=text, at=time.time()))
         del memory.turns[: -self.options.memory_turns or None]
-        ctx.state.put(memory_key, msgspec.msgpack.encode(memory), ttl=self.options.memory_ttl)
+        ctx.state.put(remembered, msgspec.msgpack.encode(memory), ttl=self.options.memory_ttl)
         return SupportResponse(
             answer=text,
             ticket_id=ticket_id,
             references=references,
             conversation_id=conversation,
             intent=decision.intent,
-        )
-
-    @handler
-    def ticket(self, msg: TicketQuery, ctx: Context) -> TicketView:
-        """A customer's own ticket."""
-        found = ctx.use(get_ticket, TicketLookup(user_id=msg.user_id, ticket_id=msg.ticket_id))
-        if found.ticket is None:
-            message = f"no ticket {msg.ticket_id} for this user"
-            raise NotFound(message)
-        t = found.ticket
-        return TicketView(
-            ticket_id=t.id,
-            status=t.status,
-            summary=t.summary,
-            description=t.description,
-            intent=t.intent,
-            created_at=t.created_at,
         )
 
     def _open_ticket(
@@ -206,3 +188,27 @@ class _Generate:
             tier=self.options.tier,
         )
         return self.ctx.generate(request).text
+
+
+class TicketsAgent(Agent):
+    """Shows customers their own tickets (read-only)."""
+
+    agent_type = "tickets"
+    permissions = frozenset({"tickets:read"})
+
+    @handler
+    def ticket(self, msg: TicketQuery, ctx: Context) -> TicketView:
+        """A customer's own ticket; another user's ticket is not found."""
+        found = ctx.use(get_ticket, TicketLookup(user_id=msg.user_id, ticket_id=msg.ticket_id))
+        if found.ticket is None:
+            message = f"no ticket {msg.ticket_id} for this user"
+            raise NotFound(message)
+        t = found.ticket
+        return TicketView(
+            ticket_id=t.id,
+            status=t.status,
+            summary=t.summary,
+            description=t.description,
+            intent=t.intent,
+            created_at=t.created_at,
+        )

@@ -13,6 +13,7 @@ def test_the_embedded_defaults_run_the_support_service_on_kv_state() -> None:
     assert settings.agents.ask_timeout == 30.0
     assert [p.agent for p in settings.pools] == [
         "actors.support:SupportAgent",
+        "actors.support:TicketsAgent",
         "actors.support:PricingAgent",
         "actors.support:ShippingAgent",
         "actors.support:PrivacyAgent",
@@ -35,7 +36,7 @@ def test_naming_a_redis_url_selects_the_redis_state_backend() -> None:
 def test_kv_state_without_nats_is_refused_at_load(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
     path.write_text('[nats]\nenabled = false\n[state]\nbackend = "kv"\n')
-    with pytest.raises(ConfigError, match="state.backend"):
+    with pytest.raises(ConfigError, match=r"state\.backend"):
         config.load(path, env={})
 
 
