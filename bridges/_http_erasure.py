@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from litestar import Request, delete
+from litestar.params import FromPath
 
 from bridges._problems import PROBLEMS
 from bridges._serving import request_types
@@ -34,7 +35,7 @@ def erasure_route(bridge: HttpBridge, agents: Sequence[type[Agent]]) -> Any | No
 
 
 def _route(bridge: HttpBridge, agent_type: str, request_type: type[Message]) -> Any:
-    async def erase(request: Request[Any, Any, Any], user_id: str) -> Any:
+    async def erase(request: Request[Any, Any, Any], user_id: FromPath[str]) -> Any:
         try:
             message = msgspec.convert({"user_id": user_id}, request_type)
         except msgspec.ValidationError as exc:

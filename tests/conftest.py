@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from actors import AgentDefaults, Runtime
+from bridges import IoLoop, NatsServer
 from messages import SupervisionEvent
 
 WAIT = 5.0
@@ -44,6 +45,23 @@ class EventRecorder:
     def of(self, event_type: type) -> list[SupervisionEvent]:
         with self._cond:
             return [e for e in self.events if isinstance(e, event_type)]
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    """A fresh nats-server with JetStream on a free loopback port."""
+    server = NatsServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def io() -> Iterator[IoLoop]:
+    loop = IoLoop(name="test-io").start()
+    yield loop
+    loop.stop()
 
 
 @pytest.fixture

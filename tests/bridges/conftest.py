@@ -23,23 +23,6 @@ BridgeFactory = Callable[..., NatsBridge]
 
 
 @pytest.fixture
-def nats_server() -> Iterator[NatsServer]:
-    """A fresh nats-server with JetStream on a free loopback port."""
-    server = NatsServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def io() -> Iterator[IoLoop]:
-    loop = IoLoop(name="test-io").start()
-    yield loop
-    loop.stop()
-
-
-@pytest.fixture
 def connect(nats_server: NatsServer, io: IoLoop) -> Iterator[BridgeFactory]:
     """Start a bridge for a runtime (serving `agents`); all are closed after the test."""
     started: list[NatsBridge] = []

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import tomllib
 import uuid
-from typing import Any
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+from nats.js.api import DeliverPolicy
 
 import config
+from bridges._loop import run_async
 from config import Settings
+from messages import decode
+
+T = TypeVar("T")
 
 
 def support_settings(
@@ -24,3 +32,26 @@ def support_settings(
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
     return config.decode(raw)
+
+
+async def _stored(url: str, subject: str) -> list[bytes]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+        found = []
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except nats.errors.TimeoutError:
+                return found
+            found.append(msg.data)
+            if msg.metadata.num_pending == 0:
+                return found
+    finally:
+        await nc.close()
+
+
+def stored(url: str, subject: str, message_type: type[T]) -> list[T]:
+    """Every message stored on a JetStream subject now, decoded."""
+    return [decode(data, message_type) for data in run_async(_stored(url, subject))]

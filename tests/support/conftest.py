@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from bridges import NatsServer
+from bridges._app import build_node
+from supervisors import Node
+from tests.bridges.http_agents import base_url
+from tests.conftest import WAIT, redis_url
+from tests.support.service import support_settings
+
+Service = tuple[Node, httpx.Client]
+
+
+@pytest.fixture
+def start_service(nats_server: NatsServer) -> Iterator[Callable[..., Service]]:
+    """Start the reference service's node (embedded defaults) on the test NATS."""
+    started: list[Service] = []
+
+    prefix = f"af-test-{nats_server.port}:"
+    used_redis = False
+
+    def start(*, state: str = "kv", **sections: Any) -> Service:
+        nonlocal used_redis
+        used_redis = used_redis or state == "redis"
+        extra = {"redis_url": redis_url(), "redis_prefix": prefix} if state == "redis" else {}
+        settings = support_settings(nats_server.url, state={"backend": state, **extra}, **sections)
+        node = build_node(settings)
+        node.start()
+        client = httpx.Client(base_url=base_url(node), timeout=WAIT)
+        started.append((node, client))
+        return node, client
+
+    yield start
+    for node, client in started:
+        client.close()
+        node.stop()
+        assert node.run(handle_signals=False) == 0
+    if used_redis:
+        client = redis.Redis.from_url(redis_url())
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+        client.close()
+
+
+@pytest.fixture(params=["kv", "redis"])
+def service(request: pytest.FixtureRequest, start_service: Callable[..., Service]) -> Service:
+    """The service with its state on JetStream KV, then on Redis."""
+    return start_service(state=request.param)
