@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bridges import build_node, free_port, import_agent
+from bridges._cli import main
 from config import decode
 from messages import ConfigError, Ping, Pong
 
@@ -66,18 +68,48 @@ def test_a_pool_naming_a_non_agent_is_a_config_error() -> None:
 
 
 @pytest.mark.slow
-def test_actorfleet_run_prints_its_tree_and_exits_zero_on_sigterm() -> None:
+def test_actorfleet_run_serves_the_support_service_that_send_and_status_reach(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     proc = _start("run")
     try:
         lines = _wait_ready(proc)
-        assert any("agents.ping" in line for line in lines)
+        assert any("agents.support" in line for line in lines)
         assert any("nats-server (process" in line for line in lines)
-        assert any("serving http://127.0.0.1:" in line for line in lines)
+        assert any("JetStream KV AF_STATE" in line for line in lines)
+        assert any("backend  tier large: scripted scripted-large" in line for line in lines)
+        [api] = [line.split()[2] for line in lines if line.strip().startswith("API ")]
+        url = api.split("/v1/")[0]
+        assert any(line.strip() == f"OpenAPI  {url}/schema" for line in lines)
+        assert any(line.strip().startswith(f"metrics  {url}/metrics") for line in lines)
+        capsys.readouterr()
+
+        body = '{"user_id": "u1", "message": "My router arrived broken"}'
+        assert main(["send", "support", body, "--url", url, "--request-id", "cli-1"]) == 0
+        reply = json.loads(capsys.readouterr().out)
+        assert reply["ticket_id"].startswith("T-")
+        assert main(["send", "support", '{"user_id": 1}', "--url", url]) == 1
+        assert '"status": 422' in capsys.readouterr().err
+        assert main(["status", "--url", url]) == 0
+        status = capsys.readouterr().out
+        assert f"{url}: pass" in status
+        assert "agents.support [one_for_one] running" in status
+
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_status_of_a_node_that_is_not_there_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--url", f"http://127.0.0.1:{free_port()}"]) == 1
+    assert "no node answers" in capsys.readouterr().err
+
+
+def test_send_refuses_a_body_that_is_not_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["send", "support", "{nope", "--url", "http://127.0.0.1:1"]) == 2
+    assert "not JSON" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from httpx_sse import connect_sse
 
 from actors import Runtime
 from bridges import NatsServer, build_node
+from bridges._cli import main
 from config import decode
 from tests.bridges.http_agents import Story, StoryAgent, StoryPart, Tell, base_url
 from tests.conftest import WAIT
@@ -92,3 +94,16 @@ def test_streamed_replies_cross_nats(
     assert [data["text"] for _, data in events[:3]] == PARTS
     assert chunks == [StoryPart(index=0, text="part 0 "), StoryPart(index=1, text="part 1 ")]
     assert final == Story(text="part 0 part 1 ", streamed=True)
+
+
+def test_actorfleet_send_stream_prints_chunks_as_they_arrive(
+    serve: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, client = serve()
+    url = str(client.base_url).rstrip("/")
+    body = '{"parts": 3, "pause": 0}'
+    assert main(["send", "story", body, "--stream", "--url", url]) == 0
+    out = capsys.readouterr().out
+    [first, second, third, *result] = out.splitlines()
+    assert [json.loads(line)["index"] for line in (first, second, third)] == [0, 1, 2]
+    assert json.loads("\n".join(result))["text"] == "part 0 part 1 part 2 "

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 import nats
@@ -24,6 +26,7 @@ from actors.support import (
 )
 from actors.support._records import NewOrder, memory_key
 from bridges import IoLoop, NatsServer
+from bridges._cli import main
 from bridges._loop import run_async
 from messages import AuditRecord, Forbidden, GenerationAudited, Message, UserDataErased
 from tests.conftest import WAIT
@@ -325,3 +328,32 @@ def test_a_support_agent_may_not_call_pricing_write_tools(
         ref.ask(Pricing(customer_id="acme"), timeout=WAIT)
     assert node.runtime.state is not None
     assert node.runtime.state.scan("order") == []
+
+
+def test_the_audit_command_opens_records_until_the_user_is_erased(
+    start_service: Callable[..., Service],
+    nats_server: NatsServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    service = start_service()
+    support(service, BILLING)
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[nats]\nurl = "{nats_server.url}"\n[state]\nbackend = "kv"\naudit_stream = "AF_AUDIT"\n'
+    )
+    capsys.readouterr()
+    assert main(["audit", "--config", str(config), "--last", "2"]) == 0
+    shown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(shown) == 2
+    assert "charged twice" in shown[0]["exchange"]["prompt"]
+    _, client = service
+    assert client.delete("/v1/users/jane/data").status_code == 200
+    assert main(["audit", "--config", str(config), "--last", "3"]) == 0
+    after = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["type"] for r in after] == [
+        "GenerationAudited",
+        "GenerationAudited",
+        "UserDataErased",
+    ]
+    assert after[0]["exchange"].startswith("sealed; its key was destroyed")
