@@ -233,6 +233,8 @@ class Runtime:
         self.audit: AuditLog | None = None
         # Tool permissions per agent type, replacing what agent classes declare.
         self.grants: dict[str, frozenset[str]] = {}
+        # Told of every tool call: (agent type, tool, outcome, seconds).
+        self.tool_observer: Callable[[str, str, str, float], None] | None = None
         self._closers: list[Callable[[], object]] = []
 
     def ref(self, agent_type: str) -> TypeRef:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import time
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,6 +121,23 @@ def call_tool(ctx: Context, used: Tool[A, R], args: A | dict[str, Any], ordinal:
         BadRequest: If the arguments do not fit the tool's argument type.
         InternalError: If the tool returns something not of its result type.
     """
+    started = time.perf_counter()
+    outcome = "ok"
+    try:
+        return _checked_call(ctx, used, args, ordinal)
+    except AgentError as exc:
+        outcome = str(exc.code)
+        raise
+    except Exception:
+        outcome = "crashed"
+        raise
+    finally:
+        observe = ctx.runtime.tool_observer
+        if observe is not None:
+            observe(ctx.agent_type, used.name, outcome, time.perf_counter() - started)
+
+
+def _checked_call(ctx: Context, used: Tool[A, R], args: A | dict[str, Any], ordinal: int) -> R:
     agent = ctx.agent_type
     if used.permission not in ctx.runtime.permissions_of(agent, ctx.agent_permissions):
         msg = f"agent type {agent!r} may not call tool {used.name} (needs {used.permission})"

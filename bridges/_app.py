@@ -281,7 +281,9 @@ def _metrics(
     """The node's metrics; with `[telemetry] metrics` on, also an OpenTelemetry meter."""
     built = meter_from_settings(settings.telemetry, node=runtime.node)
     if built is None:
-        return Metrics()
+        metrics = Metrics()
+        runtime.tool_observer = metrics.observe_tool
+        return metrics
     provider, reader = built
     runtime.metrics_reader = reader
     runtime.add_closer(provider.shutdown)
@@ -294,7 +296,9 @@ def _metrics(
         except (RuntimeError, ActorfleetError):
             return Snapshot(None, pool)  # not started yet, or stopping
 
-    return Metrics(meter=provider.get_meter("actorfleet"), live=live)
+    metrics = Metrics(meter=provider.get_meter("actorfleet"), live=live)
+    runtime.tool_observer = metrics.observe_tool
+    return metrics
 
 
 def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:

@@ -100,6 +100,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.tool_calls = Histogram(
+            "actorfleet_tool_calls_seconds",
+            "Tool calls made by agents, by agent type, tool and outcome.",
+            ("agent_type", "tool", "outcome"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self._live = _Live()
         self.registry.register(self._live)
         self._otel_requests = None
@@ -135,6 +142,10 @@ class Metrics:
             self._otel_requests.record(
                 seconds, {"edge": edge, "agent_type": agent_type, "status": status}
             )
+
+    def observe_tool(self, agent_type: str, tool: str, outcome: str, seconds: float) -> None:
+        """Record one tool call (from the calling agent's thread)."""
+        self.tool_calls.labels(agent_type, tool, outcome).observe(seconds)
 
     def render(self, snapshot: Snapshot) -> bytes:
         """The exposition text, with `snapshot` as the live part (one scrape at a time)."""

@@ -11,6 +11,7 @@ import msgspec
 import nats
 import nats.js.errors
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from actors import Context, DataKeys, handler, state_key, unseal
 from actors.support import (
@@ -357,3 +358,22 @@ def test_the_audit_command_opens_records_until_the_user_is_erased(
         "UserDataErased",
     ]
     assert after[0]["exchange"].startswith("sealed; its key was destroyed")
+
+
+def test_tool_calls_are_counted_in_metrics_with_their_outcome(
+    start_service: Callable[..., Service],
+) -> None:
+    node, client = start_service()
+    support((node, client), BILLING)
+    with pytest.raises(Forbidden):
+        OverreachingSupportAgent.spawn(node.runtime).ask(Pricing(customer_id="a"), timeout=WAIT)
+    families = {
+        (s.labels["agent_type"], s.labels["tool"], s.labels["outcome"]): s.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        if family.name == "actorfleet_tool_calls_seconds"
+        for s in family.samples
+        if s.name.endswith("_count")
+    }
+    assert families[("support", "kb.search", "ok")] == 1
+    assert families[("support", "tickets.create", "ok")] == 1
+    assert families[("support", "orders.create", "forbidden")] == 1
