@@ -29,6 +29,7 @@ from messages import (
     GenerationAudited,
     Metadata,
     SealedExchange,
+    Unavailable,
 )
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ _NONCE: Final = 12
 _KEY_BITS: Final = 256
 _CLAIM_ATTEMPTS: Final = 3
 _exchange_decoder: Final = msgspec.msgpack.Decoder(SealedExchange)
+_key_decoder: Final = msgspec.msgpack.Decoder(tuple[str, bytes])
 
 
 class AuditLog(Protocol):
@@ -61,29 +63,48 @@ class AuditLog(Protocol):
 
 
 class DataKeys:
-    """Per-subject (user) data keys in the state store: `auditkey.user.<subject>` -> id -> key."""
+    """Per-subject (user) data keys in the state store.
 
-    def __init__(self, store: StateStore) -> None:
+    `auditkey.user.<subject>` holds the subject's current key id and key
+    (one read per generation); `auditkey.id.<key id>` holds the key by id,
+    for opening records later. Destroying a subject's key deletes both.
+    """
+
+    def __init__(
+        self, store: StateStore, *, memo: dict[str, tuple[str, bytes]] | None = None
+    ) -> None:
         self.store = store
+        # Keys already read while handling one message (never kept longer:
+        # another node may destroy a key at any time).
+        self.memo = memo
 
     def current(self, subject: str) -> tuple[str, bytes]:
-        """The subject's key id and key, made on first use (one winner among racers)."""
+        """The subject's key id and key, made on first use (one winner among racers).
+
+        Raises:
+            messages.Unavailable: If the store cannot settle a key.
+        """
+        if self.memo is not None and subject in self.memo:
+            return self.memo[subject]
+        held = self._current(subject)
+        if self.memo is not None:
+            self.memo[subject] = held
+        return held
+
+    def _current(self, subject: str) -> tuple[str, bytes]:
         pointer = state_key("auditkey", "user", subject)
         for _ in range(_CLAIM_ATTEMPTS):
-            key_id = self.store.get(pointer)
-            if key_id is not None:
-                secret = self.store.get(state_key("auditkey", "id", key_id.decode()))
-                if secret is not None:
-                    return key_id.decode(), secret
-                self.store.delete(pointer)  # its key was destroyed: start a new one
-                continue
+            held = self.store.get(pointer)
+            if held is not None:
+                key_id, secret = _key_decoder.decode(held)
+                return key_id, secret
             new_id, secret = uuid.uuid4().hex, AESGCM.generate_key(bit_length=_KEY_BITS)
             self.store.put(state_key("auditkey", "id", new_id), secret)
-            if self.store.compare_and_set(pointer, None, new_id.encode()):
+            if self.store.compare_and_set(pointer, None, msgspec.msgpack.encode((new_id, secret))):
                 return new_id, secret
             self.store.delete(state_key("auditkey", "id", new_id))  # another writer won
         msg = f"could not settle a data key for subject {subject!r}"
-        raise RuntimeError(msg)
+        raise Unavailable(msg)
 
     def secret(self, key_id: str) -> bytes | None:
         """The key with this id, or None once it has been destroyed."""
@@ -92,12 +113,13 @@ class DataKeys:
     def destroy(self, subject: str) -> list[str]:
         """Destroy the subject's key; return the ids destroyed."""
         pointer = state_key("auditkey", "user", subject)
-        key_id = self.store.get(pointer)
-        if key_id is None:
+        held = self.store.get(pointer)
+        if held is None:
             return []
-        self.store.delete(state_key("auditkey", "id", key_id.decode()))
+        key_id, _ = _key_decoder.decode(held)
+        self.store.delete(state_key("auditkey", "id", key_id))
         self.store.delete(pointer)
-        return [key_id.decode()]
+        return [key_id]
 
 
 def seal(secret: bytes, exchange: SealedExchange, *, key_id: str) -> bytes:

@@ -44,6 +44,7 @@ class Context:
 
     __slots__ = (
         "_agent",
+        "_data_keys",
         "_published",
         "_reply",
         "_tool_calls",
@@ -58,6 +59,7 @@ class Context:
         self._reply = reply
         self._published: itertools.count[int] | None = None
         self._tool_calls: itertools.count[int] | None = None
+        self._data_keys: dict[str, tuple[str, bytes]] = {}
         self.user_id: str | None = None
         self.conversation_id: str | None = None
 
@@ -217,7 +219,7 @@ class Context:
             return None
         return Auditor(
             runtime.audit,
-            DataKeys(self.state),
+            DataKeys(self.state, memo=self._data_keys),
             node=runtime.node,
             agent=self._agent.name,
             subject=self.user_id if self.user_id is not None else SERVICE_SUBJECT,

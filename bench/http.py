@@ -108,10 +108,12 @@ async def _connection(
     return failures
 
 
-async def _load(url: str, seconds: float, concurrency: int) -> dict[str, float]:
+async def _load(
+    url: str, seconds: float, concurrency: int, payload: object = BODY
+) -> dict[str, float]:
     parts = httpx.URL(url)
     host, port = parts.host, parts.port or 80
-    body = json.dumps(BODY).encode()
+    body = json.dumps(payload).encode()
     request = (
         f"POST {parts.raw_path.decode()} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -135,7 +137,9 @@ async def _load(url: str, seconds: float, concurrency: int) -> dict[str, float]:
     }
 
 
-def load_process(url: str, seconds: float, concurrency: int) -> dict[str, float]:
+def load_process(
+    url: str, seconds: float, concurrency: int, body: object = BODY
+) -> dict[str, float]:
     """One round of load from a separate process."""
     out = subprocess.run(
         [
@@ -147,6 +151,8 @@ def load_process(url: str, seconds: float, concurrency: int) -> dict[str, float]
             str(seconds),
             "--concurrency",
             str(concurrency),
+            "--body",
+            json.dumps(body),
         ],
         capture_output=True,
         text=True,
@@ -161,9 +167,11 @@ def main() -> None:
     parser.add_argument("--load", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=3.0, help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help=argparse.SUPPRESS)
+    parser.add_argument("--body", default=json.dumps(BODY), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
-        figures = uvloop.run(_load(args.load, args.seconds, args.concurrency))
+        body = json.loads(args.body)
+        figures = uvloop.run(_load(args.load, args.seconds, args.concurrency, body))
         print(json.dumps(figures))
         return
     rounds, seconds = (2, 1.5) if args.quick else (5, 3.0)
