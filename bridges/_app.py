@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import msgspec
 
@@ -24,8 +24,8 @@ from bridges._inference_child import (
 from bridges._loop import IoLoop
 from bridges._metrics import Metrics, Snapshot, meter_from_settings
 from bridges._nats import NatsBridge
-from bridges._resource_child import Resource, resource_child
-from bridges._state import AsyncStore, KvStore, LoopStore, RedisStore
+from bridges._resource_child import resource_child
+from bridges._state import KvStore, LoopStore, RedisStore
 from config import ExLlamaV2BackendSettings, PoolSettings, Settings
 from inference import PoolClient, pool_from_settings
 from inference._exllamav2 import check_installed as check_exllamav2_installed
@@ -219,21 +219,18 @@ def _bridges_spec(
 def _state_children(settings: Settings, runtime: Runtime, io: IoLoop, url: str) -> list[ChildSpec]:
     """The networked state store and the audit log, each holding its connection."""
     state, nats_settings = settings.state, settings.nats
+    timeout = state.timeout + nats_settings.connect_timeout
     shutdown = settings.supervision.shutdown_timeout
-    name = f"{runtime.node}-state"
     children = []
     if state.backend != "memory":
 
-        async def open_store() -> AsyncStore:
+        async def open_store() -> KvStore | RedisStore:
             if state.backend == "redis":
                 return await RedisStore.open(state)
-            return await KvStore.open(url, state, nats_settings, name=name)
+            return await KvStore.open(url, state, nats_settings, name=f"{runtime.node}-state")
 
-        def attach_store(store: Resource) -> None:
-            runtime.state = LoopStore(io, cast("AsyncStore", store), timeout=state.timeout)
-
-        def detach_store() -> None:
-            runtime.state = None
+        def use_store(store: KvStore | RedisStore | None) -> None:
+            runtime.state = None if store is None else LoopStore(io, store, timeout=state.timeout)
 
         children.append(
             resource_child(
@@ -241,24 +238,19 @@ def _state_children(settings: Settings, runtime: Runtime, io: IoLoop, url: str) 
                 io,
                 id="state",
                 open_resource=open_store,
-                attach=attach_store,
-                detach=detach_store,
-                timeout=state.timeout + nats_settings.connect_timeout,
+                attach=use_store,
+                timeout=timeout,
                 shutdown=shutdown,
             )
         )
     if state.audit_stream:
 
         async def open_audit() -> JetStreamAudit:
-            return await JetStreamAudit.open(
-                url, state, nats_settings, name=f"{runtime.node}-audit"
-            )
+            name = f"{runtime.node}-audit"
+            return await JetStreamAudit.open(url, state, nats_settings, name=name)
 
-        def attach_audit(log: Resource) -> None:
-            runtime.audit = LoopAudit(io, cast("JetStreamAudit", log), timeout=state.timeout)
-
-        def detach_audit() -> None:
-            runtime.audit = None
+        def use_audit(log: JetStreamAudit | None) -> None:
+            runtime.audit = None if log is None else LoopAudit(io, log, timeout=state.timeout)
 
         children.append(
             resource_child(
@@ -266,9 +258,8 @@ def _state_children(settings: Settings, runtime: Runtime, io: IoLoop, url: str) 
                 io,
                 id="audit",
                 open_resource=open_audit,
-                attach=attach_audit,
-                detach=detach_audit,
-                timeout=state.timeout + nats_settings.connect_timeout,
+                attach=use_audit,
+                timeout=timeout,
                 shutdown=shutdown,
             )
         )

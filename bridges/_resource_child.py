@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from actors import Agent, LocalAgentRef, Runtime
 from supervisors import ChildHandle, ChildKind, ChildSpec, Restart
@@ -22,12 +22,15 @@ class Resource(Protocol):
     def close(self) -> Coroutine[Any, Any, None]: ...
 
 
+R = TypeVar("R", bound=Resource)
+
+
 class ResourceAgent(Agent):
     """Holds an open resource in the supervision tree; its line is the resource's.
 
-    `attach` runs when the agent starts (the runtime starts using the
-    resource) and `detach` when it exits by any means; the resource is then
-    closed (in the background after a kill or crash).
+    The resource is attached to the runtime when the agent starts and
+    detached (`attach(None)`) when it exits by any means; it is then closed
+    (in the background after a kill or crash).
     """
 
     agent_type = "resource"
@@ -39,12 +42,12 @@ class ResourceAgent(Agent):
         instance: str | None = None,
         resource: Resource,
         io: IoLoop,
-        detach: Callable[[], None],
+        attach: Callable[[Any], None],
     ) -> None:
         super().__init__(runtime, instance=instance)
         self.resource = resource
         self.io = io
-        self._detach = detach
+        self._attach = attach
         self.exit_link.link(lambda _reason: self._close_later())
 
     def describe(self) -> str:
@@ -53,12 +56,12 @@ class ResourceAgent(Agent):
 
     def on_stop(self) -> None:
         """Stop using the resource, then close it."""
-        self._detach()
+        self._attach(None)
         if self.io.running:
             self.io.run(self.resource.close(), timeout=_STOP_TIMEOUT)
 
     def _close_later(self) -> None:
-        self._detach()
+        self._attach(None)
         if self.io.running:
             self.io.submit(self.resource.close())
 
@@ -68,22 +71,24 @@ def resource_child(
     io: IoLoop,
     *,
     id: str,  # noqa: A002 - OTP's name for it
-    open_resource: Callable[[], Awaitable[Resource]],
-    attach: Callable[[Resource], None],
-    detach: Callable[[], None],
+    open_resource: Callable[[], Awaitable[R]],
+    attach: Callable[[R | None], None],
     timeout: float,
     shutdown: float,
 ) -> ChildSpec:
-    """A child that opens a resource on the loop, hands it to the runtime, and holds it."""
+    """A child that opens a resource on the loop, attaches it to the runtime, and holds it.
+
+    `attach(resource)` runs once it is open, `attach(None)` once it is not.
+    """
 
     def start() -> ChildHandle:
-        async def opened() -> Resource:
+        async def opened() -> R:
             return await open_resource()
 
         resource = io.run(opened(), timeout=timeout + _START_MARGIN)
         attach(resource)
         handle: LocalAgentRef = ResourceAgent.spawn(
-            runtime, instance=id, resource=resource, io=io, detach=detach
+            runtime, instance=id, resource=resource, io=io, attach=attach
         )
         return handle
 
