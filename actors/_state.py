@@ -127,4 +127,6 @@ class MemoryStore:
         """Every live key under `prefix.`, sorted."""
         start = prefix + "."
         with self._lock:
-            return sorted(k for k in list(self._items) if k.startswith(start) and self._live(k))
+            return sorted(
+                k for k in list(self._items) if k.startswith(start) and self._live(k) is not None
+            )

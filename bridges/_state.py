@@ -9,6 +9,7 @@ a bounded wait. A backend that cannot answer in time, or at all, raises
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
 import time
 from collections.abc import Coroutine
@@ -94,6 +95,7 @@ class KvStore:
         self._kv = kv
         self._js = nc.jetstream()
         self._subject = f"$KV.{bucket}."
+        self._stream = f"KV_{bucket}"
         self._ttl = supports_message_ttl(nc)
         self.bucket = bucket
         self.url = url
@@ -175,18 +177,22 @@ class KvStore:
         return await self._publish(key, value, ttl, last=revision)
 
     async def scan(self, prefix: str) -> list[str]:
-        """Live keys under `prefix.`, sorted."""
+        """Live keys under `prefix.`, sorted.
+
+        The stream's subject list names every key written (deleted ones
+        keep a purge marker); each is then read to keep only live values.
+        (A KV watcher is not used: it may report the end of the initial
+        values before it has delivered them all.)
+        """
         self._require_connected()
-        watcher = await self._kv.watch(f"{prefix}.>", ignore_deletes=True)
+        info = await self._js.stream_info(
+            self._stream, subjects_filter=f"{self._subject}{prefix}.>"
+        )
         found = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the end of what is stored now
-                    break
-                if entry.value and _live(entry.value) is not None:
-                    found.append(entry.key)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        for subject in info.state.subjects or {}:
+            key = subject.removeprefix(self._subject)
+            if (await self._entry(key))[1] is not None:
+                found.append(key)
         return sorted(found)
 
     async def close(self) -> None:
@@ -226,6 +232,9 @@ class RedisStore:
             await client.aclose()
             msg = f"cannot reach Redis at {settings.redis_url}: {exc!r}"
             raise Unavailable(msg) from exc
+        except BaseException:
+            await asyncio.shield(client.aclose())
+            raise
         return cls(client, prefix=settings.redis_prefix, url=settings.redis_url)
 
     async def get(self, key: str) -> bytes | None:
@@ -289,6 +298,9 @@ class LoopStore:
     def _run(self, what: str, key: str, coro: Coroutine[Any, Any, T]) -> T:
         try:
             return self.io.run(coro, timeout=self.timeout)
+        except concurrent.futures.CancelledError as exc:  # the loop is stopping
+            msg = f"state {what} {key!r} was cancelled: the node is stopping"
+            raise Unavailable(msg) from exc
         except TimeoutError as exc:
             msg = f"state {what} {key!r} took over {self.timeout} s"
             raise Unavailable(msg) from exc

@@ -91,10 +91,19 @@ def test_values_expire_after_their_ttl(store: StateStore) -> None:
 def test_scan_lists_the_live_keys_under_a_prefix(store: StateStore) -> None:
     for key in ("mem.u1.c1", "mem.u1.c2", "mem.u2.c1", "mem.u10.c1", "other.u1"):
         store.put(key, b"v")
+    store.put("mem.u3.empty", b"")  # an empty value is a value
     store.delete("mem.u1.c2")
     assert store.scan("mem.u1") == ["mem.u1.c1"]
-    assert store.scan("mem") == ["mem.u1.c1", "mem.u10.c1", "mem.u2.c1"]
+    assert store.scan("mem") == ["mem.u1.c1", "mem.u10.c1", "mem.u2.c1", "mem.u3.empty"]
     assert store.scan("none") == []
+
+
+def test_scan_sees_every_key_just_written_every_time(store: StateStore) -> None:
+    keys = [f"many.k{n:03d}" for n in range(60)]
+    for key in keys:
+        store.put(key, b"v")
+    for _ in range(20):
+        assert store.scan("many") == keys
 
 
 def test_state_keys_escape_what_no_backend_accepts(store: StateStore) -> None:
