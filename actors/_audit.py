@@ -65,18 +65,27 @@ class AuditLog(Protocol):
 class DataKeys:
     """Per-subject (user) data keys in the state store.
 
-    `auditkey.user.<subject>` holds the subject's current key id and key
-    (one read per generation); `auditkey.id.<key id>` holds the key by id,
-    for opening records later. Destroying a subject's key deletes both.
+    * `auditkey.user.<subject>`: the subject's current key id and key (one
+      read per message);
+    * `auditkey.id.<key id>`: the key by id, to open records later;
+    * `auditkey.index.<subject>.<key id>`: every key ever made for the
+      subject, written first, so that destroying finds each one even if a
+      key was being made while the subject was erased.
     """
 
     def __init__(
-        self, store: StateStore, *, memo: dict[str, tuple[str, bytes]] | None = None
+        self,
+        store: StateStore,
+        *,
+        memo: dict[str, tuple[str, bytes]] | None = None,
+        since: float | None = None,
     ) -> None:
         self.store = store
         # Keys already read while handling one message (never kept longer:
         # another node may destroy a key at any time).
         self.memo = memo
+        # When the message began: no new key is made for a subject erased since.
+        self.since = since
 
     def current(self, subject: str) -> tuple[str, bytes]:
         """The subject's key id and key, made on first use (one winner among racers).
@@ -98,11 +107,15 @@ class DataKeys:
             if held is not None:
                 key_id, secret = _key_decoder.decode(held)
                 return key_id, secret
+            if self.since is not None and erased_since(self.store, subject, self.since):
+                msg = "the user's data was erased while this request ran; send it again"
+                raise Unavailable(msg)
             new_id, secret = uuid.uuid4().hex, AESGCM.generate_key(bit_length=_KEY_BITS)
+            self.store.put(state_key("auditkey", "index", subject, new_id), b"")
             self.store.put(state_key("auditkey", "id", new_id), secret)
             if self.store.compare_and_set(pointer, None, msgspec.msgpack.encode((new_id, secret))):
                 return new_id, secret
-            self.store.delete(state_key("auditkey", "id", new_id))  # another writer won
+            self._forget(subject, new_id)  # another writer won
         msg = f"could not settle a data key for subject {subject!r}"
         raise Unavailable(msg)
 
@@ -110,16 +123,41 @@ class DataKeys:
         """The key with this id, or None once it has been destroyed."""
         return self.store.get(state_key("auditkey", "id", key_id))
 
+    def ids(self, subject: str) -> list[str]:
+        """Every key id the subject has (that is not destroyed yet)."""
+        return [
+            k.rsplit(".", 1)[-1] for k in self.store.scan(state_key("auditkey", "index", subject))
+        ]
+
     def destroy(self, subject: str) -> list[str]:
-        """Destroy the subject's key; return the ids destroyed."""
-        pointer = state_key("auditkey", "user", subject)
-        held = self.store.get(pointer)
-        if held is None:
-            return []
-        key_id, _ = _key_decoder.decode(held)
+        """Destroy every key of the subject; return the ids destroyed."""
+        key_ids = self.ids(subject)
+        self.store.delete(state_key("auditkey", "user", subject))
+        for key_id in key_ids:
+            self._forget(subject, key_id)
+        return key_ids
+
+    def _forget(self, subject: str, key_id: str) -> None:
         self.store.delete(state_key("auditkey", "id", key_id))
-        self.store.delete(pointer)
-        return [key_id]
+        self.store.delete(state_key("auditkey", "index", subject, key_id))
+
+
+ERASURE_FENCE_TTL: Final = 24 * 3600.0
+
+
+def mark_erased(store: StateStore, subject: str) -> None:
+    """Note that the subject's data is being erased now (see `erased_since`)."""
+    store.put(state_key("erased", subject), repr(time.time()).encode(), ttl=ERASURE_FENCE_TTL)
+
+
+def erased_since(store: StateStore, subject: str, since: float) -> bool:
+    """Whether the subject's data was erased at or after `since` (epoch seconds).
+
+    A handler that started before an erasure checks this before it writes
+    what it read earlier back, or makes a new data key for what it holds.
+    """
+    mark = store.get(state_key("erased", subject))
+    return mark is not None and float(mark) >= since
 
 
 def seal(secret: bytes, exchange: SealedExchange, *, key_id: str) -> bytes:
@@ -217,10 +255,17 @@ def _outcome(result: GenerateResult | None, error: AgentError | None) -> str:
 
 
 class AuditedStream:
-    """A generation stream that appends its record when it ends or is closed."""
+    """A generation stream that appends its record when it ends, fails or is stopped.
+
+    Chunks reach the caller as they come; the record is stored when the
+    stream ends, and if it cannot be, the stream ends with that error
+    instead of its result.
+    """
 
     def __init__(
-        self, stream: GenerationStream, done: Callable[[GenerateResult | None, str], None]
+        self,
+        stream: GenerationStream,
+        done: Callable[[GenerateResult | None, str, AgentError | None], None],
     ) -> None:
         self._stream = stream
         self._done = done
@@ -228,10 +273,18 @@ class AuditedStream:
         self._recorded = False
 
     def __iter__(self) -> Iterator[TokenChunk]:
-        for chunk in self._stream:
-            self._text.append(chunk.text)
-            yield chunk
-        self._finish(self._stream.result)
+        result: GenerateResult | None = None
+        error: AgentError | None = None
+        try:
+            for chunk in self._stream:
+                self._text.append(chunk.text)
+                yield chunk
+            result = self._stream.result
+        except AgentError as exc:
+            error = exc
+            raise
+        finally:
+            self._finish(result, error)
 
     @property
     def result(self) -> GenerateResult:
@@ -241,9 +294,9 @@ class AuditedStream:
     def close(self) -> None:
         """Stop early; the record holds what was generated so far."""
         self._stream.close()
-        self._finish(None)
+        self._finish(None, None)
 
-    def _finish(self, result: GenerateResult | None) -> None:
+    def _finish(self, result: GenerateResult | None, error: AgentError | None) -> None:
         if not self._recorded:
             self._recorded = True
-            self._done(result, "".join(self._text))
+            self._done(result, "".join(self._text), error)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import msgspec
 
 from actors._audit import SERVICE_SUBJECT, AuditedStream, Auditor, DataKeys
+from actors._state import state_key
 from actors._tools import call_tool
 from messages import (
     AgentError,
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 A = TypeVar("A")
 R = TypeVar("R")
 
+# How long `publish_once` remembers a published event id (a week, like tool results).
+PUBLISHED_TTL: Final = 7 * 24 * 3600.0
+
 
 class Context:
     """What a handler may use: the request's metadata and budget, and other agents.
@@ -50,6 +54,7 @@ class Context:
         "_tool_calls",
         "conversation_id",
         "metadata",
+        "started",
         "user_id",
     )
 
@@ -60,6 +65,7 @@ class Context:
         self._published: itertools.count[int] | None = None
         self._tool_calls: itertools.count[int] | None = None
         self._data_keys: dict[str, tuple[str, bytes]] = {}
+        self.started = time.time()
         self.user_id: str | None = None
         self.conversation_id: str | None = None
 
@@ -170,6 +176,23 @@ class Context:
         transport.publish(event, self._cause(message_id))
         return message_id
 
+    def publish_once(self, event: Event, *, message_id: str) -> bool:
+        """Publish `event` unless an earlier attempt of this message already did.
+
+        JetStream drops a repeated `message_id` only within its duplicate
+        window; a retry that comes later (after a crash, say) would publish
+        again. This records each published id in the state store for
+        `PUBLISHED_TTL` seconds and skips ids found there. Returns whether
+        it published. (A crash between the publish and the record still
+        repeats the event, inside the window as a dropped duplicate.)
+        """
+        marker = state_key("published", message_id)
+        if self.state.get(marker) is not None:
+            return False
+        self.publish(event, message_id=message_id)
+        self.state.put(marker, b"", ttl=PUBLISHED_TTL)
+        return True
+
     def generate(self, request: GenerateRequest | str, **fields: Any) -> GenerateResult:
         """Ask the inference pool for a completion and wait for it (within this deadline).
 
@@ -208,18 +231,24 @@ class Context:
             return stream
         started = time.time()
 
-        def done(result: GenerateResult | None, text: str) -> None:
-            auditor.record(full, meta, started=started, result=result, response=text)
+        def done(result: GenerateResult | None, text: str, error: AgentError | None) -> None:
+            if error is not None:
+                auditor.failed(full, meta, started=started, error=error)
+            else:
+                auditor.record(full, meta, started=started, result=result, response=text)
 
         return AuditedStream(stream, done)
 
     def _auditor(self) -> Auditor | None:
         runtime = self._agent.runtime
         if runtime.audit is None:
+            if runtime.audit_required:
+                msg = f"node {runtime.node}: the audit log is not open (yet); nothing is generated"
+                raise Unavailable(msg)
             return None
         return Auditor(
             runtime.audit,
-            DataKeys(self.state, memo=self._data_keys),
+            DataKeys(self.state, memo=self._data_keys, since=self.started),
             node=runtime.node,
             agent=self._agent.name,
             subject=self.user_id if self.user_id is not None else SERVICE_SUBJECT,

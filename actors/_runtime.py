@@ -229,8 +229,10 @@ class Runtime:
         self.tracing: Tracing | None = None
         # The in-memory OpenTelemetry metric reader (telemetry.metrics = "memory").
         self.metrics_reader: object | None = None
-        # The audit log of generations, while one is open (`[state] audit_stream`).
+        # The audit log of generations, while one is open (`[state] audit_stream`);
+        # when required, no generation runs while it is not.
         self.audit: AuditLog | None = None
+        self.audit_required = False
         # Tool permissions per agent type, replacing what agent classes declare.
         self.grants: dict[str, frozenset[str]] = {}
         # Told of every tool call: (agent type, tool, outcome, seconds).

@@ -6,8 +6,14 @@ checks that the calling agent's type holds the permission (RBAC: granted
 by the agent class's `permissions`, or by `pools[].permissions` in the
 config), validates the arguments and the result with msgspec, and for a
 side-effecting tool hands out an idempotency key derived from the message
-being handled: a retried request (same message id) gets the first call's
-result back instead of a second side effect.
+being handled and keeps the result: a retried request (same message id)
+gets the first call's result back instead of a second side effect.
+
+The stored result is a replay, not a lock: two attempts of one request
+running at once, or one that crashed between acting and storing, may both
+run the tool. A side-effecting tool must therefore itself be idempotent on
+`call.key` (or on ids derived from the request, as the support service's
+are: records are created with compare-and-set).
 """
 
 from __future__ import annotations

@@ -72,6 +72,7 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     memory = MemoryStore() if settings.state.backend == "memory" else None
     runtime = Runtime(node=settings.node.name or None, defaults=defaults, state=memory)
+    runtime.audit_required = bool(settings.state.audit_stream)
     tracing = tracing_from_settings(settings.telemetry, node=runtime.node)
     if tracing is not None:
         runtime.tracing = tracing
@@ -179,7 +180,7 @@ def _bridges_spec(
     exposed: list[type[Agent]],
     metrics: Metrics,
 ) -> SupervisorSpec:
-    """The bridges supervisor: the embedded server (if needed), NATS, then HTTP."""
+    """The bridges supervisor: the embedded server (if needed), state and audit, NATS, HTTP."""
     shutdown = settings.supervision.shutdown_timeout
     children = []
     if server is not None:
@@ -192,8 +193,11 @@ def _bridges_spec(
             )
 
         drain = shutdown + settings.nats.drain_timeout
+        # State and audit first: requests the bridge takes in may use them.
+        children.extend(_state_children(settings, runtime, io, url))
         children.append(nats_bridge_child(make_bridge, shutdown=drain))
-    children.extend(_state_children(settings, runtime, io, url))
+    else:
+        children.extend(_state_children(settings, runtime, io, url))
     if settings.http.enabled:
         health = Health(
             runtime,

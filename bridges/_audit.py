@@ -8,12 +8,13 @@ is sealed per user (`actors.DataKeys`), so erasure destroys keys, not records.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any, Final
 
 import nats.errors
 import nats.js.errors
-from nats.js.api import DeliverPolicy, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
 
 from bridges._connect import open_connection
 from messages import AuditRecord, GenerationAudited, Unavailable, decode, encode
@@ -40,12 +41,19 @@ class JetStreamAudit:
 
     @classmethod
     async def open(
-        cls, url: str, settings: StateSettings, nats_settings: NatsSettings, *, name: str
+        cls,
+        url: str,
+        settings: StateSettings,
+        nats_settings: NatsSettings,
+        *,
+        name: str,
+        create: bool = True,
     ) -> JetStreamAudit:
-        """Connect and create (or update) the stream.
+        """Connect and create (or update) the stream; with `create=False` only bind to it.
 
         Raises:
-            Unavailable: If no server answers or the stream cannot be made.
+            Unavailable: If no server answers, or the stream cannot be made
+                (or, not creating, does not exist).
         """
         nc = await open_connection(url, name=name, settings=nats_settings)
         log = cls(
@@ -63,17 +71,26 @@ class JetStreamAudit:
             deny_purge=True,
         )
         try:
-            try:
-                await log._js.add_stream(config)
-            except nats.js.errors.BadRequestError as exc:
-                if exc.err_code != _STREAM_IN_USE:
-                    raise
-                await log._js.update_stream(config)
+            if create:
+                await log._ensure(config)
+            else:
+                await log._js.stream_info(settings.audit_stream)
         except (TimeoutError, nats.errors.Error) as exc:
             await nc.close()
             msg = f"cannot open the audit stream {settings.audit_stream} at {url}: {exc!r}"
             raise Unavailable(msg) from exc
+        except BaseException:  # cancelled: do not leave a client reconnecting forever
+            await asyncio.shield(nc.close())
+            raise
         return log
+
+    async def _ensure(self, config: StreamConfig) -> None:
+        try:
+            await self._js.add_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != _STREAM_IN_USE:
+                raise
+            await self._js.update_stream(config)
 
     def subject(self, record: AuditRecord) -> str:
         """Where a record goes."""
@@ -89,12 +106,19 @@ class JetStreamAudit:
             self.subject(record), encode(record), headers={"Nats-Msg-Id": record.request_id}
         )
 
-    async def records(self) -> AsyncIterator[AuditRecord]:
-        """Every record stored now, oldest first."""
+    async def records(self, *, last: int | None = None) -> AsyncIterator[AuditRecord]:
+        """The records stored now (the `last` ones only, if given), oldest first."""
+        info = await self._js.stream_info(self.stream)
+        if info.state.messages == 0 or last == 0:
+            return
+        first = info.state.first_seq
+        if last is not None:
+            first = max(first, info.state.last_seq - last + 1)
         sub = await self._js.subscribe(
             f"{self.prefix}.audit.>",
             ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            config=ConsumerConfig(opt_start_seq=first),
         )
         try:
             while True:

@@ -159,15 +159,16 @@ def audit(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _print_audit(settings: Settings, last: int) -> int:
     url = settings.nats.url
-    log = await JetStreamAudit.open(url, settings.state, settings.nats, name="actorfleet-audit")
+    log = await JetStreamAudit.open(
+        url, settings.state, settings.nats, name="actorfleet-audit", create=False
+    )
     store: AsyncStore | None = None
     try:
         if settings.state.backend == "kv":
             store = await KvStore.open(url, settings.state, settings.nats, name="actorfleet-audit")
         elif settings.state.backend == "redis":
             store = await RedisStore.open(settings.state)
-        records = [r async for r in log.records()]
-        for record in records[-last:] if last > 0 else []:
+        async for record in log.records(last=max(last, 0)):
             print(json.dumps(await _readable(record, store)), flush=True)
     finally:
         await log.close()

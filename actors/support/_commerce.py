@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from typing import TYPE_CHECKING, Final
 
 import msgspec
@@ -35,7 +34,7 @@ from actors.support._records import (
     get_shipment,
     plan_shipment,
 )
-from messages import GenerateRequest, NotFound, UserDataErased
+from messages import GenerateRequest, NotFound
 
 if TYPE_CHECKING:
     from actors.support._messages import Destination
@@ -117,7 +116,7 @@ class PricingAgent(Agent):
                 destination=msg.destination,
             ),
         )
-        ctx.publish(
+        ctx.publish_once(
             InvoiceValidated(
                 order_id=placed.id,
                 amount_usd=placed.total_usd,
@@ -125,7 +124,7 @@ class PricingAgent(Agent):
             ),
             message_id=f"InvoiceValidated.{placed.id}",
         )
-        ctx.publish(
+        ctx.publish_once(
             OrderCreated(
                 order_id=placed.id,
                 customer_id=placed.customer_id,
@@ -217,7 +216,7 @@ class ShippingAgent(Agent):
             plan_shipment,
             ShipmentPlan(order_id=event.order_id, carrier=carrier, service=service, eta_days=eta),
         )
-        ctx.publish(
+        ctx.publish_once(
             ShipmentPlanned(
                 order_id=shipment.order_id,
                 carrier=shipment.carrier,
@@ -245,18 +244,5 @@ class PrivacyAgent(Agent):
 
     @handler
     def erase(self, msg: EraseUserData, ctx: Context) -> ErasureReport:
-        """Erase, then append a `UserDataErased` record to the audit log (if there is one)."""
-        erased = ctx.use(erase_user, Erase(user_id=msg.user_id))
-        audit = ctx.runtime.audit
-        if audit is not None:
-            audit.append(
-                UserDataErased(
-                    at=time.time(),
-                    node=ctx.runtime.node,
-                    request_id=ctx.metadata.id,
-                    key_ids=erased.key_ids,
-                    conversations=erased.report.conversations,
-                    tickets=erased.report.tickets,
-                )
-            )
-        return erased.report
+        """Erase (the tool records the erasure in the audit log first, without the user id)."""
+        return ctx.use(erase_user, Erase(user_id=msg.user_id)).report

@@ -11,6 +11,8 @@ from messages import Event, Message
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+# A user id is also a URL path segment (DELETE /v1/users/{user_id}/data).
+UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^/]+$")]
 Money = Annotated[float, msgspec.Meta(ge=0, le=10_000_000)]
 Months = Annotated[int, msgspec.Meta(ge=1, le=120)]
 
@@ -40,7 +42,7 @@ class SupportRequest(Message, frozen=True, kw_only=True):
             (the reply's conversation is named after the request).
     """
 
-    user_id: Id
+    user_id: UserId
     message: Text
     conversation_id: Id | None = None
 
@@ -80,11 +82,12 @@ class SupportAnswer(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 
 class Turn(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
-    """One exchange kept in conversation memory."""
+    """One exchange kept in conversation memory (`id`: the message it answered)."""
 
     user: str
     agent: str
     at: float
+    id: str = ""
 
 
 class Memory(msgspec.Struct, kw_only=True):
@@ -111,7 +114,7 @@ class Ticket(msgspec.Struct, frozen=True, kw_only=True):
 class TicketQuery(Message, frozen=True, kw_only=True):
     """Look a ticket up by id (its owner only)."""
 
-    user_id: Id
+    user_id: UserId
     ticket_id: Id
 
 
@@ -207,7 +210,7 @@ class Shipment(Message, frozen=True, kw_only=True):
 class EraseUserData(Message, frozen=True, kw_only=True):
     """Right to be forgotten: erase what is kept about a user."""
 
-    user_id: Id
+    user_id: UserId
 
 
 class ErasureReport(Message, frozen=True, kw_only=True):

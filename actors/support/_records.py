@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 
-from actors._audit import DataKeys
+from actors._audit import DataKeys, mark_erased
 from actors._state import StateStore, state_key
 from actors._tools import ToolCall, tool
 from actors.support._messages import (
@@ -24,10 +24,12 @@ from actors.support._messages import (
     Shipment,
     Ticket,
 )
-from messages import Forbidden
+from messages import BadRequest, Unavailable, UserDataErased, new_message_id
 
 ERASED: Final = "[erased]"
 _ID_DIGITS: Final = 12
+_CREATE_ATTEMPTS: Final = 3
+T = TypeVar("T")
 
 
 def record_id(prefix: str, call: ToolCall, owner: str) -> str:
@@ -148,10 +150,7 @@ def create_order(args: NewOrder, call: ToolCall) -> Order:
         destination=args.destination,
         created_at=time.time(),
     )
-    key = state_key("order", order.id)
-    if not call.state.compare_and_set(key, None, msgspec.msgpack.encode(order)):
-        return msgspec.msgpack.decode(call.state.get(key) or b"", type=Order)
-    return order
+    return _create_once(call.state, state_key("order", order.id), order)
 
 
 class ShipmentPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -190,10 +189,7 @@ def plan_shipment(args: ShipmentPlan, call: ToolCall) -> Shipment:
         eta_days=args.eta_days,
         planned_at=time.time(),
     )
-    key = shipment_key(args.order_id)
-    if not call.state.compare_and_set(key, None, msgspec.msgpack.encode(shipment)):
-        return msgspec.msgpack.decode(call.state.get(key) or b"", type=Shipment)
-    return shipment
+    return _create_once(call.state, shipment_key(args.order_id), shipment)
 
 
 @tool("shipments.get", permission="shipments:read")
@@ -203,6 +199,24 @@ def get_shipment(args: OrderLookup, call: ToolCall) -> MaybeShipment:
     return MaybeShipment(
         shipment=None if raw is None else msgspec.msgpack.decode(raw, type=Shipment)
     )
+
+
+def _create_once(state: StateStore, key: str, record: T) -> T:
+    """Store `record` unless one is there already; return the stored one.
+
+    Raises:
+        Unavailable: If the key keeps changing under us (deleted between
+            the failed create and the read).
+    """
+    for _ in range(_CREATE_ATTEMPTS):
+        if state.compare_and_set(key, None, msgspec.msgpack.encode(record)):
+            return record
+        raw = state.get(key)
+        if raw is not None:
+            stored: T = msgspec.msgpack.decode(raw, type=type(record))
+            return stored
+    msg = f"could not create or read {key}"
+    raise Unavailable(msg)
 
 
 # --- erasure -----------------------------------------------------------------
@@ -223,36 +237,54 @@ class Erased(msgspec.Struct, frozen=True, kw_only=True):
 
 @tool("privacy.erase", permission="privacy:erase")
 def erase_user(args: Erase, call: ToolCall) -> Erased:
-    """Delete a user's conversation memory, redact their tickets, destroy their data key.
+    """Delete a user's conversation memory, redact their tickets, destroy their data keys.
 
-    Safe to repeat: a second erasure finds nothing more to do.
+    In this order: mark the user erased (handlers already running for the
+    user then neither write memory back nor make a new data key), record
+    the erasure in the audit log (before anything is gone, so a failure
+    leaves it to a retry to do and record again), then erase. Safe to
+    repeat: a second erasure finds nothing more to do.
     """
-    state = call.state
-    if not args.user_id:
+    state, user = call.state, args.user_id
+    if not user:
         msg = "erasure needs a user id"
-        raise Forbidden(msg)
-    memories = state.scan(memory_prefix(args.user_id))
+        raise BadRequest(msg)
+    mark_erased(state, user)
+    keys = DataKeys(state)
+    memories = state.scan(memory_prefix(user))
+    tickets = state.scan(_user_tickets(user))
+    key_ids = keys.ids(user)
+    report = ErasureReport(
+        conversations=len(memories), tickets=len(tickets), keys_destroyed=len(key_ids)
+    )
+    runtime = call.context.runtime
+    if runtime.audit is not None:
+        runtime.audit.append(
+            UserDataErased(
+                at=time.time(),
+                node=runtime.node,
+                request_id=new_message_id(),  # not the caller's id: ids may collide
+                key_ids=key_ids,
+                conversations=report.conversations,
+                tickets=report.tickets,
+            )
+        )
     for key in memories:
         state.delete(key)
-    tickets = 0
-    for index in state.scan(_user_tickets(args.user_id)):
-        tickets += _redact_ticket(state, index.rsplit(".", 1)[-1])
+    for index in tickets:
+        _redact_ticket(state, index.rsplit(".", 1)[-1])
         state.delete(index)
-    key_ids = DataKeys(state).destroy(args.user_id)
-    report = ErasureReport(
-        conversations=len(memories), tickets=tickets, keys_destroyed=len(key_ids)
-    )
+    keys.destroy(user)
     return Erased(report=report, key_ids=key_ids)
 
 
-def _redact_ticket(state: StateStore, ticket_id: str) -> int:
+def _redact_ticket(state: StateStore, ticket_id: str) -> None:
     key = ticket_key(ticket_id)
     raw = state.get(key)
     if raw is None:
-        return 0
+        return
     ticket = msgspec.msgpack.decode(raw, type=Ticket)
     redacted = msgspec.structs.replace(
         ticket, user_id=ERASED, summary=ERASED, description=ERASED, redacted_at=time.time()
     )
     state.put(key, msgspec.msgpack.encode(redacted))
-    return 1

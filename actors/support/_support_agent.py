@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import time
 import zlib
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Annotated, Final
 
 import msgspec
 
 from actors._agent import Agent, handler
+from actors._audit import erased_since
 from actors._context import Context
 from actors.support._guardrails import OutputPolicy, PolicyRule, decode_with_repair
 from actors.support._kb import Search, search_kb
@@ -32,12 +34,14 @@ from actors.support._records import (
     get_ticket,
     memory_key,
 )
-from messages import GenerateRequest, NotFound, Sampling
+from messages import GenerateRequest, NotFound, Sampling, Unavailable
 
 if TYPE_CHECKING:
     from actors._runtime import Runtime
 
 _SEED_MASK: Final = 0x7FFFFFFF
+_MEMORY_ATTEMPTS: Final = 5
+_memory_decoder: Final = msgspec.msgpack.Decoder(Memory)
 _TURN_CHARS: Final = 300
 
 
@@ -55,11 +59,19 @@ class SupportOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """
 
     tier: str | None = None
-    max_tokens: int = 256
-    temperature: float = 0.2
-    memory_ttl: float = 7 * 24 * 3600.0
-    memory_turns: int = 6
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 256
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=5)] = 0.2
+    memory_ttl: Annotated[float, msgspec.Meta(gt=0)] = 7 * 24 * 3600.0
+    memory_turns: Annotated[int, msgspec.Meta(ge=0)] = 6
     policy: list[PolicyRule] | None = None
+
+    def __post_init__(self) -> None:
+        for rule in self.policy or ():
+            try:
+                re.compile(rule.pattern)
+            except re.error as exc:
+                msg = f"policy rule {rule.name!r}: {exc}"
+                raise ValueError(msg) from exc
 
 
 class SupportAgent(Agent):
@@ -103,11 +115,15 @@ class SupportAgent(Agent):
         references: list[str] = []
         titles: list[str] = []
         if decision.search_kb:
-            query = decision.query or msg.message
-            hits = ctx.use(search_kb, Search(query=query)).hits
+            hits = ctx.use(search_kb, Search(query=decision.query or msg.message)).hits
             references, titles = [h.url for h in hits], [h.title for h in hits]
-            ctx.publish(
-                KBLookupPerformed(query=query, results=references, conversation_id=conversation)
+            # The event keeps the model's search words, never the raw message:
+            # the event stream outlives an erasure.
+            ctx.publish_once(
+                KBLookupPerformed(
+                    query=decision.query, results=references, conversation_id=conversation
+                ),
+                message_id=f"KBLookupPerformed.{ctx.metadata.id}",
             )
         ticket_id = None
         if decision.open_ticket:
@@ -124,9 +140,8 @@ class SupportAgent(Agent):
             task=SUPPORT_ANSWER,
         )
         text = self.policy.apply(answer.answer).text
-        memory.turns.append(Turn(user=msg.message[:_TURN_CHARS], agent=text, at=time.time()))
-        del memory.turns[: -self.options.memory_turns or None]
-        ctx.state.put(remembered, msgspec.msgpack.encode(memory), ttl=self.options.memory_ttl)
+        turn = Turn(user=msg.message[:_TURN_CHARS], agent=text, at=time.time(), id=ctx.metadata.id)
+        self._remember(ctx, remembered, msg.user_id, turn)
         return SupportResponse(
             answer=text,
             ticket_id=ticket_id,
@@ -148,9 +163,9 @@ class SupportAgent(Agent):
                 conversation_id=conversation,
             ),
         )
-        # Published on every attempt under the ticket's id: a retry after a
-        # crash between the ticket and its event still publishes it, once.
-        ctx.publish(
+        # Published under the ticket's id unless an attempt already did: a
+        # retry after a crash between the ticket and its event publishes it.
+        ctx.publish_once(
             TicketCreated(
                 ticket_id=ref.ticket_id, intent=decision.intent, conversation_id=conversation
             ),
@@ -160,9 +175,24 @@ class SupportAgent(Agent):
 
     def _memory(self, ctx: Context, key: str, user_id: str) -> Memory:
         raw = ctx.state.get(key)
-        if raw is None:
-            return Memory(user_id=user_id)
-        return msgspec.msgpack.decode(raw, type=Memory)
+        return Memory(user_id=user_id) if raw is None else _memory_decoder.decode(raw)
+
+    def _remember(self, ctx: Context, key: str, user_id: str, turn: Turn) -> None:
+        """Append the exchange to the conversation's memory, once, without losing others'."""
+        for _ in range(_MEMORY_ATTEMPTS):
+            raw = ctx.state.get(key)
+            memory = Memory(user_id=user_id) if raw is None else _memory_decoder.decode(raw)
+            if any(t.id == turn.id for t in memory.turns):
+                return  # a retry of a message already remembered
+            if erased_since(ctx.state, user_id, ctx.started):
+                return  # the user was forgotten while this ran: write nothing back
+            memory.turns.append(turn)
+            del memory.turns[: -self.options.memory_turns or None]
+            encoded = msgspec.msgpack.encode(memory)
+            if ctx.state.compare_and_set(key, raw, encoded, ttl=self.options.memory_ttl):
+                return
+        msg = "the conversation's memory kept changing; send the message again"
+        raise Unavailable(msg)
 
     def _history(self, memory: Memory) -> str:
         turns = memory.turns[-self.options.memory_turns :] if self.options.memory_turns else []

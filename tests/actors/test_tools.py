@@ -7,8 +7,22 @@ import itertools
 import msgspec
 import pytest
 
-from actors import Agent, Context, MemoryStore, Runtime, ToolCall, handler, tool
-from messages import AgentDefinitionError, BadRequest, Forbidden, InternalError, Message
+from actors import (
+    Agent,
+    Context,
+    MemoryStore,
+    Runtime,
+    ToolCall,
+    handler,
+    tool,
+)
+from messages import (
+    AgentDefinitionError,
+    BadRequest,
+    Forbidden,
+    InternalError,
+    Message,
+)
 
 
 class Add(msgspec.Struct, frozen=True, kw_only=True):

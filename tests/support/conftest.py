@@ -48,7 +48,7 @@ def start_service(nats_server: NatsServer) -> Iterator[Callable[..., Service]]:
         client.close()
 
 
-@pytest.fixture(params=["kv", "redis"])
+@pytest.fixture(params=["kv", "redis", "memory"])
 def service(request: pytest.FixtureRequest, start_service: Callable[..., Service]) -> Service:
-    """The service with its state on JetStream KV, then on Redis."""
+    """The service with its state on JetStream KV, on Redis, then in memory."""
     return start_service(state=request.param)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import msgspec
 import nats
 import nats.js.errors
@@ -214,9 +216,9 @@ def test_every_generation_is_audited_and_sealed_for_its_user(
 
 
 def test_erasure_scrubs_memory_redacts_tickets_and_makes_audit_records_unreadable(
-    start_service: Callable[..., Service], nats_server: NatsServer
+    service: Service, nats_server: NatsServer
 ) -> None:
-    node, client = start_service()
+    node, client = service
     state = node.runtime.state
     assert state is not None
     first = support((node, client), BILLING)
@@ -377,3 +379,98 @@ def test_tool_calls_are_counted_in_metrics_with_their_outcome(
     assert families[("support", "kb.search", "ok")] == 1
     assert families[("support", "tickets.create", "ok")] == 1
     assert families[("support", "orders.create", "forbidden")] == 1
+
+
+def test_a_retry_after_the_duplicate_window_publishes_and_remembers_nothing_twice(
+    start_service: Callable[..., Service], nats_server: NatsServer
+) -> None:
+    node, client = start_service(events={"duplicate_window": 0.3})
+    first = support((node, client), BILLING, **{"X-Request-Id": "late-retry"})
+    time.sleep(0.5)  # the delay under test: past JetStream's duplicate window
+    again = support((node, client), BILLING, **{"X-Request-Id": "late-retry"})
+    assert again["ticket_id"] == first["ticket_id"]
+    assert len(stored(nats_server.url, "af.evt.TicketCreated", TicketCreated)) == 1
+    assert len(stored(nats_server.url, "af.evt.KBLookupPerformed", KBLookupPerformed)) == 1
+    assert node.runtime.state is not None
+    raw = node.runtime.state.get(memory_key("jane", "late-retry"))
+    assert raw is not None
+    assert len(msgspec.msgpack.decode(raw)["turns"]) == 1
+
+
+def test_concurrent_attempts_of_one_request_open_one_ticket(
+    service: Service, nats_server: NatsServer
+) -> None:
+    node, client = service
+    replies: list[dict[str, object]] = []
+
+    def attempt() -> None:
+        replies.append(support((node, client), BILLING, **{"X-Request-Id": "twice-at-once"}))
+
+    threads = [threading.Thread(target=attempt) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert len({r["ticket_id"] for r in replies}) == 1
+    assert node.runtime.state is not None
+    assert len(node.runtime.state.scan(state_key("tickets", "jane"))) == 1
+    assert len(stored(nats_server.url, "af.evt.TicketCreated", TicketCreated)) == 1
+
+
+def test_no_generation_runs_while_the_required_audit_log_is_not_open(
+    start_service: Callable[..., Service],
+) -> None:
+    node, client = start_service()
+    log, node.runtime.audit = node.runtime.audit, None  # as while its child restarts
+    try:
+        response = client.post("/v1/agents/support", json=BILLING)
+    finally:
+        node.runtime.audit = log
+    assert response.status_code == 503
+    assert "audit log is not open" in response.json()["detail"]
+    assert node.runtime.state is not None
+    assert node.runtime.state.scan(state_key("tickets", "jane")) == []
+
+
+def test_a_request_in_flight_during_an_erasure_writes_no_memory_back(
+    start_service: Callable[..., Service], nats_server: NatsServer, io: IoLoop
+) -> None:
+    slow = {
+        "tiers": [
+            {
+                "name": "large",
+                "backend": {
+                    "kind": "scripted",
+                    "rules_files": ["actors.support:scripted_rules.toml"],
+                    "token_delay": 0.03,
+                },
+            }
+        ]
+    }
+    node, client = start_service(inference=slow)
+    state = node.runtime.state
+    assert state is not None
+    looked_up = threading.Event()
+
+    async def on_lookup(_: object) -> None:
+        looked_up.set()
+
+    nc = io.run(nats.connect(nats_server.url), timeout=WAIT)
+    io.run(nc.subscribe("af.evt.KBLookupPerformed", cb=on_lookup), timeout=WAIT)
+    first = support((node, client), {"user_id": "jane", "message": "hello"})
+    conversation = first["conversation_id"]
+    looked_up.clear()
+    body = {"user_id": "jane", "message": "how do I reset my password?"}
+    reply: list[httpx.Response] = []
+    in_flight = threading.Thread(
+        target=lambda: reply.append(
+            client.post("/v1/agents/support", json={**body, "conversation_id": conversation})
+        )
+    )
+    in_flight.start()
+    assert looked_up.wait(WAIT)  # it has read the memory and is writing its answer
+    assert client.delete("/v1/users/jane/data").json()["conversations"] == 1
+    in_flight.join(WAIT)
+    io.run(nc.close(), timeout=WAIT)
+    assert reply[0].status_code == 200
+    assert state.scan(state_key("mem", "jane")) == []
