@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pykka
@@ -9,7 +13,7 @@ import pytest
 import redis
 
 from actors import AgentDefaults, Runtime
-from bridges import IoLoop, NatsServer
+from bridges import IoLoop, NatsServer, free_port
 from messages import SupervisionEvent
 
 WAIT = 5.0
@@ -90,17 +94,55 @@ def _stop_all_actors() -> Iterator[None]:
     assert [t.name for t in leaked if t.is_alive()] == [], "actor threads outlived the test"
 
 
-def redis_url() -> str:
-    """The Redis the tests use (`AF_TEST_REDIS_URL`, default the local one).
+_local_redis: list[str] = []
 
-    Tests that need it fail, never skip, when it does not answer: CI starts one.
+
+def redis_url() -> str:
+    """The Redis the tests use.
+
+    `AF_TEST_REDIS_URL` if set; else the one on 127.0.0.1:6379 if it
+    answers; else a `redis-server` from PATH started on a free port for this
+    test run. Tests that need Redis fail, never skip, when none can be had.
     """
-    url = os.environ.get("AF_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    explicit = os.environ.get("AF_TEST_REDIS_URL")
+    url = explicit or "redis://127.0.0.1:6379/0"
+    if _answers(url):
+        return url
+    if explicit:
+        pytest.fail(f"these tests need Redis at {url} (AF_TEST_REDIS_URL)")
+    if not _local_redis:
+        _local_redis.append(_start_redis())
+    return _local_redis[0]
+
+
+def _answers(url: str) -> bool:
     client = redis.Redis.from_url(url, socket_connect_timeout=1)
     try:
-        client.ping()
-    except redis.exceptions.ConnectionError as exc:
-        pytest.fail(f"these tests need Redis at {url} (set AF_TEST_REDIS_URL): {exc}")
+        return bool(client.ping())
+    except redis.exceptions.ConnectionError:
+        return False
     finally:
         client.close()
+
+
+def _start_redis() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail(
+            "these tests need Redis: none answers on 127.0.0.1:6379 and redis-server is not"
+            " on PATH (install it, or set AF_TEST_REDIS_URL)"
+        )
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    atexit.register(proc.terminate)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + WAIT
+    while not _answers(url):  # a process we just started: nothing to wait on but its port
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"redis-server on port {port} did not start")
+        time.sleep(0.05)
     return url
