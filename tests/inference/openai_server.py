@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 MODEL = "tiny-chat"
 
 
 class OpenAIServer:
-    def __init__(self) -> None:
+    def __init__(self, replies: Callable[[str], str] | None = None) -> None:
+        # With `replies`, a model of the test's making: prompt -> completion.
+        self.replies = replies
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.disconnects = 0
@@ -86,11 +89,14 @@ class OpenAIServer:
         elif text in {"midfail", "truncate", "abort"}:
             await _broken(text, writer)
         else:
-            await _stream(body, text, writer)
+            reply = self.replies(text) if self.replies is not None else f"echo: {text}"
+            await _stream(body, text, reply, writer)
 
 
-async def _stream(body: dict[str, Any], text: str, writer: asyncio.StreamWriter) -> None:
-    words = f"echo: {text}".split(" ")
+async def _stream(
+    body: dict[str, Any], text: str, reply: str, writer: asyncio.StreamWriter
+) -> None:
+    words = reply.split(" ")
     words = [w + " " for w in words[:-1]] + words[-1:]
     finish = "stop"
     if len(words) > body.get("max_tokens", 1 << 30):
