@@ -131,6 +131,9 @@ class Health:
             checks["supervisor:children"] = list(_tree_checks(tree, stamp))
         if self.needs_nats:
             checks["nats:connection"] = [self._nats_check(stamp)]
+        checks["state:store"] = [self._attached("state", self.runtime.state is not None, stamp)]
+        if self.runtime.audit_required:
+            checks["audit:log"] = [self._attached("audit", self.runtime.audit is not None, stamp)]
         if pool is not None:
             # One tier out while another serves is degraded (warn), not down.
             all_out = bool(pool.tiers) and all(t.breaker == "open" for t in pool.tiers)
@@ -158,22 +161,44 @@ class Health:
         )
 
     async def ready(self) -> tuple[bool, str]:
-        """NATS connected, supervisors up, a model tier up when agents need one."""
+        """Supervisors up, NATS connected, state (and a required audit log) open, a tier up."""
+        reason = await self._not_ready()
+        return (False, reason) if reason is not None else (True, "ready")
+
+    async def _not_ready(self) -> str | None:
         tree = await self.tree()
         if tree is None or tree.status != "running":
-            return False, "the root supervisor is not running"
+            return "the root supervisor is not running"
         down = [s.name for s in _supervisors(tree) if s.status != "running"]
         if down:
-            return False, f"supervisors not running: {', '.join(down)}"
+            return f"supervisors not running: {', '.join(down)}"
         if self.needs_nats and not self._nats_ok():
-            return False, "NATS is not connected"
+            return "NATS is not connected"
+        if self.runtime.state is None:
+            return "the state store is not open"
+        if self.runtime.audit_required and self.runtime.audit is None:
+            return "the audit log is not open"
+        return self._inference_not_ready()
+
+    def _inference_not_ready(self) -> str | None:
+        if not self.needs_inference:
+            return None
         pool = self.pool()
-        if self.needs_inference:
-            if pool is None:
-                return False, "the inference pool is not running"
-            if all(t.breaker == "open" for t in pool.tiers):
-                return False, "every model tier is out (breakers open)"
-        return True, "ready"
+        if pool is None:
+            return "the inference pool is not running"
+        if all(t.breaker == "open" for t in pool.tiers):
+            return "every model tier is out (breakers open)"
+        return None
+
+    @staticmethod
+    def _attached(component: str, attached: bool, stamp: str) -> Check:
+        return Check(
+            componentId=component,
+            componentType="datastore",
+            status=Status.PASS if attached else Status.FAIL,
+            output="open" if attached else "not open",
+            time=stamp,
+        )
 
     def _nats_ok(self) -> bool:
         bridge = self.runtime.transport
