@@ -65,6 +65,18 @@ class SupportResponse(Message, frozen=True, kw_only=True):
     intent: Intent = Intent.OTHER
 
 
+class SupportStep(Message, frozen=True, kw_only=True):
+    """A step of the support agent's work, streamed as it happens (`/v1/agents/support/stream`).
+
+    Attributes:
+        step: `decided`, `searched` or `ticket`.
+        detail: What it found: the intent and plan, the articles, the ticket id.
+    """
+
+    step: str
+    detail: str
+
+
 class SupportDecision(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What the model decides for a support message (its first output, validated)."""
 

@@ -21,6 +21,7 @@ from actors.support._messages import (
     SupportDecision,
     SupportRequest,
     SupportResponse,
+    SupportStep,
     TicketCreated,
     TicketQuery,
     TicketView,
@@ -86,6 +87,7 @@ class SupportAgent(Agent):
     agent_type = "support"
     permissions = frozenset({"kb:read", "tickets:write"})
     options_type = SupportOptions
+    chunk_type = SupportStep
 
     def __init__(
         self,
@@ -112,11 +114,18 @@ class SupportAgent(Agent):
             SupportDecision,
             task=SUPPORT_DECIDE,
         )
+        plan = [
+            p for p, on in (("search", decision.search_kb), ("ticket", decision.open_ticket)) if on
+        ]
+        ctx.emit(
+            SupportStep(step="decided", detail=f"{decision.intent}: {', '.join(plan) or 'answer'}")
+        )
         references: list[str] = []
         titles: list[str] = []
         if decision.search_kb:
             hits = ctx.use(search_kb, Search(query=decision.query or msg.message)).hits
             references, titles = [h.url for h in hits], [h.title for h in hits]
+            ctx.emit(SupportStep(step="searched", detail="; ".join(titles) or "nothing found"))
             # The event keeps the model's search words, never the raw message:
             # the event stream outlives an erasure.
             ctx.publish_once(
@@ -128,6 +137,7 @@ class SupportAgent(Agent):
         ticket_id = None
         if decision.open_ticket:
             ticket_id = self._open_ticket(ctx, msg, decision, conversation)
+            ctx.emit(SupportStep(step="ticket", detail=ticket_id))
         answer = decode_with_repair(
             self._generator(ctx),
             SUPPORT_ANSWER.render(
@@ -242,3 +252,9 @@ class TicketsAgent(Agent):
             intent=t.intent,
             created_at=t.created_at,
         )
+
+
+def _plan(decision: SupportDecision) -> str:
+    """`billing: search, ticket`: the decision in a line."""
+    steps = [("search", decision.search_kb), ("ticket", decision.open_ticket)]
+    return f"{decision.intent}: {', '.join(s for s, on in steps if on) or 'answer'}"

@@ -496,3 +496,21 @@ def test_readiness_follows_the_state_store_and_the_audit_log(
     finally:
         node.runtime.audit = log
     assert client.get("/readyz").status_code == 200
+
+
+def test_the_support_agent_streams_its_steps_then_the_response(
+    start_service: Callable[..., Service], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, client = start_service()
+    url = str(client.base_url).rstrip("/")
+    assert main(["send", "support", json.dumps(BILLING), "--stream", "--url", url]) == 0
+    out = capsys.readouterr().out
+    chunks, result = out[: out.index("\n{\n")], out[out.index("\n{\n") :]
+    steps = [json.loads(line) for line in chunks.splitlines()]
+    response = json.loads(result)
+    assert [(s["step"], s["detail"]) for s in steps] == [
+        ("decided", "billing: search, ticket"),
+        ("searched", "Refunds and double charges"),
+        ("ticket", response["ticket_id"]),
+    ]
+    assert response["type"] == "SupportResponse"
