@@ -1,30 +1,32 @@
 """Node configuration: TOML decoded into frozen Structs, with environment overrides."""
 
-from config._settings import (
-    ENV_OVERRIDES,
-    AgentSettings,
+from config._inference import (
     BackendSettings,
-    BackoffSettings,
-    EventSettings,
     ExLlamaV2BackendSettings,
-    HttpSettings,
     InferenceSettings,
-    NatsSettings,
-    NodeSettings,
     OpenAIBackendSettings,
-    PoolSettings,
     RemoteBackendSettings,
     ScriptedBackendSettings,
     ScriptedRule,
+    TierSettings,
+    read_rules_file,
+)
+from config._settings import (
+    ENV_OVERRIDES,
+    AgentSettings,
+    BackoffSettings,
+    EventSettings,
+    HttpSettings,
+    NatsSettings,
+    NodeSettings,
+    PoolSettings,
     Settings,
     StateSettings,
     SupervisionSettings,
     TelemetrySettings,
-    TierSettings,
     decode,
     default_toml,
     load,
-    read_rules_file,
 )
 
 __all__ = [

@@ -13,19 +13,12 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from config._base import Count, ImportPath, NonNegative, Positive, Section, Token
+from config._inference import InferenceSettings, RemoteBackendSettings
 from messages import ConfigError
 
-Positive = Annotated[float, msgspec.Meta(gt=0)]
-NonNegative = Annotated[float, msgspec.Meta(ge=0)]
-Count = Annotated[int, msgspec.Meta(ge=0)]
-ImportPath = Annotated[str, msgspec.Meta(pattern=r"^[\w.]+:[\w.]+$")]
 
-
-class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Config sections reject unknown keys, so a typo fails at start."""
-
-
-class NodeSettings(_Section, frozen=True, kw_only=True):
+class NodeSettings(Section, frozen=True, kw_only=True):
     """This node.
 
     Attributes:
@@ -37,7 +30,7 @@ class NodeSettings(_Section, frozen=True, kw_only=True):
     cpus: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=list)
 
 
-class AgentSettings(_Section, frozen=True, kw_only=True):
+class AgentSettings(Section, frozen=True, kw_only=True):
     """Defaults for every agent.
 
     Attributes:
@@ -49,7 +42,7 @@ class AgentSettings(_Section, frozen=True, kw_only=True):
     hung_margin: Positive = 5.0
 
 
-class BackoffSettings(_Section, frozen=True, kw_only=True):
+class BackoffSettings(Section, frozen=True, kw_only=True):
     """Delay between consecutive restarts of one child."""
 
     base: NonNegative = 0.01
@@ -59,7 +52,7 @@ class BackoffSettings(_Section, frozen=True, kw_only=True):
     reset_after: NonNegative = 10.0
 
 
-class SupervisionSettings(_Section, frozen=True, kw_only=True):
+class SupervisionSettings(Section, frozen=True, kw_only=True):
     """Restart intensity and shutdown defaults for every supervisor."""
 
     max_restarts: Count = 3
@@ -68,7 +61,7 @@ class SupervisionSettings(_Section, frozen=True, kw_only=True):
     backoff: BackoffSettings = msgspec.field(default_factory=BackoffSettings)
 
 
-class StateSettings(_Section, frozen=True, kw_only=True):
+class StateSettings(Section, frozen=True, kw_only=True):
     """Where agents keep state between messages (`ctx.state`).
 
     Attributes:
@@ -96,10 +89,7 @@ class StateSettings(_Section, frozen=True, kw_only=True):
     audit_stream: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]*$")] = ""
 
 
-Token = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+$")]
-
-
-class NatsSettings(_Section, frozen=True, kw_only=True):
+class NatsSettings(Section, frozen=True, kw_only=True):
     """The NATS connection and how agents are reached through it.
 
     Attributes:
@@ -134,7 +124,7 @@ class NatsSettings(_Section, frozen=True, kw_only=True):
     drain_timeout: NonNegative = 5.0
 
 
-class HttpSettings(_Section, frozen=True, kw_only=True):
+class HttpSettings(Section, frozen=True, kw_only=True):
     """The HTTP edge: agents as JSON endpoints, health and metrics.
 
     Attributes:
@@ -180,7 +170,7 @@ def _is_loopback_host(host: str) -> bool:
         return False
 
 
-class TelemetrySettings(_Section, frozen=True, kw_only=True):
+class TelemetrySettings(Section, frozen=True, kw_only=True):
     """OpenTelemetry traces.
 
     Attributes:
@@ -212,7 +202,7 @@ class TelemetrySettings(_Section, frozen=True, kw_only=True):
             raise ConfigError("telemetry.otlp_metrics_endpoint", reason)
 
 
-class EventSettings(_Section, frozen=True, kw_only=True):
+class EventSettings(Section, frozen=True, kw_only=True):
     """Domain events on JetStream.
 
     Attributes:
@@ -239,210 +229,7 @@ class EventSettings(_Section, frozen=True, kw_only=True):
     max_in_flight: Annotated[int, msgspec.Meta(ge=1)] = 64
 
 
-class ScriptedRule(_Section, frozen=True, kw_only=True):
-    """Answer `reply` when `pattern` (a regular expression) is in the prompt's last line."""
-
-    pattern: str
-    reply: str
-
-
-class _RulesFile(_Section, frozen=True, kw_only=True):
-    rules: list[ScriptedRule]
-
-
-def read_rules_file(source: str, *, key: str = "rules_files") -> list[ScriptedRule]:
-    """The `[[rules]]` of a TOML file: `package:resource` (shipped) or a path.
-
-    Raises:
-        ConfigError: Naming `key`, if the file is missing, malformed, or a
-            pattern is not a regular expression.
-    """
-    package, sep, resource = source.partition(":")
-    try:
-        if sep:
-            text = resources.files(package).joinpath(resource).read_text(encoding="utf-8")
-        else:
-            text = Path(source).read_text(encoding="utf-8")
-        rules = msgspec.convert(tomllib.loads(text), _RulesFile).rules
-        for rule in rules:
-            re.compile(rule.pattern)
-    except (
-        OSError,
-        ImportError,
-        tomllib.TOMLDecodeError,
-        msgspec.ValidationError,
-        re.error,
-    ) as exc:
-        raise ConfigError(key, f"{source}: {exc}") from exc
-    return rules
-
-
-class ScriptedBackendSettings(
-    _Section, frozen=True, kw_only=True, tag="scripted", tag_field="kind"
-):
-    """The scripted backend: rule-driven replies, no model (tests, GPU-less runs).
-
-    Attributes:
-        model: Name shown in results.
-        rules: Tried in order; the first match answers.
-        rules_files: More rules, after `rules`: TOML files of `[[rules]]`,
-            each `package:resource` (shipped with a package) or a path.
-        default_reply: The reply when no rule matches.
-        token_delay: Seconds per generated word (simulated decoding).
-        prefill_delay: Seconds before the first word (simulated prefill).
-        capacity: Generations one worker runs at once.
-        context_length: Most prompt plus completion tokens (words).
-    """
-
-    model: str = "scripted"
-    rules: list[ScriptedRule] = msgspec.field(default_factory=list)
-    rules_files: list[str] = msgspec.field(default_factory=list)
-    default_reply: str = "I do not have a scripted answer for that."
-    token_delay: NonNegative = 0.0
-    prefill_delay: NonNegative = 0.0
-    capacity: Annotated[int, msgspec.Meta(ge=1)] = 4
-    context_length: Annotated[int, msgspec.Meta(ge=1)] = 4096
-
-
-class OpenAIBackendSettings(_Section, frozen=True, kw_only=True, tag="openai", tag_field="kind"):
-    """Any OpenAI-compatible server (vLLM, TabbyAPI, llama.cpp server), streamed.
-
-    Attributes:
-        url: Base URL up to `/v1`, e.g. `http://127.0.0.1:8000/v1`.
-        model: The model name the server serves.
-        api_key_env: Environment variable holding the API key; empty: none.
-        capacity: Requests one worker sends at once.
-        context_length: The model's context, in tokens.
-        connect_timeout: Seconds to connect.
-    """
-
-    url: str
-    model: str
-    api_key_env: str = ""
-    capacity: Annotated[int, msgspec.Meta(ge=1)] = 8
-    context_length: Annotated[int, msgspec.Meta(ge=1)] = 8192
-    connect_timeout: Positive = 5.0
-
-
-class ExLlamaV2BackendSettings(
-    _Section, frozen=True, kw_only=True, tag="exllamav2", tag_field="kind"
-):
-    """A quantized EXL2/GPTQ model on this node's CUDA GPU (the `gpu` extra).
-
-    Attributes:
-        model_dir: The model directory.
-        cache_mode: KV cache precision: `FP16`, `Q4`, `Q6` or `Q8`.
-        max_seq_len: Context length; 0 keeps the model's.
-    """
-
-    model_dir: str
-    cache_mode: Literal["FP16", "Q4", "Q6", "Q8"] = "FP16"
-    max_seq_len: Count = 0
-
-
-class RemoteBackendSettings(_Section, frozen=True, kw_only=True, tag="remote", tag_field="kind"):
-    """Model workers that other nodes run, reached over NATS `af.inf.<tier>`.
-
-    A worker says what it is (backend, model, capacity, context) in the
-    first frame of each answer; these are the assumptions until then.
-
-    Attributes:
-        model: The model name shown until a worker has answered.
-        capacity: Generations one worker is assumed to run at once.
-        context_length: The context assumed; 0: unknown (the worker checks).
-    """
-
-    model: str = "remote"
-    capacity: Annotated[int, msgspec.Meta(ge=1)] = 1
-    context_length: Count = 0
-
-
-BackendSettings = (
-    ScriptedBackendSettings
-    | OpenAIBackendSettings
-    | ExLlamaV2BackendSettings
-    | RemoteBackendSettings
-)
-
-
-class TierSettings(_Section, frozen=True, kw_only=True):
-    """One model tier of the inference pool (list them largest first).
-
-    Attributes:
-        name: `large`, `small`, ... (requests name it in `tier`).
-        backend: The backend and its settings; `kind` says which.
-        workers: Workers of this tier, each running one backend.
-        queue_bound: Requests that may wait for a slot.
-        degrade_wait: How long, as a share of the tier's expected service
-            time, a request that may degrade waits before a smaller tier takes it.
-        breaker_threshold: Consecutive failures that take the tier out.
-        breaker_cooldown: Seconds out before a probe request is let in.
-        process: Run each worker in its own OS process, supervised and
-            reached over NATS `af.inf.<tier>` (needs `[nats]`): a crash or a
-            CUDA fault then takes down one worker, not the node. Unset: on
-            for `exllamav2`, off for the rest.
-        gpus: The GPU of each worker process (`CUDA_VISIBLE_DEVICES`); empty:
-            they all see what the node sees.
-        heartbeat: Seconds between a worker process's signs of life while it
-            generates; a caller that hears nothing for three of them takes
-            the worker for dead.
-    """
-
-    name: Token
-    backend: BackendSettings
-    workers: Annotated[int, msgspec.Meta(ge=1)] = 1
-    queue_bound: Count = 64
-    degrade_wait: NonNegative = 0.25
-    breaker_threshold: Annotated[int, msgspec.Meta(ge=1)] = 3
-    breaker_cooldown: NonNegative = 5.0
-    process: bool | None = None
-    gpus: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=list)
-    heartbeat: Positive = 0.5
-
-    @property
-    def runs_processes(self) -> bool:
-        """Whether this node runs the tier's workers as OS processes."""
-        if self.process is None:
-            return isinstance(self.backend, ExLlamaV2BackendSettings)
-        return self.process
-
-    def check(self, key: str) -> None:
-        """Raise `ConfigError` (naming `key`) if the settings contradict each other."""
-        remote = isinstance(self.backend, RemoteBackendSettings)
-        if remote and self.process:
-            raise ConfigError(f"{key}.process", "a remote tier's workers run on other nodes")
-        if self.gpus and (not self.runs_processes or len(self.gpus) != self.workers):
-            reason = "give one GPU per worker process (process = true, len(gpus) == workers)"
-            raise ConfigError(f"{key}.gpus", reason)
-        if isinstance(self.backend, ScriptedBackendSettings):
-            for index, source in enumerate(self.backend.rules_files):
-                read_rules_file(source, key=f"{key}.backend.rules_files[{index}]")
-
-
-class InferenceSettings(_Section, frozen=True, kw_only=True):
-    """The inference pool behind `ctx.generate`.
-
-    Attributes:
-        default_tier: The tier of a request that names none; empty: the first.
-        tiers: The tiers, largest first; none means no pool on this node.
-    """
-
-    default_tier: str = ""
-    tiers: list[TierSettings] = msgspec.field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        names = [t.name for t in self.tiers]
-        for index, tier in enumerate(self.tiers):
-            tier.check(f"inference.tiers[{index}]")
-        for index, name in enumerate(names):
-            if name in names[:index]:
-                raise ConfigError(f"inference.tiers[{index}].name", f"tier {name!r} is named twice")
-        if self.default_tier and self.default_tier not in names:
-            reason = f"{self.default_tier!r} is not one of the tiers {names}"
-            raise ConfigError("inference.default_tier", reason)
-
-
-class PoolSettings(_Section, frozen=True, kw_only=True):
+class PoolSettings(Section, frozen=True, kw_only=True):
     """A pool of agents of one class under its own supervisor.
 
     Attributes:
@@ -464,7 +251,7 @@ class PoolSettings(_Section, frozen=True, kw_only=True):
     permissions: list[str] | None = None
 
 
-class Settings(_Section, frozen=True, kw_only=True):
+class Settings(Section, frozen=True, kw_only=True):
     """Everything a node reads at start."""
 
     node: NodeSettings = msgspec.field(default_factory=NodeSettings)
