@@ -107,16 +107,29 @@ class DataKeys:
             if held is not None:
                 key_id, secret = _key_decoder.decode(held)
                 return key_id, secret
-            if self.since is not None and erased_since(self.store, subject, self.since):
-                msg = "the user's data was erased while this request ran; send it again"
-                raise Unavailable(msg)
+            self._check_fence(subject, None)
             new_id, secret = uuid.uuid4().hex, AESGCM.generate_key(bit_length=_KEY_BITS)
             self.store.put(state_key("auditkey", "index", subject, new_id), b"")
             self.store.put(state_key("auditkey", "id", new_id), secret)
             if self.store.compare_and_set(pointer, None, msgspec.msgpack.encode((new_id, secret))):
+                self._check_fence(subject, new_id)
                 return new_id, secret
             self._forget(subject, new_id)  # another writer won
         msg = f"could not settle a data key for subject {subject!r}"
+        raise Unavailable(msg)
+
+    def _check_fence(self, subject: str, made: str | None) -> None:
+        """Refuse (and undo `made`) if the subject was erased since the message began.
+
+        Checked before making a key and again after: an erasure that ran in
+        between would otherwise miss the new key.
+        """
+        if self.since is None or not erased_since(self.store, subject, self.since):
+            return
+        if made is not None:
+            self.store.delete(state_key("auditkey", "user", subject))
+            self._forget(subject, made)
+        msg = "the user's data was erased while this request ran; send it again"
         raise Unavailable(msg)
 
     def secret(self, key_id: str) -> bytes | None:
@@ -143,6 +156,9 @@ class DataKeys:
 
 
 ERASURE_FENCE_TTL: Final = 24 * 3600.0
+# Erasure marks are stamped by one node's clock and compared with another's:
+# a handler that began this long after a mark still counts as in flight.
+CLOCK_SKEW: Final = 1.0
 
 
 def mark_erased(store: StateStore, subject: str) -> None:
@@ -157,7 +173,7 @@ def erased_since(store: StateStore, subject: str, since: float) -> bool:
     what it read earlier back, or makes a new data key for what it holds.
     """
     mark = store.get(state_key("erased", subject))
-    return mark is not None and float(mark) >= since
+    return mark is not None and float(mark) >= since - CLOCK_SKEW
 
 
 def seal(secret: bytes, exchange: SealedExchange, *, key_id: str) -> bytes:

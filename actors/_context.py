@@ -225,8 +225,8 @@ class Context:
         iteration ends; `close()` it to stop early and free the slot.
         """
         full, meta = _request(request, fields), self._cause(new_message_id())
+        auditor = self._auditor()  # before the stream: it would hold a slot if this failed
         stream = self._inference().stream(full, meta)
-        auditor = self._auditor()
         if auditor is None:
             return stream
         started = time.time()

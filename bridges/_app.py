@@ -72,7 +72,6 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     memory = MemoryStore() if settings.state.backend == "memory" else None
     runtime = Runtime(node=settings.node.name or None, defaults=defaults, state=memory)
-    runtime.audit_required = bool(settings.state.audit_stream)
     tracing = tracing_from_settings(settings.telemetry, node=runtime.node)
     if tracing is not None:
         runtime.tracing = tracing
@@ -307,6 +306,7 @@ def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
         ConfigError: If a pool names an agent class that cannot be imported.
     """
     runtime = runtime or build_runtime(settings)
+    runtime.audit_required = bool(settings.state.audit_stream)
     agents = [
         import_agent(pool.agent, key=f"pools[{i}].agent") for i, pool in enumerate(settings.pools)
     ]

@@ -43,6 +43,7 @@ _EXPECTED_LAST: Final = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 _TTL_SLACK: Final = 1.0  # the server's TTL only reclaims space; the envelope decides
 _MS: Final = 1000
+_SCAN_READS: Final = 32  # reads in flight while a scan checks which keys are live
 
 # KEYS[1] key; ARGV: absent-expected flag, expected, value, ttl in ms ("" none).
 _REDIS_CAS: Final = """
@@ -118,6 +119,9 @@ class KvStore:
             await nc.close()
             msg = f"cannot open the KV bucket {settings.bucket} at {url}: {exc!r}"
             raise Unavailable(msg) from exc
+        except BaseException:  # cancelled: do not leave a client reconnecting forever
+            await asyncio.shield(nc.close())
+            raise
         return cls(nc, kv, bucket=settings.bucket, url=url)
 
     def _require_connected(self) -> None:
@@ -185,15 +189,17 @@ class KvStore:
         values before it has delivered them all.)
         """
         self._require_connected()
-        info = await self._js.stream_info(
-            self._stream, subjects_filter=f"{self._subject}{prefix}.>"
-        )
-        found = []
-        for subject in info.state.subjects or {}:
-            key = subject.removeprefix(self._subject)
-            if (await self._entry(key))[1] is not None:
-                found.append(key)
-        return sorted(found)
+        wanted = f"{self._subject}{prefix}.>"
+        info = await self._js.stream_info(self._stream, subjects_filter=wanted)
+        keys = [subject.removeprefix(self._subject) for subject in info.state.subjects or {}]
+        reads = asyncio.Semaphore(_SCAN_READS)
+
+        async def live(key: str) -> bool:
+            async with reads:
+                return (await self._entry(key))[1] is not None
+
+        alive = await asyncio.gather(*(live(key) for key in keys))
+        return sorted(key for key, ok in zip(keys, alive, strict=True) if ok)
 
     async def close(self) -> None:
         """Close the connection."""

@@ -13,7 +13,7 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from actors._audit import DataKeys, mark_erased
+from actors._audit import DataKeys, erased_since, mark_erased
 from actors._state import StateStore, state_key
 from actors._tools import ToolCall, tool
 from actors.support._messages import (
@@ -100,6 +100,10 @@ def create_ticket(args: NewTicket, call: ToolCall) -> TicketRef:
     # By request and user, not by every argument: a retry whose model wrote
     # another summary must still find the ticket it opened.
     ticket_id = record_id("T", call, args.user_id)
+    state, started = call.state, call.context.started
+    if erased_since(state, args.user_id, started):
+        msg = "the user's data was erased while this request ran; send it again"
+        raise Unavailable(msg)
     ticket = Ticket(
         id=ticket_id,
         user_id=args.user_id,
@@ -258,6 +262,9 @@ def erase_user(args: Erase, call: ToolCall) -> Erased:
         conversations=len(memories), tickets=len(tickets), keys_destroyed=len(key_ids)
     )
     runtime = call.context.runtime
+    if runtime.audit is None and runtime.audit_required:
+        msg = "the audit log is not open; the erasure waits until it can be recorded"
+        raise Unavailable(msg)
     if runtime.audit is not None:
         runtime.audit.append(
             UserDataErased(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import zlib
@@ -27,7 +28,7 @@ from actors.support._messages import (
     TicketView,
     Turn,
 )
-from actors.support._prompts import SUPPORT_ANSWER, SUPPORT_DECIDE
+from actors.support._prompts import SUPPORT_ANSWER, SUPPORT_DECIDE, escape_user_text
 from actors.support._records import (
     NewTicket,
     TicketLookup,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 _SEED_MASK: Final = 0x7FFFFFFF
 _MEMORY_ATTEMPTS: Final = 5
+_EVENT_DIGITS: Final = 24
 _memory_decoder: Final = msgspec.msgpack.Decoder(Memory)
 _TURN_CHARS: Final = 300
 
@@ -110,7 +112,10 @@ class SupportAgent(Agent):
         memory = self._memory(ctx, remembered, msg.user_id)
         decision = decode_with_repair(
             self._generator(ctx),
-            SUPPORT_DECIDE.render(history=self._history(memory), message=msg.message),
+            SUPPORT_DECIDE.render(
+                history=history_of(memory, ctx.metadata.id, self.options.memory_turns),
+                message=msg.message,
+            ),
             SupportDecision,
             task=SUPPORT_DECIDE,
         )
@@ -132,7 +137,7 @@ class SupportAgent(Agent):
                 KBLookupPerformed(
                     query=decision.query, results=references, conversation_id=conversation
                 ),
-                message_id=f"KBLookupPerformed.{ctx.metadata.id}",
+                message_id=f"KBLookupPerformed.{_event_id(ctx, msg.user_id)}",
             )
         ticket_id = None
         if decision.open_ticket:
@@ -200,13 +205,11 @@ class SupportAgent(Agent):
             del memory.turns[: -self.options.memory_turns or None]
             encoded = msgspec.msgpack.encode(memory)
             if ctx.state.compare_and_set(key, raw, encoded, ttl=self.options.memory_ttl):
+                if erased_since(ctx.state, user_id, ctx.started):
+                    ctx.state.delete(key)  # an erasure ran between the check and the write
                 return
         msg = "the conversation's memory kept changing; send the message again"
         raise Unavailable(msg)
-
-    def _history(self, memory: Memory) -> str:
-        turns = memory.turns[-self.options.memory_turns :] if self.options.memory_turns else []
-        return " | ".join(f"customer: {t.user} / agent: {t.agent}" for t in turns) or "none"
 
     def _generator(self, ctx: Context) -> _Generate:
         return _Generate(ctx, self.options)
@@ -258,3 +261,26 @@ def _plan(decision: SupportDecision) -> str:
     """`billing: search, ticket`: the decision in a line."""
     steps = [("search", decision.search_kb), ("ticket", decision.open_ticket)]
     return f"{decision.intent}: {', '.join(s for s, on in steps if on) or 'answer'}"
+
+
+def _event_id(ctx: Context, user_id: str) -> str:
+    """An event id per request and user (request ids are the callers' and may collide)."""
+    return hashlib.sha256(f"{ctx.metadata.id}|{user_id}".encode()).hexdigest()[:_EVENT_DIGITS]
+
+
+def history_of(memory: Memory, message_id: str, turns: int) -> str:
+    """The last `turns` exchanges for a prompt, each part tagged and escaped.
+
+    The turn of `message_id` itself is left out: a retry must see the
+    conversation as its first attempt did, or it may decide otherwise.
+    """
+    earlier = [t for t in memory.turns if t.id != message_id]
+    shown = earlier[-turns:] if turns else []
+    return (
+        "".join(
+            f"<customer>{escape_user_text(t.user)}</customer>"
+            f"<agent>{escape_user_text(t.agent)}</agent>"
+            for t in shown
+        )
+        or "none"
+    )
