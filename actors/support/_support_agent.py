@@ -109,7 +109,8 @@ class SupportAgent(Agent):
         conversation = msg.conversation_id or ctx.metadata.id
         ctx.on_behalf_of(msg.user_id, conversation)
         remembered = memory_key(msg.user_id, conversation)
-        memory = self._memory(ctx, remembered, msg.user_id)
+        raw_memory = ctx.state.get(remembered)
+        memory = _memory_of(raw_memory, msg.user_id)
         decision = decode_with_repair(
             self._generator(ctx),
             SUPPORT_DECIDE.render(
@@ -156,7 +157,7 @@ class SupportAgent(Agent):
         )
         text = self.policy.apply(answer.answer).text
         turn = Turn(user=msg.message[:_TURN_CHARS], agent=text, at=time.time(), id=ctx.metadata.id)
-        self._remember(ctx, remembered, msg.user_id, turn)
+        self._remember(ctx, remembered, msg.user_id, turn, raw_memory)
         return SupportResponse(
             answer=text,
             ticket_id=ticket_id,
@@ -188,25 +189,28 @@ class SupportAgent(Agent):
         )
         return ref.ticket_id
 
-    def _memory(self, ctx: Context, key: str, user_id: str) -> Memory:
-        raw = ctx.state.get(key)
-        return Memory(user_id=user_id) if raw is None else _memory_decoder.decode(raw)
+    def _remember(
+        self, ctx: Context, key: str, user_id: str, turn: Turn, raw: bytes | None
+    ) -> None:
+        """Append the exchange to the conversation's memory, once, without losing others'.
 
-    def _remember(self, ctx: Context, key: str, user_id: str, turn: Turn) -> None:
-        """Append the exchange to the conversation's memory, once, without losing others'."""
-        for _ in range(_MEMORY_ATTEMPTS):
-            raw = ctx.state.get(key)
-            memory = Memory(user_id=user_id) if raw is None else _memory_decoder.decode(raw)
+        `raw` is the memory as read when the message began: the first
+        compare-and-set expects it, and only a lost race reads again. An
+        erasure is checked after writing (and the write undone), which also
+        covers one that ran before it.
+        """
+        for attempt in range(_MEMORY_ATTEMPTS):
+            if attempt:
+                raw = ctx.state.get(key)
+            memory = _memory_of(raw, user_id)
             if any(t.id == turn.id for t in memory.turns):
                 return  # a retry of a message already remembered
-            if erased_since(ctx.state, user_id, ctx.started):
-                return  # the user was forgotten while this ran: write nothing back
             memory.turns.append(turn)
             del memory.turns[: -self.options.memory_turns or None]
             encoded = msgspec.msgpack.encode(memory)
             if ctx.state.compare_and_set(key, raw, encoded, ttl=self.options.memory_ttl):
                 if erased_since(ctx.state, user_id, ctx.started):
-                    ctx.state.delete(key)  # an erasure ran between the check and the write
+                    ctx.state.delete(key)  # forgotten while this ran: write nothing back
                 return
         msg = "the conversation's memory kept changing; send the message again"
         raise Unavailable(msg)
@@ -284,3 +288,7 @@ def history_of(memory: Memory, message_id: str, turns: int) -> str:
         )
         or "none"
     )
+
+
+def _memory_of(raw: bytes | None, user_id: str) -> Memory:
+    return Memory(user_id=user_id) if raw is None else _memory_decoder.decode(raw)
