@@ -185,6 +185,9 @@ class Context:
         `PUBLISHED_TTL` seconds and skips ids found there. Returns whether
         it published. (A crash between the publish and the record still
         repeats the event, inside the window as a dropped duplicate.)
+
+        Raises:
+            messages.Unavailable: If the node has no state store (or transport).
         """
         marker = state_key("published", message_id)
         if self.state.get(marker) is not None:
