@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import math
 import time
 from collections.abc import Coroutine
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+logger: Final = logging.getLogger("actorfleet.state")
+
 # A value is stored with its absolute expiry (epoch seconds, 0: none), so that
 # expiry is exact and the same on every node whatever the server version.
 _Envelope = tuple[float, bytes]
@@ -43,6 +46,7 @@ _EXPECTED_LAST: Final = "Nats-Expected-Last-Subject-Sequence"
 _WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 _TTL_SLACK: Final = 1.0  # the server's TTL only reclaims space; the envelope decides
 _MS: Final = 1000
+_STREAM_IN_USE: Final = 10058
 _SCAN_READS: Final = 32  # reads in flight while a scan checks which keys are live
 
 # KEYS[1] key; ARGV: absent-expected flag, expected, value, ttl in ms ("" none).
@@ -112,9 +116,7 @@ class KvStore:
         """
         nc = await open_connection(url, name=name, settings=nats_settings)
         try:
-            js = nc.jetstream()
-            config = KeyValueConfig(bucket=settings.bucket, history=1, replicas=settings.replicas)
-            kv = await asyncio.wait_for(js.create_key_value(config), settings.timeout)
+            kv = await asyncio.wait_for(_bucket(nc, settings), settings.timeout)
         except (TimeoutError, nats.errors.Error) as exc:
             await nc.close()
             msg = f"cannot open the KV bucket {settings.bucket} at {url}: {exc!r}"
@@ -209,6 +211,24 @@ class KvStore:
         """The bucket and where it lives."""
         state = "connected" if self._nc.is_connected else "disconnected"
         return f"JetStream KV {self.bucket} at {self.url}, {state}"
+
+
+async def _bucket(nc: Client, settings: StateSettings) -> KeyValue:
+    """Create the bucket, or bind to it as it is if it exists with other settings."""
+    js = nc.jetstream()
+    config = KeyValueConfig(
+        bucket=settings.bucket, history=1, replicas=settings.replicas, direct=True
+    )
+    try:
+        return await js.create_key_value(config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != _STREAM_IN_USE:
+            raise
+    logger.warning(
+        "KV bucket %s exists with other settings than [state] asks for; using it as it is",
+        settings.bucket,
+    )
+    return await js.key_value(settings.bucket)
 
 
 class RedisStore:

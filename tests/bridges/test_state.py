@@ -7,8 +7,10 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import nats
 import pytest
 import redis
+from nats.js.api import KeyValueConfig
 
 from actors import MemoryStore, StateStore, state_key
 from bridges import IoLoop, NatsServer
@@ -149,3 +151,21 @@ def test_opening_a_redis_that_does_not_answer_is_unavailable(io: IoLoop) -> None
     settings = StateSettings(backend="redis", redis_url="redis://127.0.0.1:1/0", timeout=0.5)
     with pytest.raises(Unavailable, match="cannot reach Redis"):
         io.run(RedisStore.open(settings), timeout=5)
+
+
+def test_a_bucket_made_with_other_settings_is_used_as_it_is(
+    io: IoLoop, nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def make_it() -> None:
+        nc = await nats.connect(nats_server.url)
+        await nc.jetstream().create_key_value(KeyValueConfig(bucket="OLD", history=5))
+        await nc.close()
+
+    io.run(make_it(), timeout=10)
+    settings = StateSettings(backend="kv", bucket="OLD")
+    kv = io.run(KvStore.open(nats_server.url, settings, NatsSettings(), name="t"), timeout=10)
+    store = LoopStore(io, kv, timeout=5)
+    assert store.compare_and_set("k", None, b"v")
+    assert store.get("k") == b"v"
+    assert "exists with other settings" in caplog.text
+    io.run(kv.close(), timeout=5)
