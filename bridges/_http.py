@@ -38,12 +38,12 @@ from opentelemetry.trace import SpanKind
 from actors import within
 from bridges._health import Health, health_routes
 from bridges._http_erasure import erasure_route
+from bridges._http_generate import generate_routes
 from bridges._http_schema import check_api_key, optional_tags, reply_types, union_of
 from bridges._http_streams import (
     SSE_MEDIA_TYPE,
     SSE_RESPONSE,
     relay_agent_stream,
-    relay_generation,
 )
 from bridges._metrics import Metrics
 from bridges._problems import (
@@ -51,14 +51,13 @@ from bridges._problems import (
     ClientGone,
     on_error,
     status_of,
+    unless_gone,
 )
 from bridges._serving import request_types
-from inference import PoolClient, prompt_text
+from inference import PoolClient
 from inference._client import Cancelled
 from messages import (
     BadRequest,
-    GenerateRequest,
-    GenerateResult,
     Metadata,
     Priority,
     RequestTimeout,
@@ -196,7 +195,7 @@ class HttpBridge:
                 for a in self.agents
                 if request_types(a) and a.chunk_type is not None
             ]
-            handlers += [self._generate_route(), self._generate_stream_route()]
+            handlers += generate_routes(self)
             erase = erasure_route(self, self.agents)
             if erase is not None:
                 handlers.append(erase)
@@ -379,7 +378,7 @@ class HttpBridge:
         answer = _as_future(reply)
         budget = max(meta.deadline - time.time(), 0) + HOP_MARGIN
         try:
-            return await _unless_gone(request, answer, budget=budget)
+            return await unless_gone(request, answer, budget=budget)
         except ClientGone:
             # Still queued, the agent skips it; running, its answer is dropped.
             reply.fail(Cancelled("the HTTP client went away"))
@@ -391,72 +390,12 @@ class HttpBridge:
 
     # -- generations --------------------------------------------------------
 
-    def _pool(self) -> PoolClient:
+    def pool(self) -> PoolClient:
         client = self.runtime.inference
         if not isinstance(client, PoolClient):
             msg = "this node runs no inference pool"
             raise Unavailable(msg)
         return client
-
-    def _generate_route(self) -> Any:
-        async def generate(request: Request[Any, Any, Any], data: JSONBody[GenerateRequest]) -> Any:
-            return await self.observed(
-                "generate", request, lambda meta: self._generate(request, data, meta)
-            )
-
-        generate.__annotations__["return"] = GenerateResult
-        return post(
-            "/v1/generate",
-            name="generate",
-            operation_id="generate",
-            summary="Generate a completion from the node's inference pool",
-            tags=["inference"],
-            status_code=200,
-            responses=PROBLEMS,
-            guards=self.guards(),
-        )(generate)
-
-    async def _generate(
-        self, request: Request[Any, Any, Any], data: GenerateRequest, meta: Metadata
-    ) -> Any:
-        pool = self._pool().pool
-        # The pool answers by the deadline; leaving early cancels and frees the slot.
-        return await _unless_gone(request, asyncio.ensure_future(pool.submit(data, meta)))
-
-    def _generate_stream_route(self) -> Any:
-        record = self.metrics.recorder("http", "generate")
-
-        async def generate_stream(
-            request: Request[Any, Any, Any], data: JSONBody[GenerateRequest]
-        ) -> ServerSentEvent:
-            """Chunks as `chunk` events, then one `result` (or `error`) event.
-
-            Closing the connection cancels the generation and frees its slot.
-            """
-            meta = self.metadata(request)
-            prompt_text(data)  # a bad prompt is a 400 here, not an event
-            pool = self._pool().pool
-            started = time.perf_counter()
-            return ServerSentEvent(
-                relay_generation(
-                    pool,
-                    data,
-                    meta,
-                    record=lambda status: record(str(status), time.perf_counter() - started),
-                )
-            )
-
-        return post(
-            "/v1/generate/stream",
-            name="generate-stream",
-            operation_id="generate_stream",
-            summary="Stream a completion as Server-Sent Events",
-            tags=["inference"],
-            status_code=200,
-            media_type=SSE_MEDIA_TYPE,
-            responses={200: SSE_RESPONSE, **PROBLEMS},
-            guards=self.guards(),
-        )(generate_stream)
 
 
 def _as_future(reply: Reply[Any]) -> asyncio.Future[Any]:
@@ -479,41 +418,6 @@ def _settle(future: asyncio.Future[Any], reply: Reply[Any]) -> None:
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
-
-
-async def _unless_gone(
-    request: Request[Any, Any, Any], answer: asyncio.Future[Any], *, budget: float | None = None
-) -> Any:
-    """`answer`'s result, unless the client disconnects or `budget` seconds pass first.
-
-    Either way `answer` is cancelled.
-
-    Raises:
-        ClientGone: The client disconnected first.
-        TimeoutError: `budget` passed first.
-    """
-    gone = asyncio.ensure_future(_disconnected(request))
-    try:
-        done, _ = await asyncio.wait(
-            {answer, gone}, timeout=budget, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        gone.cancel()
-    if answer in done:
-        return answer.result()
-    answer.cancel()
-    if gone in done:
-        msg = "the client disconnected"
-        raise ClientGone(msg)
-    raise TimeoutError
-
-
-async def _disconnected(request: Request[Any, Any, Any]) -> None:
-    """Return when the client has gone away (the body is already read)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 HttpFactory = Callable[[], HttpBridge]

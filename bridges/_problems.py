@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from http import HTTPStatus
@@ -154,3 +155,38 @@ def _validation_detail(error: ValidationException) -> str:
 
 def on_error(_request: Request[Any, Any, Any], error: Exception) -> Response[Problem]:
     return error_response(error)
+
+
+async def unless_gone(
+    request: Request[Any, Any, Any], answer: asyncio.Future[Any], *, budget: float | None = None
+) -> Any:
+    """`answer`'s result, unless the client disconnects or `budget` seconds pass first.
+
+    Either way `answer` is cancelled.
+
+    Raises:
+        ClientGone: The client disconnected first.
+        TimeoutError: `budget` passed first.
+    """
+    gone = asyncio.ensure_future(disconnected(request))
+    try:
+        done, _ = await asyncio.wait(
+            {answer, gone}, timeout=budget, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        gone.cancel()
+    if answer in done:
+        return answer.result()
+    answer.cancel()
+    if gone in done:
+        msg = "the client disconnected"
+        raise ClientGone(msg)
+    raise TimeoutError
+
+
+async def disconnected(request: Request[Any, Any, Any]) -> None:
+    """Return when the client has gone away (the body is already read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

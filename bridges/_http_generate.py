@@ -1,0 +1,87 @@
+"""`POST /v1/generate` and `/v1/generate/stream`: the node's inference pool over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from litestar import Request, post
+from litestar.params import JSONBody
+from litestar.response import ServerSentEvent
+
+from bridges._http_streams import SSE_MEDIA_TYPE, SSE_RESPONSE, relay_generation
+from bridges._problems import PROBLEMS, unless_gone
+from inference import prompt_text
+from messages import GenerateRequest, GenerateResult, Metadata
+
+if TYPE_CHECKING:
+    from bridges._http import HttpBridge
+
+
+def generate_routes(bridge: HttpBridge) -> list[Any]:
+    """The two generation routes of `bridge`."""
+    return [_generate_route(bridge), _generate_stream_route(bridge)]
+
+
+def _generate_route(bridge: HttpBridge) -> Any:
+    async def generate(request: Request[Any, Any, Any], data: JSONBody[GenerateRequest]) -> Any:
+        return await bridge.observed(
+            "generate", request, lambda meta: _generate(bridge, request, data, meta)
+        )
+
+    generate.__annotations__["return"] = GenerateResult
+    return post(
+        "/v1/generate",
+        name="generate",
+        operation_id="generate",
+        summary="Generate a completion from the node's inference pool",
+        tags=["inference"],
+        status_code=200,
+        responses=PROBLEMS,
+        guards=bridge.guards(),
+    )(generate)
+
+
+async def _generate(
+    bridge: HttpBridge, request: Request[Any, Any, Any], data: GenerateRequest, meta: Metadata
+) -> Any:
+    pool = bridge.pool().pool
+    # The pool answers by the deadline; leaving early cancels and frees the slot.
+    return await unless_gone(request, asyncio.ensure_future(pool.submit(data, meta)))
+
+
+def _generate_stream_route(bridge: HttpBridge) -> Any:
+    record = bridge.metrics.recorder("http", "generate")
+
+    async def generate_stream(
+        request: Request[Any, Any, Any], data: JSONBody[GenerateRequest]
+    ) -> ServerSentEvent:
+        """Chunks as `chunk` events, then one `result` (or `error`) event.
+
+        Closing the connection cancels the generation and frees its slot.
+        """
+        meta = bridge.metadata(request)
+        prompt_text(data)  # a bad prompt is a 400 here, not an event
+        pool = bridge.pool().pool
+        started = time.perf_counter()
+        return ServerSentEvent(
+            relay_generation(
+                pool,
+                data,
+                meta,
+                record=lambda status: record(str(status), time.perf_counter() - started),
+            )
+        )
+
+    return post(
+        "/v1/generate/stream",
+        name="generate-stream",
+        operation_id="generate_stream",
+        summary="Stream a completion as Server-Sent Events",
+        tags=["inference"],
+        status_code=200,
+        media_type=SSE_MEDIA_TYPE,
+        responses={200: SSE_RESPONSE, **PROBLEMS},
+        guards=bridge.guards(),
+    )(generate_stream)
