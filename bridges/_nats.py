@@ -15,7 +15,7 @@ import logging
 import math
 import time
 import typing
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from importlib import metadata as distribution
 from typing import TYPE_CHECKING, Any, Final
 
@@ -27,15 +27,13 @@ from opentelemetry.trace import SpanKind
 
 from actors import Call, Reply, Runtime, within
 from bridges._events import EventRouter
-from bridges._inbox import Inbox, no_responders
+from bridges._inbox import Inbox
+from bridges._nats_calls import request_reply, settle, stream_reply
 from bridges._outbox import Outbox
 from bridges._serving import AgentEndpoint, event_types, headers_size
 from bridges._wire import (
-    STREAM_HEADER,
     Subjects,
     check_token,
-    decode_reply,
-    decode_stream_frame,
     encode_request,
     event_headers,
 )
@@ -43,7 +41,6 @@ from messages import (
     AgentError,
     BadRequest,
     Event,
-    InternalError,
     Metadata,
     PayloadTooLarge,
     RequestTimeout,
@@ -62,8 +59,6 @@ if TYPE_CHECKING:
 logger: Final = logging.getLogger("actorfleet.nats")
 
 _VERSION: Final = "0.0.0"
-# Tries of a request while nodes answer "no agent of this type here".
-_ELSEWHERE_ATTEMPTS: Final = 3
 _MICRO_NAME_MAX: Final = 64
 
 
@@ -412,7 +407,7 @@ class NatsBridge:
         return body
 
     def _start_request(self, subject: str, body: bytes, reply: Reply[Any]) -> None:
-        self.spawn(self._settle(subject, reply, self._request(subject, body, reply.deadline)))
+        self.spawn(settle(subject, reply, self._request(subject, body, reply.deadline)))
 
     def _start_stream(self, subject: str, body: bytes, reply: Reply[Any]) -> None:
         """A request whose handler emits chunks: relay them, then settle the reply.
@@ -420,19 +415,7 @@ class NatsBridge:
         The responder answers on our own inbox: chunk frames first, then the
         reply (see `bridges._wire.STREAM_HEADER`).
         """
-        self.spawn(self._settle(subject, reply, self._stream(subject, body, reply)))
-
-    async def _settle(self, subject: str, reply: Reply[Any], answer: Awaitable[Any]) -> None:
-        try:
-            reply.set(await answer)
-        except AgentError as error:
-            reply.fail(error)
-        except asyncio.CancelledError:
-            reply.fail(Unavailable(f"the NATS bridge closed before {subject} answered"))
-            raise
-        except Exception as exc:
-            logger.exception("request to %s failed", subject)
-            reply.fail(InternalError(f"request to {subject} failed: {type(exc).__name__}"))
+        self.spawn(settle(subject, reply, self._stream(subject, body, reply)))
 
     async def _stream(self, subject: str, body: bytes, reply: Reply[Any]) -> Any:
         nc = self._nc
@@ -441,63 +424,10 @@ class NatsBridge:
             raise Unavailable(text)
         if self._inbox is None or self._inbox.nc is not nc:
             self._inbox = Inbox(nc)
-        inbox = self._inbox
-        answer_to, frames = await inbox.open()
-        try:
-            await nc.publish(subject, body, reply=answer_to, headers={STREAM_HEADER: "1"})
-            async with asyncio.timeout(reply.deadline - time.time()):
-                while True:
-                    msg = await frames.get()
-                    if no_responders(msg):
-                        text = f"no agent answers on {subject}"
-                        raise Unavailable(text)
-                    chunk, value = decode_stream_frame(msg.data)
-                    if not chunk:
-                        return value
-                    on_chunk = reply.on_chunk
-                    if on_chunk is not None and not reply.done():
-                        on_chunk(value)
-        except TimeoutError:
-            text = f"no reply from {subject} before the deadline"
-            raise RequestTimeout(text) from None
-        finally:
-            inbox.done(answer_to)
+        return await stream_reply(nc, self._inbox, subject, body, reply)
 
     async def _request(self, subject: str, body: bytes, deadline: float) -> Any:
-        """Send, and retry at once while a node answers that it has no agent of the type.
-
-        In a queue group a node whose agents all just died still receives
-        requests until it has left the group; it answers `unavailable` with a
-        zero `retry_after`, and NATS picks a member at random, so trying again
-        reaches a node that can serve.
-        """
-        tries_left = _ELSEWHERE_ATTEMPTS
-        while True:
-            timeout = deadline - time.time()
-            if timeout <= 0:
-                msg = f"deadline passed before sending to {subject}"
-                raise RequestTimeout(msg)
-            nc = self._nc
-            if nc is None:
-                msg = "the NATS bridge is not connected"
-                raise Unavailable(msg)
-            try:
-                response = await nc.request(subject, body, timeout=timeout)
-            except nats.errors.NoRespondersError:
-                msg = f"no agent answers on {subject}"
-                raise Unavailable(msg) from None
-            except (nats.errors.TimeoutError, TimeoutError):
-                msg = f"no reply from {subject} within {timeout:.3f} s"
-                raise RequestTimeout(msg) from None
-            except (nats.errors.Error, OSError) as exc:
-                msg = f"request to {subject} failed: {exc}"
-                raise Unavailable(msg) from exc
-            try:
-                return decode_reply(response.data, response.headers)
-            except Unavailable as error:
-                tries_left -= 1
-                if error.retry_after != 0 or not tries_left:
-                    raise
+        return await request_reply(lambda: self._nc, subject, body, deadline)
 
     async def ask(self, agent_type: str, message: Any, meta: Metadata) -> Any:
         """Ask an agent type over NATS from the loop itself (for loop-side callers).
