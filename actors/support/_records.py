@@ -1,8 +1,10 @@
 """Tools that write the service's records: tickets, orders, shipments, erasure.
 
 Every record is created with compare-and-set under an id derived from the
-tool call's idempotency key, so a retried request (same message id) finds
-the record it made the first time instead of making a second one.
+request's message id and the record's owner, so a retried request (same
+message id), or two attempts of it at once, find the one record instead of
+making a second. Ticket creation and erasure also honour the erasure fence
+(`actors._audit.erased_since`).
 """
 
 from __future__ import annotations
