@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import pykka
@@ -135,14 +134,18 @@ def _start_redis() -> str:
     port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     atexit.register(proc.terminate)
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + WAIT
-    while not _answers(url):  # a process we just started: nothing to wait on but its port
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"redis-server on port {port} did not start")
-        time.sleep(0.05)
-    return url
+    # Wait for the server to say it is ready; a stuck start is killed at the bound.
+    watchdog = threading.Timer(WAIT, proc.kill)
+    watchdog.start()
+    assert proc.stdout is not None
+    ready = any("Ready to accept connections" in line for line in proc.stdout)
+    watchdog.cancel()
+    if not ready:
+        pytest.fail(f"redis-server on port {port} did not start")
+    threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe drained
+    return f"redis://127.0.0.1:{port}/0"

@@ -14,8 +14,7 @@ from actors import Agent, AgentDefaults, Runtime
 from bridges import IoLoop, NatsBridge, NatsServer
 from config import EventSettings, NatsSettings
 from supervisors import Node
-from tests.bridges.http_agents import EchoAgent, StoryAgent, base_url, http_node
-from tests.conftest import WAIT
+from tests.bridges.http_agents import EchoAgent, ServedNodes, StoryAgent, http_node
 
 START = 10.0
 
@@ -78,21 +77,14 @@ def start_node_process(config: Path, name: str, log: Path) -> subprocess.Popen[s
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., tuple[Node, httpx.Client]]]:
-    started: list[tuple[Node, httpx.Client]] = []
+    served = ServedNodes()
 
     def start(telemetry: dict[str, Any] | None = None, **http: Any) -> tuple[Node, httpx.Client]:
         EchoAgent.handled.clear()
         EchoAgent.started.clear()
         StoryAgent.dropped.clear()
         StoryAgent.finished.clear()
-        node = http_node(telemetry, **http)
-        node.start()
-        client = httpx.Client(base_url=base_url(node), timeout=WAIT)
-        started.append((node, client))
-        return node, client
+        return served.start(http_node(telemetry, **http))
 
     yield start
-    for node, client in started:
-        client.close()
-        node.stop()
-        assert node.run(handle_signals=False) == 0
+    served.stop_all()

@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Annotated, Any, ClassVar
 
+import httpx
 import msgspec
 
 from actors import Agent, Context, handler
@@ -21,6 +22,7 @@ from messages import (
     Unavailable,
 )
 from supervisors import Node
+from tests.conftest import WAIT
 
 
 class Say(Message, frozen=True, kw_only=True):
@@ -109,6 +111,25 @@ def base_url(node: Node) -> str:
     [http] = [c for c in bridges.supervisor.children if c.id == "http"]
     assert http.detail is not None
     return http.detail.split()[1].rstrip(",")
+
+
+class ServedNodes:
+    """Nodes a test started, each with an HTTP client; all stopped at the end."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[Node, httpx.Client]] = []
+
+    def start(self, node: Node) -> tuple[Node, httpx.Client]:
+        node.start()
+        client = httpx.Client(base_url=base_url(node), timeout=WAIT)
+        self.started.append((node, client))
+        return node, client
+
+    def stop_all(self) -> None:
+        for node, client in self.started:
+            client.close()
+            node.stop()
+            assert node.run(handle_signals=False) == 0
 
 
 class Summarise(Message, frozen=True, kw_only=True):

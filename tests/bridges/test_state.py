@@ -82,7 +82,7 @@ def test_values_expire_after_their_ttl(store: StateStore) -> None:
     store.put("mem.short", b"v", ttl=TTL)
     store.put("mem.long", b"v")
     assert store.get("mem.short") == b"v"
-    time.sleep(TTL + 0.1)
+    time.sleep(TTL + 0.1)  # the expiry under test
     assert store.get("mem.short") is None
     assert store.get("mem.long") == b"v"
     assert store.scan("mem") == ["mem.long"]

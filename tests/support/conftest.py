@@ -10,8 +10,8 @@ import redis
 from bridges import NatsServer
 from bridges._app import build_node
 from supervisors import Node
-from tests.bridges.http_agents import base_url
-from tests.conftest import WAIT, redis_url
+from tests.bridges.http_agents import ServedNodes
+from tests.conftest import redis_url
 from tests.support.service import support_settings
 
 Service = tuple[Node, httpx.Client]
@@ -20,7 +20,7 @@ Service = tuple[Node, httpx.Client]
 @pytest.fixture
 def start_service(nats_server: NatsServer) -> Iterator[Callable[..., Service]]:
     """Start the reference service's node (embedded defaults) on the test NATS."""
-    started: list[Service] = []
+    served = ServedNodes()
 
     prefix = f"af-test-{nats_server.port}:"
     used_redis = False
@@ -30,17 +30,10 @@ def start_service(nats_server: NatsServer) -> Iterator[Callable[..., Service]]:
         used_redis = used_redis or state == "redis"
         extra = {"redis_url": redis_url(), "redis_prefix": prefix} if state == "redis" else {}
         settings = support_settings(nats_server.url, state={"backend": state, **extra}, **sections)
-        node = build_node(settings)
-        node.start()
-        client = httpx.Client(base_url=base_url(node), timeout=WAIT)
-        started.append((node, client))
-        return node, client
+        return served.start(build_node(settings))
 
     yield start
-    for node, client in started:
-        client.close()
-        node.stop()
-        assert node.run(handle_signals=False) == 0
+    served.stop_all()
     if used_redis:
         client = redis.Redis.from_url(redis_url())
         for key in client.scan_iter(match=f"{prefix}*"):
