@@ -64,7 +64,7 @@ class Context:
         self._reply = reply
         self._published: itertools.count[int] | None = None
         self._tool_calls: itertools.count[int] | None = None
-        self._data_keys: dict[str, tuple[str, bytes]] = {}
+        self._data_keys: dict[str, tuple[str, bytes]] | None = None  # made on first generation
         self.started = time.time()
         self.user_id: str | None = None
         self.conversation_id: str | None = None
@@ -242,6 +242,11 @@ class Context:
 
         return AuditedStream(stream, done)
 
+    def _memo(self) -> dict[str, tuple[str, bytes]]:
+        if self._data_keys is None:
+            self._data_keys = {}
+        return self._data_keys
+
     def _auditor(self) -> Auditor | None:
         runtime = self._agent.runtime
         if runtime.audit is None:
@@ -251,7 +256,7 @@ class Context:
             return None
         return Auditor(
             runtime.audit,
-            DataKeys(self.state, memo=self._data_keys, since=self.started),
+            DataKeys(self.state, memo=self._memo(), since=self.started),
             node=runtime.node,
             agent=self._agent.name,
             subject=self.user_id if self.user_id is not None else SERVICE_SUBJECT,
