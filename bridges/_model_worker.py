@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import secrets
 import signal
@@ -25,6 +24,7 @@ import msgspec
 import nats
 import nats.errors
 
+from bridges._connect import open_connection
 from bridges._wire import (
     Subjects,
     encode_error_envelope,
@@ -277,19 +277,12 @@ async def serve_worker(
     """
     pool, backend = worker_pool(tier)
     pool.tracing = tracing
-    connect = nats.connect(
-        url.split(","),
-        name=f"actorfleet-worker-{tier.name}-{os.getpid()}",
-        reconnect_time_wait=nats_settings.reconnect_wait,
-        max_reconnect_attempts=-1,
-        connect_timeout=max(1, math.ceil(nats_settings.connect_timeout)),
-    )
+    name = f"actorfleet-worker-{tier.name}-{os.getpid()}"
     try:
-        nc = await asyncio.wait_for(connect, nats_settings.connect_timeout)
-    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        nc = await open_connection(url, name=name, settings=nats_settings)
+    except Unavailable:
         await pool.aclose()
-        msg = f"cannot connect to NATS at {url}: {str(exc) or type(exc).__name__}"
-        raise Unavailable(msg) from exc
+        raise
     worker = ModelWorker(
         pool,
         backend,
