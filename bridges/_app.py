@@ -13,8 +13,7 @@ from bridges._audit import JetStreamAudit, LoopAudit
 from bridges._bridge_child import embedded_server, embedded_server_child, nats_bridge_child
 from bridges._embedded import NatsServer
 from bridges._health import TREE_TIMEOUT, Health
-from bridges._http import HttpBridge
-from bridges._http_child import http_bridge_child
+from bridges._http import SHUTDOWN_GRACE, HttpBridge
 from bridges._inference_child import (
     inference_pool_child,
     model_worker_child,
@@ -45,6 +44,9 @@ from supervisors import (
 ROOT_NAME: Final = "root"
 BRIDGES_NAME: Final = "bridges"
 INFERENCE_NAME: Final = "inference"
+HTTP_START_TIMEOUT: Final = 5.0
+# A stopping HTTP bridge lets requests in progress finish, per server.
+HTTP_STOP_TIMEOUT: Final = 4 * SHUTDOWN_GRACE
 
 
 def import_agent(path: str, *, key: str) -> type[Agent]:
@@ -205,10 +207,23 @@ def _bridges_spec(
             needs_nats=settings.nats.enabled,
         )
 
-        def make_http() -> HttpBridge:
-            return HttpBridge(runtime, settings.http, exposed, health=health, metrics=metrics)
+        async def open_http() -> HttpBridge:
+            bridge = HttpBridge(runtime, settings.http, exposed, health=health, metrics=metrics)
+            await bridge.start()
+            return bridge
 
-        children.append(http_bridge_child(runtime, io, make_http, shutdown=shutdown))
+        children.append(
+            resource_child(
+                runtime,
+                io,
+                id="http",
+                open_resource=open_http,
+                attach=lambda _bridge: None,  # it serves on its own sockets
+                timeout=HTTP_START_TIMEOUT,
+                shutdown=shutdown,
+                stop_timeout=HTTP_STOP_TIMEOUT,
+            )
+        )
     return SupervisorSpec(
         name=BRIDGES_NAME,
         strategy=Strategy.ONE_FOR_ONE,

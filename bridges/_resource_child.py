@@ -1,4 +1,4 @@
-"""A connection the node's agents use (state store, audit log) as a supervised child."""
+"""What the node holds open on its I/O loop (HTTP, state, audit), as a supervised child."""
 
 from __future__ import annotations
 
@@ -43,11 +43,13 @@ class ResourceAgent(Agent):
         resource: Resource,
         io: IoLoop,
         attach: Callable[[Any], None],
+        stop_timeout: float = _STOP_TIMEOUT,
     ) -> None:
         super().__init__(runtime, instance=instance)
         self.resource = resource
         self.io = io
         self._attach = attach
+        self._stop_timeout = stop_timeout
         self.exit_link.link(lambda _reason: self._close_later())
 
     def describe(self) -> str:
@@ -58,7 +60,7 @@ class ResourceAgent(Agent):
         """Stop using the resource, then close it."""
         self._attach(None)
         if self.io.running:
-            self.io.run(self.resource.close(), timeout=_STOP_TIMEOUT)
+            self.io.run(self.resource.close(), timeout=self._stop_timeout)
 
     def _close_later(self) -> None:
         self._attach(None)
@@ -75,10 +77,12 @@ def resource_child(
     attach: Callable[[R | None], None],
     timeout: float,
     shutdown: float,
+    stop_timeout: float = _STOP_TIMEOUT,
 ) -> ChildSpec:
     """A child that opens a resource on the loop, attaches it to the runtime, and holds it.
 
     `attach(resource)` runs once it is open, `attach(None)` once it is not.
+    `stop_timeout` bounds its graceful close.
     """
 
     def start() -> ChildHandle:
@@ -88,7 +92,7 @@ def resource_child(
         resource = io.run(opened(), timeout=timeout + _START_MARGIN)
         attach(resource)
         handle: LocalAgentRef = ResourceAgent.spawn(
-            runtime, instance=id, resource=resource, io=io, attach=attach
+            runtime, instance=id, resource=resource, io=io, attach=attach, stop_timeout=stop_timeout
         )
         return handle
 
