@@ -9,14 +9,15 @@ is sealed per user (`actors.DataKeys`), so erasure destroys keys, not records.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Final
 
 import nats.errors
 import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
 
 from bridges._connect import open_connection
+from bridges._state import run_or_unavailable
 from messages import AuditRecord, GenerationAudited, Unavailable, decode, encode
 
 if TYPE_CHECKING:
@@ -156,14 +157,5 @@ class LoopAudit:
         Raises:
             Unavailable: If it is not stored within the timeout.
         """
-        self._run(self.log.append(record))
-
-    def _run(self, coro: Coroutine[Any, Any, None]) -> None:
-        try:
-            self.io.run(coro, timeout=self.timeout)
-        except TimeoutError as exc:
-            msg = f"audit record not stored within {self.timeout} s"
-            raise Unavailable(msg) from exc
-        except (OSError, RuntimeError, nats.errors.Error) as exc:
-            msg = f"audit record not stored: {exc!r}"
-            raise Unavailable(msg) from exc
+        what = f"storing audit record {record.request_id}"
+        run_or_unavailable(self.io, self.log.append(record), timeout=self.timeout, what=what)

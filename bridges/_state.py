@@ -307,6 +307,27 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
+def run_or_unavailable(io: IoLoop, coro: Coroutine[Any, Any, T], *, timeout: float, what: str) -> T:
+    """Run `coro` on the loop from an actor thread; any failure to finish is `Unavailable`.
+
+    Raises:
+        Unavailable: Naming `what`, if it timed out, was cancelled (the node
+            is stopping) or its client failed.
+    """
+    try:
+        return io.run(coro, timeout=timeout)
+    except concurrent.futures.CancelledError as exc:
+        msg = f"{what} was cancelled: the node is stopping"
+        raise Unavailable(msg) from exc
+    except TimeoutError as exc:
+        msg = f"{what} took over {timeout} s"
+        raise Unavailable(msg) from exc
+    # nats-py raises RuntimeError when its transport closes mid-operation.
+    except (OSError, RuntimeError, nats.errors.Error, redis.exceptions.RedisError) as exc:
+        msg = f"{what} failed: {exc!r}"
+        raise Unavailable(msg) from exc
+
+
 class LoopStore:
     """`actors.StateStore` for actor threads over an `AsyncStore` on the I/O loop.
 
@@ -322,18 +343,7 @@ class LoopStore:
         self.timeout = timeout
 
     def _run(self, what: str, key: str, coro: Coroutine[Any, Any, T]) -> T:
-        try:
-            return self.io.run(coro, timeout=self.timeout)
-        except concurrent.futures.CancelledError as exc:  # the loop is stopping
-            msg = f"state {what} {key!r} was cancelled: the node is stopping"
-            raise Unavailable(msg) from exc
-        except TimeoutError as exc:
-            msg = f"state {what} {key!r} took over {self.timeout} s"
-            raise Unavailable(msg) from exc
-        # nats-py raises RuntimeError when its transport closes mid-operation.
-        except (OSError, RuntimeError, nats.errors.Error, redis.exceptions.RedisError) as exc:
-            msg = f"state {what} {key!r} failed: {exc!r}"
-            raise Unavailable(msg) from exc
+        return run_or_unavailable(self.io, coro, timeout=self.timeout, what=f"state {what} {key!r}")
 
     def get(self, key: str) -> bytes | None:
         """The value under `key`, or None if absent or expired."""
