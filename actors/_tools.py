@@ -176,11 +176,10 @@ def _checked_call(ctx: Context, used: Tool[A, R], args: A | dict[str, Any], ordi
 
 
 def _run(ctx: Context, used: Tool[A, R], args: A, key: str) -> R:
-    decoder = msgspec.msgpack.Decoder(used.result)
     if used.side_effect:
         done = ctx.state.get(key)
         if done is not None:
-            result: R = decoder.decode(done)
+            result: R = msgspec.msgpack.decode(done, type=used.result)
             return result
     raw = used.fn(args, ToolCall(context=ctx, key=key))
     try:
