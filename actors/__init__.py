@@ -17,12 +17,13 @@ from actors._runtime import (
     Runtime,
     Transport,
 )
-from actors._state import MemoryStore, StateStore, state_key
+from actors._state import MAX_KEY_LENGTH, MemoryStore, StateStore, check_key, state_key
 from actors._timers import TimerHandle, Timers
 from actors._tools import Tool, ToolCall, tool
 from actors._tracing import Tracing, tracing_from_settings, within
 
 __all__ = [
+    "MAX_KEY_LENGTH",
     "Agent",
     "AgentDefaults",
     "AgentRef",
@@ -50,6 +51,7 @@ __all__ = [
     "Tracing",
     "Transport",
     "TypeRef",
+    "check_key",
     "handler",
     "make_metadata",
     "seal",

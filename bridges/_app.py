@@ -23,7 +23,7 @@ from bridges._inference_child import (
 from bridges._loop import IoLoop
 from bridges._metrics import Metrics, Snapshot, meter_from_settings
 from bridges._nats import NatsBridge
-from bridges._resource_child import resource_child
+from bridges._resource_child import Resources, resource_child
 from bridges._state import KvStore, LoopStore, RedisStore
 from config import ExLlamaV2BackendSettings, PoolSettings, Settings
 from inference import PoolClient, pool_from_settings
@@ -184,6 +184,7 @@ def _bridges_spec(
     """The bridges supervisor: the embedded server (if needed), state and audit, NATS, HTTP."""
     shutdown = settings.supervision.shutdown_timeout
     children = []
+    resources = Resources()
     if server is not None:
         children.append(embedded_server_child(server, shutdown=shutdown))
     if settings.nats.enabled:
@@ -195,16 +196,18 @@ def _bridges_spec(
 
         drain = shutdown + settings.nats.drain_timeout
         # State and audit first: requests the bridge takes in may use them.
-        children.extend(_state_children(settings, runtime, io, url))
+        children.extend(_state_children(settings, runtime, io, url, resources))
         children.append(nats_bridge_child(make_bridge, shutdown=drain))
     else:
-        children.extend(_state_children(settings, runtime, io, url))
+        children.extend(_state_children(settings, runtime, io, url, resources))
     if settings.http.enabled:
         health = Health(
             runtime,
             tree,
             needs_inference=bool(settings.inference.tiers),
             needs_nats=settings.nats.enabled,
+            resources=resources,
+            required=_required(settings),
         )
 
         async def open_http() -> HttpBridge:
@@ -234,7 +237,19 @@ def _bridges_spec(
     )
 
 
-def _state_children(settings: Settings, runtime: Runtime, io: IoLoop, url: str) -> list[ChildSpec]:
+def _required(settings: Settings) -> list[tuple[str, str]]:
+    """The resources a node is not ready without: (child id, health check name)."""
+    required = []
+    if settings.state.backend != "memory":
+        required.append(("state", "state:store"))
+    if settings.state.audit_stream:
+        required.append(("audit", "audit:log"))
+    return required
+
+
+def _state_children(
+    settings: Settings, runtime: Runtime, io: IoLoop, url: str, resources: Resources
+) -> list[ChildSpec]:
     """The networked state store and the audit log, each holding its connection."""
     state, nats_settings = settings.state, settings.nats
     timeout = state.timeout + nats_settings.connect_timeout
@@ -259,6 +274,7 @@ def _state_children(settings: Settings, runtime: Runtime, io: IoLoop, url: str) 
                 attach=use_store,
                 timeout=timeout,
                 shutdown=shutdown,
+                resources=resources,
             )
         )
     if state.audit_stream:
@@ -279,6 +295,7 @@ def _state_children(settings: Settings, runtime: Runtime, io: IoLoop, url: str) 
                 attach=use_audit,
                 timeout=timeout,
                 shutdown=shutdown,
+                resources=resources,
             )
         )
     return children

@@ -9,14 +9,14 @@ is sealed per user (`actors.DataKeys`), so erasure destroys keys, not records.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Final
 
 import nats.errors
 import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
 
-from bridges._connect import open_connection
+from bridges._connect import ClosedWatch, connection_problem, open_connection
 from bridges._state import run_or_unavailable
 from messages import AuditRecord, GenerationAudited, Unavailable, decode, encode
 
@@ -33,8 +33,18 @@ _READ_WAIT: Final = 1.0
 class JetStreamAudit:
     """The audit stream, on a connection of its own."""
 
-    def __init__(self, nc: Client, *, stream: str, prefix: str, url: str, timeout: float) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        stream: str,
+        prefix: str,
+        url: str,
+        timeout: float,
+        watch: ClosedWatch,
+    ) -> None:
         self._nc = nc
+        self._watch = watch
         self._js = nc.jetstream(timeout=timeout)
         self.stream = stream
         self.prefix = prefix
@@ -56,13 +66,15 @@ class JetStreamAudit:
             Unavailable: If no server answers, or the stream cannot be made
                 (or, not creating, does not exist).
         """
-        nc = await open_connection(url, name=name, settings=nats_settings)
+        watch = ClosedWatch()
+        nc = await open_connection(url, name=name, settings=nats_settings, watch=watch)
         log = cls(
             nc,
             stream=settings.audit_stream,
             prefix=nats_settings.prefix,
             url=url,
             timeout=settings.timeout,
+            watch=watch,
         )
         config = StreamConfig(
             name=settings.audit_stream,
@@ -135,12 +147,21 @@ class JetStreamAudit:
 
     async def close(self) -> None:
         """Close the connection."""
+        self._watch.expect()
         await self._nc.close()
 
     def describe(self) -> str:
         """The stream and its connection."""
         state = "connected" if self._nc.is_connected else "disconnected"
         return f"audit stream {self.stream} at {self.url}, {state}"
+
+    async def probe(self) -> str | None:
+        """Why records cannot be stored now (the connection), or None."""
+        return connection_problem(self._nc, f"the audit stream {self.stream}")
+
+    def on_lost(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(reason)` once the connection is closed for good."""
+        self._watch.listen(callback)
 
 
 class LoopAudit:

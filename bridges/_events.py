@@ -42,6 +42,7 @@ from messages import (
     Metadata,
     RequestTimeout,
     Unavailable,
+    check_identifier,
     require_event,
 )
 
@@ -324,6 +325,9 @@ class EventRouter:
             bad = BadRequest(f"cannot decode the event: {exc}")
             self._settle_soon(msg, bad, final=True, free=free)
             return
+        except BadRequest as bad:
+            self._settle_soon(msg, bad, final=True, free=free)
+            return
         if delivery > s.max_deliver:
             lost = RequestTimeout(f"delivered {delivery - 1} times without an answer")
             self._settle_soon(msg, lost, final=True, free=free)
@@ -401,9 +405,17 @@ class EventRouter:
         headers[ERROR_CODE] = error_code_of(error).value
         headers[ERROR_MESSAGE] = str(error)[:512]
         headers[DELIVERY] = str(msg.metadata.num_delivered or 1)
-        headers[MSG_ID] = f"dlq.{headers.get(MSG_ID, msg.metadata.sequence.stream)}"
+        headers[MSG_ID] = _dead_letter_id(headers.get(MSG_ID), msg.metadata.sequence.stream)
         await self.js.publish(
             self.bridge.subjects.dead_letter(event_name), msg.data, headers=headers
         )
         self.statistics.dead_lettered += 1
         logger.error("event %s dead-lettered: %s", msg.subject, error)
+
+
+def _dead_letter_id(original: str | None, sequence: int) -> str:
+    """The dead letter's dedup id: from the event's own, unless that is not a valid id."""
+    try:
+        return f"dlq.{check_identifier(original or '', what=MSG_ID)}"
+    except BadRequest:  # maybe why it is here: keep it out of the dead letter's id
+        return f"dlq.seq-{sequence}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -19,6 +19,7 @@ from litestar import MediaType, Response, get
 
 from bridges._metrics import CONTENT_TYPE, Metrics, Snapshot
 from bridges._nats import ConnectionState, NatsBridge
+from bridges._resource_child import Resources
 from inference import PoolClient, PoolStatistics
 
 if TYPE_CHECKING:
@@ -75,6 +76,10 @@ class Health:
         tree: Returns the live supervision tree (blocks: run off the loop).
         needs_inference: Whether agents need a model tier to be up to be ready.
         needs_nats: Whether the node is configured to use NATS.
+        resources: What the node holds open (state store, audit log).
+        required: The ones it cannot serve without, as (child id, check
+            name): each must be open and answer its probe, or the node is
+            not ready and `/healthz` fails.
     """
 
     def __init__(
@@ -84,11 +89,15 @@ class Health:
         *,
         needs_inference: bool,
         needs_nats: bool,
+        resources: Resources | None = None,
+        required: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.runtime = runtime
         self._tree = tree
         self.needs_inference = needs_inference
         self.needs_nats = needs_nats
+        self.resources = resources or Resources()
+        self.required = tuple(required)
 
     async def tree(self) -> SupervisorStatistics | None:
         """The live tree, or None if the root does not answer within `TREE_TIMEOUT`."""
@@ -131,9 +140,9 @@ class Health:
             checks["supervisor:children"] = list(_tree_checks(tree, stamp))
         if self.needs_nats:
             checks["nats:connection"] = [self._nats_check(stamp)]
-        checks["state:store"] = [self._attached("state", self.runtime.state is not None, stamp)]
-        if self.runtime.audit_required:
-            checks["audit:log"] = [self._attached("audit", self.runtime.audit is not None, stamp)]
+        for component, check in self.required:
+            problem = await self.resources.problem(component)
+            checks[check] = [_datastore_check(component, problem, stamp)]
         if pool is not None:
             # One tier out while another serves is degraded (warn), not down.
             all_out = bool(pool.tiers) and all(t.breaker == "open" for t in pool.tiers)
@@ -174,10 +183,10 @@ class Health:
             return f"supervisors not running: {', '.join(down)}"
         if self.needs_nats and not self._nats_ok():
             return "NATS is not connected"
-        if self.runtime.state is None:
-            return "the state store is not open"
-        if self.runtime.audit_required and self.runtime.audit is None:
-            return "the audit log is not open"
+        for component, _ in self.required:
+            problem = await self.resources.problem(component)
+            if problem is not None:
+                return problem
         return self._inference_not_ready()
 
     def _inference_not_ready(self) -> str | None:
@@ -189,16 +198,6 @@ class Health:
         if all(t.breaker == "open" for t in pool.tiers):
             return "every model tier is out (breakers open)"
         return None
-
-    @staticmethod
-    def _attached(component: str, attached: bool, stamp: str) -> Check:
-        return Check(
-            componentId=component,
-            componentType="datastore",
-            status=Status.PASS if attached else Status.FAIL,
-            output="open" if attached else "not open",
-            time=stamp,
-        )
 
     def _nats_ok(self) -> bool:
         bridge = self.runtime.transport
@@ -222,6 +221,16 @@ class Health:
             output=bridge.describe(),
             time=stamp,
         )
+
+
+def _datastore_check(component: str, problem: str | None, stamp: str) -> Check:
+    return Check(
+        componentId=component,
+        componentType="datastore",
+        status=Status.PASS if problem is None else Status.FAIL,
+        output=problem or "open",
+        time=stamp,
+    )
 
 
 def _tree_checks(tree: SupervisorStatistics, stamp: str) -> list[Check]:

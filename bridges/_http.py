@@ -184,6 +184,25 @@ class HttpBridge:
             return f"serving {self.url}"
         return f"serving {self.url}, health on {self.health_url}"
 
+    async def probe(self) -> str | None:
+        """Why it cannot serve now (a server stopped), or None."""
+        for (_server, task), port in zip(self._servers, self.ports, strict=True):
+            if task.done():
+                return f"the HTTP server on port {port} stopped"
+        return None
+
+    def on_lost(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(reason)` if a server stops without being closed (on the loop)."""
+        for (server, task), port in zip(self._servers, self.ports, strict=True):
+
+            def stopped(
+                _task: asyncio.Task[None], server: uvicorn.Server = server, port: int = port
+            ) -> None:
+                if not server.should_exit:
+                    callback(f"the HTTP server on port {port} stopped")
+
+            task.add_done_callback(stopped)
+
     # -- the app ---------------------------------------------------------------
 
     def _app(self, *, api: bool, health: bool) -> Litestar:

@@ -26,6 +26,7 @@ from nats.micro.service import Service
 from opentelemetry.trace import SpanKind
 
 from actors import Call, Reply, Runtime, within
+from bridges._connect import connect
 from bridges._events import EventRouter
 from bridges._inbox import Inbox
 from bridges._nats_calls import request_reply, settle, stream_reply
@@ -161,7 +162,7 @@ class NatsBridge:
         """
         self._set_state(ConnectionState.CONNECTING)
         s = self.settings
-        connect = nats.connect(
+        connecting = connect(
             self.url.split(","),
             name=self.runtime.node,
             connect_timeout=max(1, math.ceil(s.connect_timeout)),
@@ -177,7 +178,7 @@ class NatsBridge:
         )
         try:
             # With reconnects allowed nats-py retries the first connect forever.
-            self._nc = await asyncio.wait_for(connect, s.connect_timeout)
+            self._nc = await asyncio.wait_for(connecting, s.connect_timeout)
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             self._set_state(ConnectionState.CLOSED)
             msg = f"cannot connect to NATS at {self.url}: {str(exc) or type(exc).__name__}"

@@ -1,4 +1,9 @@
-"""What the node holds open on its I/O loop (HTTP, state, audit), as a supervised child."""
+"""What the node holds open on its I/O loop (HTTP, state, audit), as a supervised child.
+
+A resource whose connection is closed for good crashes its child, so the
+supervisor opens a new one; the node's `Resources` say which are open now
+and, probed, whether each can serve (readiness).
+"""
 
 from __future__ import annotations
 
@@ -16,10 +21,37 @@ _STOP_TIMEOUT: Final = 10.0
 
 
 class Resource(Protocol):
-    """What the child holds: something open on the loop that can describe itself."""
+    """What the child holds: something open on the loop that can describe itself.
+
+    `probe()` says why it cannot serve now, None if it can; `on_lost(callback)`
+    calls back once it is lost for good. Both are called on the loop.
+    """
 
     def describe(self) -> str: ...
     def close(self) -> Coroutine[Any, Any, None]: ...
+    def probe(self) -> Coroutine[Any, Any, str | None]: ...
+    def on_lost(self, callback: Callable[[str], None]) -> None: ...
+
+
+class Resources:
+    """The resources a node holds open now, by child id (for readiness)."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, Resource] = {}
+
+    def hold(self, id_: str, resource: Resource | None) -> None:
+        """Record that `resource` is open under `id_` (None: no longer)."""
+        if resource is None:
+            self._held.pop(id_, None)
+        else:
+            self._held[id_] = resource
+
+    async def problem(self, id_: str) -> str | None:
+        """Why the resource `id_` cannot serve now (not open, or its probe), or None."""
+        resource = self._held.get(id_)
+        if resource is None:
+            return f"{id_} is not open"
+        return await resource.probe()
 
 
 R = TypeVar("R", bound=Resource)
@@ -30,7 +62,8 @@ class ResourceAgent(Agent):
 
     The resource is attached to the runtime when the agent starts and
     detached (`attach(None)`) when it exits by any means; it is then closed
-    (in the background after a kill or crash).
+    (in the background after a kill or crash). A resource lost for good
+    crashes the agent.
     """
 
     agent_type = "resource"
@@ -51,6 +84,10 @@ class ResourceAgent(Agent):
         self._attach = attach
         self._stop_timeout = stop_timeout
         self.exit_link.link(lambda _reason: self._close_later())
+
+    def on_start(self) -> None:
+        """Crash (to be restarted with a new resource) once this one is lost for good."""
+        self.io.call_soon(self.resource.on_lost, self.fail)
 
     def describe(self) -> str:
         """The resource's own line."""
@@ -78,21 +115,33 @@ def resource_child(
     timeout: float,
     shutdown: float,
     stop_timeout: float = _STOP_TIMEOUT,
+    resources: Resources | None = None,
 ) -> ChildSpec:
     """A child that opens a resource on the loop, attaches it to the runtime, and holds it.
 
-    `attach(resource)` runs once it is open, `attach(None)` once it is not.
-    `stop_timeout` bounds its graceful close.
+    `attach(resource)` runs once it is open, `attach(None)` once it is not;
+    `resources` (if given) tracks it under `id` the same way. `stop_timeout`
+    bounds its graceful close.
     """
+
+    def attach_and_hold(resource: R | None) -> None:
+        attach(resource)
+        if resources is not None:
+            resources.hold(id, resource)
 
     def start() -> ChildHandle:
         async def opened() -> R:
             return await open_resource()
 
         resource = io.run(opened(), timeout=timeout + _START_MARGIN)
-        attach(resource)
+        attach_and_hold(resource)
         handle: LocalAgentRef = ResourceAgent.spawn(
-            runtime, instance=id, resource=resource, io=io, attach=attach, stop_timeout=stop_timeout
+            runtime,
+            instance=id,
+            resource=resource,
+            io=io,
+            attach=attach_and_hold,
+            stop_timeout=stop_timeout,
         )
         return handle
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from nats.micro import add_service
+from nats.micro.service import EndpointStats
 
 from actors import Call, Reply
 from bridges._wire import (
@@ -56,8 +57,51 @@ if TYPE_CHECKING:
 _VERSION: Final = "0.0.0"
 _MICRO_NAME_MAX: Final = 64
 _HEADER_OVERHEAD: Final = 12  # "NATS/1.0\r\n" and the closing "\r\n"
+_LAST_ERROR_MAX: Final = 256
 
 Decoders = tuple[msgspec.msgpack.Decoder[Any], msgspec.msgpack.Decoder[Any]]
+
+
+class _Untyped(Message, frozen=True, kw_only=True, tag="actorfleet.untyped"):
+    """Never sent. Beside a lone request type it makes the decoder a tagged union.
+
+    msgspec takes a map without the tag as the one Struct type it decodes
+    into; a union of two tagged types requires the tag.
+    """
+
+
+class EndpointCounters:
+    """What `$SRV.STATS` reports for an endpoint, counted when each answer goes out.
+
+    nats.micro counts an error only when its handler raises and times only
+    the handler's call, but an agent answers later, from its own thread;
+    these counters replace micro's in its stats (through its `stats_handler`).
+    """
+
+    __slots__ = ("answered", "errors", "last_error", "processing_ns")
+
+    def __init__(self) -> None:
+        self.errors = 0
+        self.last_error: str | None = None
+        self.processing_ns = 0
+        self.answered = 0
+
+    def count(self, error: BaseException | None, elapsed: float) -> None:
+        """Count one answer (loop thread)."""
+        self.answered += 1
+        self.processing_ns += int(elapsed * 1e9)
+        if error is not None:
+            self.errors += 1
+            code = error_code_of(error).value
+            text = error.message if isinstance(error, AgentError) else type(error).__name__
+            self.last_error = f"{code}: {text}"[:_LAST_ERROR_MAX]
+
+    def report(self, stats: EndpointStats) -> None:
+        """Write these counts into micro's stats of the endpoint."""
+        stats.num_errors = self.errors
+        stats.last_error = self.last_error
+        stats.processing_time = self.processing_ns
+        stats.average_processing_time = self.processing_ns // self.answered if self.answered else 0
 
 
 def _package_version() -> str:
@@ -99,10 +143,12 @@ class AgentEndpoint:
         metrics = bridge.metrics
         self._record = None if metrics is None else metrics.recorder("nats", agent_class.agent_type)
         union = typing.Union[self.types] if self.types else None  # noqa: UP007 - run time
+        tagged = typing.Union[(*self.types, _Untyped)] if self.types else None
         self.decoders: Decoders | None = (
-            (decoder_for(union), envelope_decoder(union)) if union is not None else None
+            (decoder_for(tagged), envelope_decoder(tagged)) if tagged is not None else None
         )
         self.schema = msgspec.json.encode(msgspec.json.schema(union)).decode() if union else "{}"
+        self.counters = EndpointCounters()
         self.service: Service | None = None
         self._lock = asyncio.Lock()
 
@@ -136,6 +182,7 @@ class AgentEndpoint:
             .strip()
             .split("\n")[0],
             metadata={"node": self.bridge.runtime.node, "framework": "actorfleet"},
+            stats_handler=self._stats,
         )
         await service.add_endpoint(
             name=agent_type,
@@ -149,6 +196,9 @@ class AgentEndpoint:
             },
         )
         return service
+
+    def _stats(self, stats: EndpointStats) -> None:
+        self.counters.report(stats)
 
     def on_request(self, msg: Msg) -> None:
         """Decode, check and hand a request to a local agent (on the loop; never waits)."""
@@ -167,6 +217,9 @@ class AgentEndpoint:
                     msg.headers, default_timeout=self.bridge.runtime.defaults.ask_timeout
                 )
                 payload = self.decoders[0].decode(msg.data)
+            if isinstance(payload, _Untyped):
+                error = f"{local.name} does not take {_Untyped.__struct_config__.tag!r}"
+                raise BadRequest(error)
         except msgspec.DecodeError as exc:
             bad = BadRequest(f"cannot decode a {local.name} request: {exc}")
             self._respond_error(msg, bad, enveloped=enveloped)
@@ -198,10 +251,12 @@ class AgentEndpoint:
 
     async def _answer(self, msg: Msg, reply: Reply[Any], enveloped: bool, started: float) -> None:
         bridge = self.bridge
+        outcome = reply.result()
+        failed = outcome if isinstance(outcome, BaseException) else None
+        elapsed = time.perf_counter() - started
+        self.counters.count(failed, elapsed)
         if self._record is not None:
-            outcome = reply.result()
-            status = error_code_of(outcome) if isinstance(outcome, BaseException) else "ok"
-            self._record(status, time.perf_counter() - started)
+            self._record("ok" if failed is None else error_code_of(failed), elapsed)
         try:
             body, headers = encode_answer(reply.result(), enveloped=enveloped)
             size = len(body) + headers_size(headers)
@@ -213,6 +268,7 @@ class AgentEndpoint:
             bridge.track(-1)
 
     def _respond_error(self, msg: Msg, error: BaseException, *, enveloped: bool) -> None:
+        self.counters.count(error, 0.0)
         if msg.reply:
             body, headers = encode_answer(error, enveloped=enveloped)
             self.bridge.outbox.put(self.bridge.send, msg.reply, body, headers)

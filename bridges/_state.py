@@ -1,6 +1,8 @@
 """State stores on the network: JetStream KV and Redis, behind `actors.StateStore`.
 
-Both run their client on the node's I/O loop; `LoopStore` gives actor
+Both refuse a key that is too long or malformed with `messages.InvalidKey`
+before it reaches the server (`actors.check_key`). Both run their client on
+the node's I/O loop; `LoopStore` gives actor
 threads the synchronous `StateStore` protocol by hopping onto the loop with
 a bounded wait. A backend that cannot answer in time, or at all, raises
 `Unavailable`; nothing is retried behind the caller's back.
@@ -13,7 +15,7 @@ import concurrent.futures
 import logging
 import math
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import msgspec
@@ -23,7 +25,13 @@ import redis.asyncio
 import redis.exceptions
 from nats.js.api import KeyValueConfig
 
-from bridges._connect import open_connection, supports_message_ttl
+from actors import check_key
+from bridges._connect import (
+    ClosedWatch,
+    connection_problem,
+    open_connection,
+    supports_message_ttl,
+)
 from messages import Unavailable
 
 if TYPE_CHECKING:
@@ -48,6 +56,7 @@ _TTL_SLACK: Final = 1.0  # the server's TTL only reclaims space; the envelope de
 _MS: Final = 1000
 _STREAM_IN_USE: Final = 10058
 _SCAN_READS: Final = 32  # reads in flight while a scan checks which keys are live
+_PROBE_TIMEOUT: Final = 1.0  # a readiness probe waits no longer for Redis
 
 # KEYS[1] key; ARGV: absent-expected flag, expected, value, ttl in ms ("" none).
 _REDIS_CAS: Final = """
@@ -67,7 +76,12 @@ return 1
 
 
 class AsyncStore(Protocol):
-    """The loop side of a state store: `StateStore` as coroutines."""
+    """The loop side of a state store: `StateStore` as coroutines.
+
+    `probe()` says why the store cannot serve now (None: it can); a
+    store whose connection is closed for good calls its `on_lost`
+    listeners, so the child holding it crashes and is restarted.
+    """
 
     async def get(self, key: str) -> bytes | None: ...
     async def put(self, key: str, value: bytes, *, ttl: float | None) -> None: ...
@@ -78,6 +92,8 @@ class AsyncStore(Protocol):
     async def scan(self, prefix: str) -> list[str]: ...
     async def close(self) -> None: ...
     def describe(self) -> str: ...
+    async def probe(self) -> str | None: ...
+    def on_lost(self, callback: Callable[[str], None]) -> None: ...
 
 
 def _expires(ttl: float | None) -> float:
@@ -95,8 +111,11 @@ class KvStore:
     Deleting purges the key, so no earlier revision of it is kept.
     """
 
-    def __init__(self, nc: Client, kv: KeyValue, *, bucket: str, url: str) -> None:
+    def __init__(
+        self, nc: Client, kv: KeyValue, *, bucket: str, url: str, watch: ClosedWatch
+    ) -> None:
         self._nc = nc
+        self._watch = watch
         self._kv = kv
         self._js = nc.jetstream()
         self._subject = f"$KV.{bucket}."
@@ -114,7 +133,8 @@ class KvStore:
         Raises:
             Unavailable: If no server answers or JetStream is off.
         """
-        nc = await open_connection(url, name=name, settings=nats_settings)
+        watch = ClosedWatch()
+        nc = await open_connection(url, name=name, settings=nats_settings, watch=watch)
         try:
             kv = await asyncio.wait_for(_bucket(nc, settings), settings.timeout)
         except (TimeoutError, nats.errors.Error) as exc:
@@ -124,7 +144,7 @@ class KvStore:
         except BaseException:  # cancelled: do not leave a client reconnecting forever
             await asyncio.shield(nc.close())
             raise
-        return cls(nc, kv, bucket=settings.bucket, url=url)
+        return cls(nc, kv, bucket=settings.bucket, url=url, watch=watch)
 
     def _require_connected(self) -> None:
         # nats-py would buffer the request until reconnected; fail fast instead.
@@ -134,6 +154,7 @@ class KvStore:
 
     async def _entry(self, key: str) -> tuple[int, bytes | None]:
         """The key's last revision (0: never written) and its live value."""
+        check_key(key)
         self._require_connected()
         try:
             entry = await self._kv.get(key)
@@ -148,6 +169,7 @@ class KvStore:
     async def _publish(
         self, key: str, value: bytes, ttl: float | None, *, last: int | None
     ) -> bool:
+        check_key(key)
         self._require_connected()
         headers = None if last is None else {_EXPECTED_LAST: str(last)}
         server_ttl = math.ceil(ttl + _TTL_SLACK) if ttl is not None and self._ttl else None
@@ -170,6 +192,7 @@ class KvStore:
 
     async def delete(self, key: str) -> None:
         """Purge `key` and its history."""
+        check_key(key)
         self._require_connected()
         await self._kv.purge(key)
 
@@ -190,6 +213,7 @@ class KvStore:
         (A KV watcher is not used: it may report the end of the initial
         values before it has delivered them all.)
         """
+        check_key(prefix)
         self._require_connected()
         wanted = f"{self._subject}{prefix}.>"
         info = await self._js.stream_info(self._stream, subjects_filter=wanted)
@@ -205,12 +229,21 @@ class KvStore:
 
     async def close(self) -> None:
         """Close the connection."""
+        self._watch.expect()
         await self._nc.close()
 
     def describe(self) -> str:
         """The bucket and where it lives."""
         state = "connected" if self._nc.is_connected else "disconnected"
         return f"JetStream KV {self.bucket} at {self.url}, {state}"
+
+    async def probe(self) -> str | None:
+        """Why the bucket cannot serve now (its connection), or None."""
+        return connection_problem(self._nc, f"the KV bucket {self.bucket}")
+
+    def on_lost(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(reason)` once the connection is closed for good."""
+        self._watch.listen(callback)
 
 
 async def _bucket(nc: Client, settings: StateSettings) -> KeyValue:
@@ -265,16 +298,16 @@ class RedisStore:
 
     async def get(self, key: str) -> bytes | None:
         """The value under `key`, or None."""
-        value = await self._redis.get(self._prefix + key)
+        value = await self._redis.get(self._prefix + check_key(key))
         return value.encode() if isinstance(value, str) else value
 
     async def put(self, key: str, value: bytes, *, ttl: float | None) -> None:
         """Store `value`, expiring after `ttl` seconds if given."""
-        await self._redis.set(self._prefix + key, value, px=_milliseconds(ttl))
+        await self._redis.set(self._prefix + check_key(key), value, px=_milliseconds(ttl))
 
     async def delete(self, key: str) -> None:
         """Remove `key`."""
-        await self._redis.delete(self._prefix + key)
+        await self._redis.delete(self._prefix + check_key(key))
 
     async def compare_and_set(
         self, key: str, expected: bytes | None, value: bytes, *, ttl: float | None
@@ -282,11 +315,11 @@ class RedisStore:
         """Store `value` if the value is `expected` (None: absent), in one script."""
         px = _milliseconds(ttl)
         args = ["1" if expected is None else "0", expected or b"", value, "" if px is None else px]
-        return bool(await self._cas(keys=[self._prefix + key], args=args))
+        return bool(await self._cas(keys=[self._prefix + check_key(key)], args=args))
 
     async def scan(self, prefix: str) -> list[str]:
         """Keys under `prefix.`, sorted."""
-        pattern = _glob_escape(self._prefix + prefix + ".") + "*"
+        pattern = _glob_escape(self._prefix + check_key(prefix) + ".") + "*"
         cut = len(self._prefix)
         return sorted([k.decode()[cut:] async for k in self._redis.scan_iter(match=pattern)])
 
@@ -297,6 +330,17 @@ class RedisStore:
     def describe(self) -> str:
         """Where the server is."""
         return f"Redis at {self.url}"
+
+    async def probe(self) -> str | None:
+        """Why Redis cannot serve now (it does not answer a PING in time), or None."""
+        try:
+            await asyncio.wait_for(self._redis.ping(), _PROBE_TIMEOUT)
+        except (TimeoutError, OSError, redis.exceptions.RedisError) as exc:
+            return f"Redis at {self.url} does not answer: {str(exc) or type(exc).__name__}"
+        return None
+
+    def on_lost(self, callback: Callable[[str], None]) -> None:
+        """Never called: the client reconnects for each command, so it is never lost for good."""
 
 
 def _milliseconds(ttl: float | None) -> int | None:
@@ -372,3 +416,11 @@ class LoopStore:
     def describe(self) -> str:
         """The backend's line in the supervision tree."""
         return self.store.describe()
+
+    async def probe(self) -> str | None:
+        """Why the backend cannot serve now, or None (on the loop)."""
+        return await self.store.probe()
+
+    def on_lost(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(reason)` once the backend's connection is closed for good."""
+        self.store.on_lost(callback)

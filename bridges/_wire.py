@@ -24,6 +24,12 @@ header. Events always carry headers (JetStream deduplicates by
     tracestate        W3C trace state
     Af-Reply          on replies: the wire tag of the body's type
                       ("ErrorReply" for a typed failure; empty for plain data)
+
+Ids, correlation ids and senders are bounded identifiers
+(`messages.Identifier`: 1-128 of `[A-Za-z0-9._:-]`) in headers and envelope
+alike; a deadline header is plain decimal text; a repeated header is combined
+into one comma-separated value, as HTTP combines field lines, so a repeated
+single-valued header is malformed. Anything else is a `bad_request`.
 """
 
 from __future__ import annotations
@@ -40,14 +46,23 @@ from messages import (
     BadRequest,
     ErrorCode,
     ErrorReply,
+    Identifier,
     InternalError,
     Message,
     Metadata,
     Priority,
+    Sender,
+    Tracestate,
+    check_identifier,
+    check_optional_identifier,
+    check_sender,
     decoder_for,
     encode,
     message_types,
     new_message_id,
+    parse_decimal,
+    valid_traceparent,
+    valid_tracestate,
 )
 
 ID: Final = "Af-Id"
@@ -155,17 +170,36 @@ def _with_cause(headers: dict[str, str], meta: Metadata) -> dict[str, str]:
 
 
 def event_metadata(headers: dict[str, str] | None, deadline: float, delivery: int) -> Metadata:
-    """The metadata a consumer hands an event's handler (its own deadline)."""
+    """The metadata a consumer hands an event's handler (its own deadline).
+
+    Raises:
+        BadRequest: If an id header is not a valid identifier.
+    """
     headers = headers or {}
+    raw_id = headers.get(MSG_ID) or headers.get(ID)
+    traceparent = valid_traceparent(headers.get(TRACEPARENT))
     return Metadata(
-        id=headers.get(MSG_ID) or headers.get(ID) or new_message_id(),
+        id=new_message_id()
+        if raw_id is None
+        else check_identifier(raw_id, what=f"header {MSG_ID}"),
         deadline=deadline,
-        correlation_id=headers.get(CORRELATION_ID),
-        sender=headers.get(SENDER),
-        traceparent=headers.get(TRACEPARENT),
-        tracestate=headers.get(TRACESTATE),
+        correlation_id=check_optional_identifier(
+            headers.get(CORRELATION_ID), what=f"header {CORRELATION_ID}"
+        ),
+        sender=check_sender(headers.get(SENDER), what=f"header {SENDER}"),
+        traceparent=traceparent,
+        tracestate=valid_tracestate(headers.get(TRACESTATE), traceparent),
         delivery=delivery,
     )
+
+
+def _header_id(headers: dict[str, str], first: str, second: str) -> str:
+    """The id in the first of two headers that is set (checked), or a fresh one."""
+    for name in (first, second):
+        value = headers.get(name)
+        if value:
+            return check_identifier(value, what=f"header {name}")
+    return new_message_id()
 
 
 def bounded_deadline(deadline: float, *, what: str) -> float:
@@ -189,7 +223,8 @@ def metadata_from_headers(
     """Rebuild a message's metadata from its headers.
 
     A message without a deadline gets `default_timeout` from now; without an
-    id, a fresh one (so it cannot be deduplicated).
+    id, a fresh one (so it cannot be deduplicated). An invalid `traceparent`
+    is ignored (W3C: a new trace starts), with its `tracestate`.
 
     Raises:
         BadRequest: If a header holds a value of the wrong form.
@@ -199,25 +234,25 @@ def metadata_from_headers(
     if raw_deadline is None:
         deadline = time.time() + default_timeout
     else:
-        try:
-            deadline = float(raw_deadline)
-        except ValueError:
-            msg = f"header {DEADLINE} is not a number: {raw_deadline!r}"
-            raise BadRequest(msg) from None
-        deadline = bounded_deadline(deadline, what=f"header {DEADLINE}")
+        what = f"header {DEADLINE}"
+        deadline = bounded_deadline(parse_decimal(raw_deadline, what=what), what=what)
     raw_priority = headers.get(PRIORITY, Priority.DEFAULT.value)
     priority = _PRIORITIES.get(raw_priority)
     if priority is None:
-        msg = f"header {PRIORITY} must be one of {sorted(_PRIORITIES)}, not {raw_priority!r}"
+        shown = raw_priority[:32]
+        msg = f"header {PRIORITY} must be one of {sorted(_PRIORITIES)}, not {shown!r}"
         raise BadRequest(msg)
+    traceparent = valid_traceparent(headers.get(TRACEPARENT))
     return Metadata(
-        id=headers.get(ID) or headers.get(MSG_ID) or new_message_id(),
+        id=_header_id(headers, ID, MSG_ID),
         deadline=deadline,
-        correlation_id=headers.get(CORRELATION_ID),
+        correlation_id=check_optional_identifier(
+            headers.get(CORRELATION_ID), what=f"header {CORRELATION_ID}"
+        ),
         priority=priority,
-        sender=headers.get(SENDER),
-        traceparent=headers.get(TRACEPARENT),
-        tracestate=headers.get(TRACESTATE),
+        sender=check_sender(headers.get(SENDER), what=f"header {SENDER}"),
+        traceparent=traceparent,
+        tracestate=valid_tracestate(headers.get(TRACESTATE), traceparent),
         delivery=delivery,
     )
 
@@ -254,13 +289,13 @@ def envelope_decoder(payload_type: Any) -> msgspec.msgpack.Decoder[Any]:
     return msgspec.msgpack.Decoder(
         tuple[
             int,
-            str,
+            Identifier,
             float,
-            str | None,
+            Identifier | None,
             Priority,
+            Sender | None,
             str | None,
-            str | None,
-            str | None,
+            Tracestate | None,
             payload_type,
         ]
     )
@@ -276,14 +311,15 @@ def open_envelope(envelope: tuple[Any, ...]) -> tuple[Any, Metadata]:
     if version != ENVELOPE_VERSION:
         msg = f"envelope version {version} is not supported (this node reads {ENVELOPE_VERSION})"
         raise BadRequest(msg)
+    traceparent = valid_traceparent(parent)
     meta = Metadata(
         id=id_,
         deadline=bounded_deadline(deadline, what="the envelope's deadline"),
         correlation_id=correlation_id,
         priority=priority,
         sender=sender,
-        traceparent=parent,
-        tracestate=state,
+        traceparent=traceparent,
+        tracestate=state if traceparent is not None else None,
     )
     return payload, meta
 

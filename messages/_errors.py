@@ -7,7 +7,8 @@ as an instance of one of these classes; on the wire it travels as an
     ActorfleetError
     ├── AgentError                  (has a wire code; travels as ErrorReply)
     │   ├── BadRequest              bad_request
-    │   │   └── PayloadTooLarge     over the transport's size limit; never sent
+    │   │   ├── PayloadTooLarge     over the transport's size limit; never sent
+    │   │   └── InvalidKey          a state key no store can keep
     │   ├── Forbidden               forbidden
     │   ├── NotFound                not_found
     │   ├── Overloaded              overloaded (retry_after)
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 import enum
 from typing import ClassVar, Final
+
+_KEY_SHOWN: Final = 64
 
 
 class ErrorCode(enum.StrEnum):
@@ -76,6 +79,28 @@ class BadRequest(AgentError):
     """Raised when a request is malformed or of a type the agent does not handle."""
 
     code = ErrorCode.BAD_REQUEST
+
+
+class InvalidKey(BadRequest):
+    """Raised when a state key is too long or not dot-separated tokens of `[A-Za-z0-9_=-]`.
+
+    Every state store refuses such a key before it reaches the backend (a
+    JetStream KV key is a subject: a long or malformed one would make the
+    server drop the connection). Build keys with `actors.state_key`, which
+    never makes one.
+
+    Attributes:
+        key: The refused key, cut to its first 64 characters.
+    """
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key[:_KEY_SHOWN]
+        self.reason = reason
+        more = "..." if len(key) > _KEY_SHOWN else ""
+        super().__init__(f"state key {self.key!r}{more} {reason}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.key, self.reason))
 
 
 class PayloadTooLarge(BadRequest):

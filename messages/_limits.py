@@ -21,6 +21,8 @@ MAX_ID_LENGTH: Final = 128
 # `(?!\n)`: Python's `$` (and so msgspec's) also matches before a final newline.
 ID_PATTERN: Final = r"^[A-Za-z0-9._:-]+$(?!\n)"
 """What an identifier may hold: letters, digits and `. _ : -` (ASCII only)."""
+SENDER_PATTERN: Final = r"^[A-Za-z0-9._:/@-]+$(?!\n)"
+"""What a sender may hold: an identifier's characters and `/ @` (`support/3`)."""
 MAX_TRACESTATE_LENGTH: Final = 512
 """W3C trace context: a `tracestate` longer than this may be dropped."""
 TRACEPARENT_PATTERN: Final = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$(?!\n)"
@@ -31,10 +33,15 @@ Identifier = Annotated[
     str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)
 ]
 """A bounded id (message, correlation, record): `[A-Za-z0-9._:-]{1,128}`."""
+Sender = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH, pattern=SENDER_PATTERN)
+]
+"""Who sent a message (an agent's name, a client's): `[A-Za-z0-9._:/@-]{1,128}`."""
 Traceparent = Annotated[str, msgspec.Meta(pattern=TRACEPARENT_PATTERN)]
 Tracestate = Annotated[str, msgspec.Meta(max_length=MAX_TRACESTATE_LENGTH)]
 
 _ID: Final = re.compile(ID_PATTERN)
+_SENDER: Final = re.compile(SENDER_PATTERN)
 _TRACEPARENT: Final = re.compile(TRACEPARENT_PATTERN)
 # Plain decimal only: float() also takes "1_000", " 5 ", "inf", "nan", "1e3" and
 # non-ASCII digits, none of which a header should carry.
@@ -48,16 +55,32 @@ def check_identifier(value: str, *, what: str) -> str:
         BadRequest: If it is empty, longer than `MAX_ID_LENGTH` or holds other
             characters than letters, digits and `. _ : -`.
     """
-    if len(value) > MAX_ID_LENGTH or not _ID.match(value):
-        shown = value if len(value) <= MAX_ID_LENGTH else f"{value[:32]}... ({len(value)} chars)"
-        msg = f"{what} must be 1-{MAX_ID_LENGTH} letters, digits or . _ : -, not {shown!r}"
-        raise BadRequest(msg)
-    return value
+    return _checked(value, _ID, what=what, allowed="letters, digits or . _ : -")
 
 
 def check_optional_identifier(value: str | None, *, what: str) -> str | None:
     """`check_identifier` for a value that may be absent."""
     return None if value is None else check_identifier(value, what=what)
+
+
+def check_sender(value: str | None, *, what: str) -> str | None:
+    """Return `value` (None if absent) if it is a valid sender.
+
+    Raises:
+        BadRequest: If it is empty, too long or holds other characters than
+            letters, digits and `. _ : / @ -`.
+    """
+    if value is None:
+        return None
+    return _checked(value, _SENDER, what=what, allowed="letters, digits or . _ : / @ -")
+
+
+def _checked(value: str, pattern: re.Pattern[str], *, what: str, allowed: str) -> str:
+    if len(value) > MAX_ID_LENGTH or not pattern.match(value):
+        shown = value if len(value) <= MAX_ID_LENGTH else f"{value[:32]}... ({len(value)} chars)"
+        msg = f"{what} must be 1-{MAX_ID_LENGTH} {allowed}, not {shown!r}"
+        raise BadRequest(msg)
+    return value
 
 
 def valid_traceparent(value: str | None) -> str | None:

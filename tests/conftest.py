@@ -125,20 +125,25 @@ def _answers(url: str) -> bool:
 
 
 def _start_redis() -> str:
+    proc, url = start_redis_server(free_port())
+    atexit.register(proc.terminate)
+    return url
+
+
+def start_redis_server(port: int) -> tuple[subprocess.Popen[str], str]:
+    """A `redis-server` from PATH on `port`, once it says it is ready; and its URL."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail(
             "these tests need Redis: none answers on 127.0.0.1:6379 and redis-server is not"
             " on PATH (install it, or set AF_TEST_REDIS_URL)"
         )
-    port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    atexit.register(proc.terminate)
     # Wait for the server to say it is ready; a stuck start is killed at the bound.
     watchdog = threading.Timer(WAIT, proc.kill)
     watchdog.start()
@@ -148,4 +153,12 @@ def _start_redis() -> str:
     if not ready:
         pytest.fail(f"redis-server on port {port} did not start")
     threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep its pipe drained
-    return f"redis://127.0.0.1:{port}/0"
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def stop_redis_server(proc: subprocess.Popen[str]) -> None:
+    """Stop a server `start_redis_server` started, and close its pipe."""
+    proc.terminate()
+    proc.wait(WAIT)
+    if proc.stdout is not None:
+        proc.stdout.close()

@@ -7,10 +7,15 @@ from typing import Annotated
 
 import msgspec
 
-from messages import Event, Message
+from messages import Event, Identifier, Message
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+# Record, customer and conversation ids are bounded identifiers at every edge
+# (1-128 of [A-Za-z0-9._:-]), in requests and events alike: they end up in
+# state keys.
+Id = Identifier
+Label = Annotated[str, msgspec.Meta(max_length=200)]
+Labels = Annotated[list[Label], msgspec.Meta(max_length=32)]
 # A user id is also a URL path segment (DELETE /v1/users/{user_id}/data).
 UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^/]+$")]
 Money = Annotated[float, msgspec.Meta(ge=0, le=10_000_000)]
@@ -239,24 +244,24 @@ class ErasureReport(Message, frozen=True, kw_only=True):
 class TicketCreated(Event, frozen=True, kw_only=True):
     """A ticket was opened (carries no personal data: analytics read it)."""
 
-    ticket_id: str
+    ticket_id: Id
     intent: Intent
-    conversation_id: str
+    conversation_id: Id
 
 
 class KBLookupPerformed(Event, frozen=True, kw_only=True):
     """The knowledge base was searched for a support message."""
 
-    query: str
-    results: list[str]
-    conversation_id: str
+    query: Label
+    results: Labels
+    conversation_id: Id
 
 
 class OrderCreated(Event, frozen=True, kw_only=True):
     """An order was placed; shipping picks a carrier."""
 
-    order_id: str
-    customer_id: str
+    order_id: Id
+    customer_id: Id
     total_usd: float
     weight_kg: float
     destination: Destination
@@ -265,15 +270,15 @@ class OrderCreated(Event, frozen=True, kw_only=True):
 class InvoiceValidated(Event, frozen=True, kw_only=True):
     """An order's invoice amount passed the pricing rules."""
 
-    order_id: str
+    order_id: Id
     amount_usd: float
-    applied_discounts: list[str]
+    applied_discounts: Labels
 
 
 class ShipmentPlanned(Event, frozen=True, kw_only=True):
     """Shipping chose a carrier for an order."""
 
-    order_id: str
-    carrier: str
-    service: str
-    eta_days: str
+    order_id: Id
+    carrier: Label
+    service: Label
+    eta_days: Label

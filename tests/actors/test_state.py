@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors import Agent, Context, MemoryStore, Runtime, handler
+from actors import Agent, Context, MemoryStore, Runtime, handler, state_key
 from messages import Message, Unavailable
 
 
@@ -26,11 +26,11 @@ class Recall(Message, frozen=True, kw_only=True):
 class MemoryAgent(Agent):
     @handler
     def remember(self, msg: Remember, ctx: Context) -> None:
-        ctx.state.put(f"conv:{msg.conversation_id}", msg.text.encode())
+        ctx.state.put(state_key("conv", msg.conversation_id), msg.text.encode())
 
     @handler
     def recall(self, msg: Recall, ctx: Context) -> str | None:
-        value = ctx.state.get(f"conv:{msg.conversation_id}")
+        value = ctx.state.get(state_key("conv", msg.conversation_id))
         return None if value is None else value.decode()
 
 

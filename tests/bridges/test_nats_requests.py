@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 
@@ -10,7 +11,7 @@ import msgspec
 import nats
 import pytest
 
-from actors import Runtime
+from actors import Agent, Context, Runtime, handler
 from bridges import IoLoop, NatsServer
 from bridges._wire import (
     DEADLINE,
@@ -18,11 +19,13 @@ from bridges._wire import (
     MAX_BUDGET_S,
     REPLY_TYPE,
     decode_reply,
+    encode_request,
     metadata_headers,
 )
 from messages import (
     BadRequest,
     InternalError,
+    Message,
     Metadata,
     NotFound,
     PayloadTooLarge,
@@ -292,7 +295,8 @@ async def test_an_endless_deadline_from_the_network_is_bounded(
 ) -> None:
     nc = await nats.connect(nats_server.url)
     try:
-        msg = await nc.request("af.agent.worker", encode(Inspect()), 2, headers={DEADLINE: "inf"})
+        endless = Metadata(id="endless-1", deadline=math.inf)
+        msg = await nc.request("af.agent.worker", encode_request(Inspect(), endless), 2)
     finally:
         await nc.close()
     budget = decode_reply(msg.data, msg.headers)
@@ -335,3 +339,133 @@ def test_requests_in_flight_fail_unavailable_when_the_callers_bridge_closes(
     with pytest.raises(Unavailable, match="closed before"):
         pending.get(timeout=1)
     release.set()
+
+
+@pytest.mark.parametrize("deadline", ["inf", "nan", "1_000", "5.", "1e3", "٣", "+5", "0x10"])
+async def test_a_deadline_header_must_be_plain_decimal(
+    served: Runtime, nats_server: NatsServer, deadline: str
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        msg = await nc.request(
+            "af.agent.worker", encode(Echo(text="x")), 2, headers={DEADLINE: deadline}
+        )
+    finally:
+        await nc.close()
+    with pytest.raises(BadRequest, match="plain decimal"):
+        decode_reply(msg.data, msg.headers)
+
+
+async def _request_with_raw_headers(url: str, block: bytes, body: bytes) -> nats.aio.msg.Msg:
+    """A request whose header block is written as given (repeated headers and all)."""
+    nc = await nats.connect(url)
+    try:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, max_msgs=1)
+        head = b"NATS/1.0\r\n" + block + b"\r\n"
+        line = f"HPUB af.agent.worker {inbox} {len(head)} {len(head) + len(body)}\r\n"
+        await nc._send_command(line.encode() + head + body + b"\r\n")
+        await nc.flush()
+        return await sub.next_msg(timeout=2)
+    finally:
+        await nc.close()
+
+
+async def test_a_repeated_deadline_header_is_a_bad_request_not_last_one_wins(
+    served: Runtime, nats_server: NatsServer
+) -> None:
+    soon, later = time.time() + 5, time.time() + 60
+    block = f"{DEADLINE}: {soon!r}\r\n{DEADLINE}: {later!r}\r\n".encode()
+    msg = await _request_with_raw_headers(nats_server.url, block, encode(Echo(text="x")))
+    with pytest.raises(BadRequest, match="Af-Deadline"):
+        decode_reply(msg.data, msg.headers)
+    single = f"{DEADLINE}: {later!r}\r\n".encode()
+    ok = await _request_with_raw_headers(nats_server.url, single, encode(Echo(text="x")))
+    assert decode_reply(ok.data, ok.headers).text == "x"
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [(ID, "x" * 129), (ID, "has space"), ("Af-Correlation-Id", "c" * 5000), ("Af-Sender", "a\tb")],
+)
+async def test_an_id_header_that_is_not_a_bounded_identifier_is_a_bad_request(
+    served: Runtime, nats_server: NatsServer, header: str, value: str
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        msg = await nc.request(
+            "af.agent.worker", encode(Echo(text="x")), 2, headers={header: value}
+        )
+    finally:
+        await nc.close()
+    with pytest.raises(BadRequest, match=header):
+        decode_reply(msg.data, msg.headers)
+
+
+async def test_an_envelope_id_that_is_not_a_bounded_identifier_is_a_bad_request(
+    served: Runtime, nats_server: NatsServer
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        for bad in ("x" * 129, "new\nline", ""):
+            meta = Metadata(id=bad, deadline=time.time() + 5)
+            msg = await nc.request("af.agent.worker", encode_request(Echo(text="x"), meta), 2)
+            with pytest.raises(BadRequest):
+                decode_reply(msg.data, msg.headers)
+    finally:
+        await nc.close()
+
+
+class Lone(Message, frozen=True, kw_only=True):
+    n: int
+
+
+class LoneAgent(Agent):
+    """Takes one request type."""
+
+    agent_type = "lone"
+
+    @handler
+    def take(self, msg: Lone, ctx: Context) -> Lone:
+        HANDLED.append(f"lone {msg.n}")
+        return msg
+
+
+async def test_a_body_without_its_type_tag_is_a_bad_request_even_for_a_lone_type(
+    runtime: Runtime, connect: BridgeFactory, nats_server: NatsServer
+) -> None:
+    LoneAgent.spawn(runtime)
+    connect(runtime, [LoneAgent])
+    HANDLED.clear()
+    nc = await nats.connect(nats_server.url)
+    try:
+        untagged = await nc.request("af.agent.lone", encode({"n": 1}), 2)
+        tagged = await nc.request("af.agent.lone", encode(Lone(n=2)), 2)
+        stats = json.loads((await nc.request("$SRV.STATS.lone", b"", 2)).data)
+    finally:
+        await nc.close()
+    with pytest.raises(BadRequest, match="type"):
+        decode_reply(untagged.data, untagged.headers)
+    assert decode_reply(tagged.data, tagged.headers) == Lone(n=2)
+    assert HANDLED == ["lone 2"]
+    [endpoint] = stats["endpoints"]
+    assert endpoint["num_requests"] == 2
+    assert endpoint["num_errors"] == 1
+    assert endpoint["last_error"].startswith("bad_request")
+
+
+async def test_typed_error_replies_are_counted_in_the_micro_stats(
+    served: Runtime, nats_server: NatsServer
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.request("af.agent.worker", encode(Refuse()), 2)
+        await nc.request("af.agent.worker", encode(Echo(text="fine")), 2)
+        stats = json.loads((await nc.request("$SRV.STATS.worker", b"", 2)).data)
+    finally:
+        await nc.close()
+    [endpoint] = stats["endpoints"]
+    assert endpoint["num_requests"] == 2
+    assert endpoint["num_errors"] == 1
+    assert endpoint["last_error"].startswith("not_found")
+    assert endpoint["processing_time"] > 0

@@ -12,11 +12,11 @@ import pytest
 import redis
 from nats.js.api import KeyValueConfig
 
-from actors import MemoryStore, StateStore, state_key
+from actors import MAX_KEY_LENGTH, MemoryStore, StateStore, state_key
 from bridges import IoLoop, NatsServer
 from bridges._state import KvStore, LoopStore, RedisStore
 from config import NatsSettings, StateSettings
-from messages import Unavailable
+from messages import InvalidKey, Unavailable
 from tests.conftest import redis_url
 
 TTL = 0.3  # expiry under test; the waits below are that delay, not synchronisation
@@ -114,6 +114,48 @@ def test_state_keys_escape_what_no_backend_accepts(store: StateStore) -> None:
     store.put(key, b"v")
     assert store.scan(state_key("mem", "jane.doe@example.com")) == [key]
     assert state_key("", "x") == "=.x"
+
+
+def test_a_long_part_is_hashed_so_keys_stay_bounded_and_distinct(store: StateStore) -> None:
+    long_user = "ü" * 5000  # 60,000 characters once escaped
+    key = state_key("mem", long_user, "c1")
+    assert len(key) < 256
+    assert key == state_key("mem", long_user, "c1")
+    assert key != state_key("mem", long_user + "x", "c1")
+    store.put(key, b"v")
+    assert store.scan(state_key("mem", long_user)) == [key]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "x" * (MAX_KEY_LENGTH + 1),
+        "has space",
+        "a..b",
+        ".a",
+        "a.",
+        "",
+        "a\r\nPUB x 1",
+        "wild.*",
+        "wild.>",
+        "colon:key",
+    ],
+)
+def test_every_store_refuses_a_key_it_cannot_keep_with_a_typed_error(
+    store: StateStore, key: str
+) -> None:
+    for operation in (
+        lambda: store.get(key),
+        lambda: store.put(key, b"v"),
+        lambda: store.delete(key),
+        lambda: store.compare_and_set(key, None, b"v"),
+        lambda: store.scan(key),
+    ):
+        with pytest.raises(InvalidKey):
+            operation()
+    # and the store still serves
+    store.put("still.here", b"yes")
+    assert store.get("still.here") == b"yes"
 
 
 def test_concurrent_compare_and_set_lets_exactly_one_writer_win(store: StateStore) -> None:

@@ -25,10 +25,11 @@ def start_service(nats_server: NatsServer) -> Iterator[Callable[..., Service]]:
     prefix = f"af-test-{nats_server.port}:"
     used_redis = False
 
-    def start(*, state: str = "kv", **sections: Any) -> Service:
+    def start(*, state: str = "kv", redis_at: str | None = None, **sections: Any) -> Service:
         nonlocal used_redis
-        used_redis = used_redis or state == "redis"
-        extra = {"redis_url": redis_url(), "redis_prefix": prefix} if state == "redis" else {}
+        used_redis = used_redis or (state == "redis" and redis_at is None)
+        at = redis_at or redis_url()
+        extra = {"redis_url": at, "redis_prefix": prefix} if state == "redis" else {}
         settings = support_settings(nats_server.url, state={"backend": state, **extra}, **sections)
         return served.start(build_node(settings))
 

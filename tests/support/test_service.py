@@ -476,28 +476,6 @@ def test_a_request_in_flight_during_an_erasure_writes_no_memory_back(
     assert state.scan(state_key("mem", "jane")) == []
 
 
-def test_readiness_follows_the_state_store_and_the_audit_log(
-    start_service: Callable[..., Service],
-) -> None:
-    node, client = start_service()
-    assert client.get("/readyz").status_code == 200
-    store, node.runtime.state = node.runtime.state, None  # as while its child restarts
-    try:
-        not_ready = client.get("/readyz")
-        assert (not_ready.status_code, not_ready.text) == (503, "the state store is not open\n")
-        checks = client.get("/healthz").json()["checks"]
-        assert checks["state:store"][0]["status"] == "fail"
-    finally:
-        node.runtime.state = store
-    log, node.runtime.audit = node.runtime.audit, None
-    try:
-        response = client.get("/readyz")
-        assert (response.status_code, response.text) == (503, "the audit log is not open\n")
-    finally:
-        node.runtime.audit = log
-    assert client.get("/readyz").status_code == 200
-
-
 def test_the_support_agent_streams_its_steps_then_the_response(
     start_service: Callable[..., Service], capsys: pytest.CaptureFixture[str]
 ) -> None:
