@@ -13,6 +13,7 @@ from typing import IO, Final
 from actors import ExitLink, ExitListener, ExitReason
 from messages import ExitKind
 from supervisors._affinity import unpin_process
+from supervisors._shutdown import wait_bound
 from supervisors._spec import DEFAULT_SHUTDOWN, ChildHandle, ChildKind, ChildSpec, Restart
 
 logger: Final = logging.getLogger("actorfleet.process")
@@ -89,10 +90,10 @@ class ProcessChild:
         self.exit_link.link(listener)
 
     def shutdown(self, *, timeout: float) -> None:
-        """SIGTERM, wait up to `timeout` seconds, then SIGKILL."""
+        """SIGTERM, wait up to `timeout` seconds (`math.inf`: no bound), then SIGKILL."""
         self._stopping = True
         self._signal(signal.SIGTERM)
-        if not self.exit_link.wait(timeout=timeout):
+        if not self.exit_link.wait(timeout=wait_bound(timeout)):
             self.kill()
             self.exit_link.wait(timeout=timeout or None)
 

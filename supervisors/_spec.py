@@ -65,7 +65,11 @@ class ChildHandle(Protocol):
         ...
 
     def shutdown(self, *, timeout: float) -> None:
-        """Stop gracefully; kill if that takes longer than `timeout`. Blocks until stopped."""
+        """Stop gracefully; kill if that takes longer than `timeout`. Blocks until stopped.
+
+        A supervisor does not rely on this call to return: it waits for the
+        exit itself, and kills the child once `timeout` has passed.
+        """
         ...
 
     def kill(self) -> None:
@@ -81,8 +85,9 @@ class ChildSpec:
         id: Unique among the supervisor's children.
         start: Starts the child and returns its handle.
         restart: Restart type.
-        shutdown: Seconds a graceful stop may take before the child is killed
-            (0: kill at once; `math.inf`: wait, as for supervisors).
+        shutdown: Seconds a graceful stop may take before the supervisor
+            kills the child (0: kill at once; `math.inf`: wait without a bound,
+            OTP's `infinity`, as for supervisors).
         kind: What the child is, for statistics and defaults.
     """
 

@@ -87,7 +87,7 @@ class Supervisor:
         return result
 
     def terminate_child(self, child_id: str, *, timeout: float | None = None) -> None:
-        """Stop a child; its spec stays until `delete_child`."""
+        """Stop a child; its spec stays until `delete_child` (a temporary child's does not)."""
         self._call(lambda: self._actor.terminate_child(child_id), timeout=timeout)
 
     def restart_child(self, child_id: str, *, timeout: float | None = START_TIMEOUT) -> ChildHandle:

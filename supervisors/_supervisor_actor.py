@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pykka
 
-from actors import ExitLink, ExitListener, ExitReason, LocalAgentRef, Runtime
+from actors import ExitLink, ExitListener, ExitReason, Runtime
 from messages import (
     ChildAlreadyExists,
     ChildExited,
@@ -22,9 +21,10 @@ from messages import (
     ExitKind,
     StartFailed,
 )
-from supervisors._process import ProcessChild
+from supervisors._child import Child
+from supervisors._shutdown import stop_child
 from supervisors._spec import ChildHandle, ChildKind, ChildSpec, Restart, Strategy, SupervisorSpec
-from supervisors._stats import ChildStatistics, ChildStatus, IntensityWindow, SupervisorStatistics
+from supervisors._stats import ChildStatus, IntensityWindow, SupervisorStatistics
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -33,31 +33,6 @@ logger: Final = logging.getLogger("actorfleet.supervisor")
 
 START_TIMEOUT: Final = 30.0
 ESCALATION: Final = ExitReason(ExitKind.SHUTDOWN, "reached maximum restart intensity")
-
-
-class _Child:
-    """The supervisor's record of one child (mutated only on its thread)."""
-
-    __slots__ = (
-        "consecutive",
-        "handle",
-        "incarnation",
-        "last_exit",
-        "last_restart",
-        "restarts",
-        "spec",
-        "status",
-    )
-
-    def __init__(self, spec: ChildSpec) -> None:
-        self.spec = spec
-        self.handle: ChildHandle | None = None
-        self.incarnation = 0
-        self.status = ChildStatus.STOPPED
-        self.restarts = 0
-        self.consecutive = 0
-        self.last_restart = -math.inf
-        self.last_exit: ExitReason | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +44,11 @@ class _Exited:
 
 @dataclass(frozen=True, slots=True)
 class _RestartDue:
-    epoch: int
-    delay: float
+    """A child's backoff is over (stale unless `timer` is still the child's)."""
+
+    child_id: str
+    timer: int
+    due: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +67,8 @@ class SupervisorActor(pykka.ThreadingActor):
         self.runtime = runtime
         self.exit_link = ExitLink()
         self.exit_reason = ExitReason(ExitKind.SHUTDOWN)
-        self.children: list[_Child] = []
+        self.children: list[Child] = []
         self._restart_times: deque[float] = deque()
-        self._pending: set[str] = set()
-        self._epoch = 0
 
     # --- messages ---------------------------------------------------------------
 
@@ -100,10 +76,8 @@ class SupervisorActor(pykka.ThreadingActor):
         match message:
             case _Exited(child_id, incarnation, reason):
                 self._on_exit(child_id, incarnation, reason)
-            case _RestartDue(epoch, delay) if epoch == self._epoch:
-                self._restart_pending(delay)
-            case _RestartDue():
-                pass
+            case _RestartDue(child_id, timer, due):
+                self._on_restart_due(child_id, timer, due)
             case Invoke(fn):
                 return fn()
             case _:
@@ -126,12 +100,12 @@ class SupervisorActor(pykka.ThreadingActor):
         """Start a new child and add it after the others."""
         if self._find(spec.id) is not None:
             raise ChildAlreadyExists(self.spec.name, spec.id)
-        child = _Child(spec)
+        child = Child(spec)
         handle = self._start(child)
         self.children.append(child)
         return handle
 
-    def _start(self, child: _Child) -> ChildHandle:
+    def _start(self, child: Child) -> ChildHandle:
         try:
             handle = child.spec.start()
         except Exception as exc:
@@ -182,82 +156,116 @@ class SupervisorActor(pykka.ThreadingActor):
         if child.spec.restart is Restart.TEMPORARY:
             self.children.remove(child)
         elif child.spec.restart is Restart.PERMANENT or not reason.kind.is_normal:
-            self._restart(child)
+            now = time.monotonic()
+            self._restart(child, now)
+            self._restart_due(now)
 
-    def _restart(self, failed: _Child) -> None:
-        now = time.monotonic()
+    def _restart(self, failed: Child, now: float) -> None:
+        """Count a restart, stop the failed child's group and plan its restart."""
+        if self._over_intensity(now):
+            self._escalate()
+            return
+        group = self._stop_group(failed)
+        delay = self._backoff(failed, now)
+        for child in group:
+            if child.plan_restart(now + delay, delay) and delay > 0:
+                self._arm(child, now + delay)
+
+    def _over_intensity(self, now: float) -> bool:
         window = self._restart_times
         window.append(now)
         while window and window[0] <= now - self.spec.period:
             window.popleft()
-        if len(window) > self.spec.max_restarts:
-            self._escalate()
-            return
-        self._stop_group(failed)
+        return len(window) > self.spec.max_restarts
+
+    def _backoff(self, failed: Child, now: float) -> float:
         if now - failed.last_restart > self.spec.backoff.reset_after:
             failed.consecutive = 0
         delay = self.spec.backoff.delay(failed.consecutive)
         failed.consecutive += 1
         failed.last_restart = now
-        if delay <= 0:
-            self._restart_pending(delay)
-        else:
-            self._restart_later(delay)
+        return delay
 
-    def _stop_group(self, failed: _Child) -> None:
-        """Stop the failed child's group (reverse order) and mark it for restart."""
+    def _stop_group(self, failed: Child) -> list[Child]:
+        """Stop the failed child's group in reverse order; return those to restart.
+
+        A member already waiting out a restart of its own keeps waiting.
+        """
         group = self._group(failed)
         for child in reversed(group):
-            if child is not failed:
+            if child is not failed and child.handle is not None:
                 self._terminate(child)
+        restarting = []
         for child in group:
             if child is not failed and child.spec.restart is Restart.TEMPORARY:
                 self.children.remove(child)
             else:
-                child.status = ChildStatus.RESTARTING
-                self._pending.add(child.spec.id)
+                restarting.append(child)
+        return restarting
 
-    def _restart_later(self, delay: float) -> None:
-        epoch = self._epoch
+    def _arm(self, child: Child, due: float) -> None:
+        message = _RestartDue(child.spec.id, child.timer, due)
         me = self.actor_ref
 
-        def due() -> None:
+        def fire() -> None:
             try:
-                me.tell(_RestartDue(epoch, delay))
+                me.tell(message)
             except pykka.ActorDeadError:
                 logger.debug("supervisor %s stopped before a delayed restart", self.spec.name)
 
-        self.runtime.timers.call_later(delay, due)
+        self.runtime.timers.call_at(due, fire)
 
-    def _group(self, failed: _Child) -> list[_Child]:
+    def _group(self, failed: Child) -> list[Child]:
         if self.spec.strategy is Strategy.ONE_FOR_ALL:
             return list(self.children)
         if self.spec.strategy is Strategy.REST_FOR_ONE:
             return self.children[self.children.index(failed) :]
         return [failed]
 
-    def _restart_pending(self, delay: float) -> None:
-        for child in list(self.children):
-            if child.spec.id not in self._pending:
+    def _on_restart_due(self, child_id: str, timer: int, due: float) -> None:
+        child = self._find(child_id)
+        if child is None or child.due is None or child.timer != timer:
+            return  # stale: that restart already ran, was cancelled or was planned anew
+        # The timer is the authority that `due` has come, whatever the clock reads.
+        self._restart_due(max(time.monotonic(), due))
+
+    def _restart_due(self, now: float) -> None:
+        """Start the children whose restart is due at `now`, in start order.
+
+        Under `one_for_all` and `rest_for_one` nothing starts after a child
+        that still waits out its backoff, or that has just failed to start.
+        """
+        while (child := self._next_due(now)) is not None:
+            self._restart_one(child, now)
+
+    def _next_due(self, now: float) -> Child | None:
+        in_order = self.spec.strategy is not Strategy.ONE_FOR_ONE
+        for child in self.children:
+            if child.due is None:
                 continue
-            self._pending.discard(child.spec.id)
-            try:
-                self._start(child)
-            except StartFailed as exc:
-                child.last_exit = ExitReason(ExitKind.CRASHED, exc.cause)
-                self._restart(child)
-                if self.actor_stopped.is_set():
-                    return
-                continue
-            child.restarts += 1
-            self.runtime.events.publish(
-                ChildRestarted(
-                    supervisor=self.spec.name,
-                    child_id=child.spec.id,
-                    restarts=child.restarts,
-                    delay=delay,
-                )
+            if child.due <= now:
+                return child
+            if in_order:
+                return None
+        return None
+
+    def _restart_one(self, child: Child, now: float) -> None:
+        child.cancel_restart()
+        try:
+            self._start(child)
+        except StartFailed as exc:
+            child.last_exit = ExitReason(ExitKind.CRASHED, exc.cause)
+            self._restart(child, now)
+            return
+        child.restarts += 1
+        self.runtime.events.publish(
+            ChildRestarted(
+                supervisor=self.spec.name,
+                child_id=child.spec.id,
+                restarts=child.restarts,
+                delay=child.delay,
             )
+        )
 
     def _escalate(self) -> None:
         logger.error(
@@ -278,19 +286,16 @@ class SupervisorActor(pykka.ThreadingActor):
 
     # --- stopping -------------------------------------------------------------------
 
-    def _terminate(self, child: _Child) -> None:
+    def _terminate(self, child: Child) -> None:
+        """Stop a child within its shutdown time (then kill it); cancel its restart."""
         handle, child.handle = child.handle, None
         child.status = ChildStatus.STOPPED
-        self._pending.discard(child.spec.id)
+        child.cancel_restart()
         if handle is not None:
-            if child.spec.shutdown == 0:
-                handle.kill()
-            handle.shutdown(timeout=child.spec.shutdown)
+            stop_child(handle, shutdown=child.spec.shutdown, name=child.spec.id)
 
     def terminate_all(self) -> None:
         """Stop every child in reverse start order; cancel pending restarts."""
-        self._epoch += 1
-        self._pending.clear()
         for child in reversed(self.children):
             self._terminate(child)
 
@@ -301,11 +306,10 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def kill_all(self) -> None:
         """Kill every child at once, then stop."""
-        self._epoch += 1
-        self._pending.clear()
         for child in reversed(self.children):
             handle, child.handle = child.handle, None
             child.status = ChildStatus.STOPPED
+            child.cancel_restart()
             if handle is not None:
                 handle.kill()
         self.exit_reason = ExitReason(ExitKind.KILLED)
@@ -330,9 +334,12 @@ class SupervisorActor(pykka.ThreadingActor):
     # --- dynamic children -------------------------------------------------------------
 
     def terminate_child(self, child_id: str) -> None:
-        """Stop a child and keep its spec (OTP terminate_child)."""
+        """Stop a child and keep its spec, unless it is temporary (OTP terminate_child)."""
         child = self._require(child_id)
         self._terminate(child)
+        if child.spec.restart is Restart.TEMPORARY:
+            self.children.remove(child)
+        self._restart_due(time.monotonic())  # those it held back in start order may go
 
     def restart_child(self, child_id: str) -> ChildHandle:
         """Start a child that was terminated (OTP restart_child)."""
@@ -356,7 +363,7 @@ class SupervisorActor(pykka.ThreadingActor):
         """This supervisor's own statistics and its running supervisor children."""
         now = time.monotonic()
         in_window = sum(1 for t in self._restart_times if t > now - self.spec.period)
-        children = [_child_statistics(c) for c in self.children]
+        children = [c.statistics() for c in self.children]
         nested = {
             c.spec.id: c.handle
             for c in self.children
@@ -373,29 +380,14 @@ class SupervisorActor(pykka.ThreadingActor):
         )
         return stats, nested
 
-    def _find(self, child_id: str) -> _Child | None:
+    def _find(self, child_id: str) -> Child | None:
         for child in self.children:
             if child.spec.id == child_id:
                 return child
         return None
 
-    def _require(self, child_id: str) -> _Child:
+    def _require(self, child_id: str) -> Child:
         child = self._find(child_id)
         if child is None:
             raise ChildNotFound(self.spec.name, child_id)
         return child
-
-
-def _child_statistics(child: _Child) -> ChildStatistics:
-    handle = child.handle
-    return ChildStatistics(
-        id=child.spec.id,
-        kind=child.spec.kind,
-        restart=child.spec.restart,
-        status=child.status,
-        restarts=child.restarts,
-        last_exit=None if child.last_exit is None else str(child.last_exit),
-        queue_depth=handle.queue_depth if isinstance(handle, LocalAgentRef) else None,
-        pid=handle.pid if isinstance(handle, ProcessChild) else None,
-        detail=handle.detail if isinstance(handle, LocalAgentRef) else None,
-    )

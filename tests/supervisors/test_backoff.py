@@ -5,10 +5,22 @@ import time
 import pytest
 
 from actors import Runtime
-from messages import ChildRestarted, ConfigError
-from supervisors import Backoff, ChildStatus
+from messages import ChildExited, ChildRestarted, ChildStarted, ConfigError
+from supervisors import Backoff, ChildStatus, Strategy, Supervisor, agent_child
+from tests.agents import RecordingAgent
 from tests.conftest import EventRecorder
-from tests.supervisors.helpers import agent, pool, restarted
+from tests.supervisors.helpers import ManualTimers, agent, pool, restarted
+
+ONE_SECOND_THEN_DOUBLE = Backoff(base=1.0, factor=2, cap=10.0, jitter=0, reset_after=60)
+
+
+def _statuses(sup: Supervisor) -> list[ChildStatus]:
+    return [c.status for c in sup.statistics().children]
+
+
+def _delays(events: EventRecorder, child_id: str) -> list[float]:
+    restarts = [e for e in events.events if isinstance(e, ChildRestarted)]
+    return [e.delay for e in restarts if e.child_id == child_id]
 
 
 def test_the_first_restart_is_immediate() -> None:
@@ -67,3 +79,87 @@ def test_the_backoff_resets_after_a_quiet_period(runtime: Runtime, events: Event
     agent(sup, "w0").kill()
     restarted(events, "w0", count=2)
     assert [e.delay for e in events.of(ChildRestarted)] == [0.0, 0.0]
+
+
+def test_a_child_waiting_out_its_backoff_is_not_restarted_with_a_sibling(
+    runtime: Runtime, events: EventRecorder, manual_timers: ManualTimers
+) -> None:
+    sup = pool(runtime, n=2, max_restarts=10, period=60, backoff=ONE_SECOND_THEN_DOUBLE)
+    agent(sup, "w0").kill()
+    agent(sup, "w0").kill()  # the first restart was immediate; this one waits 1 s
+    agent(sup, "w1").kill()  # w1's first restart: immediate
+    assert _statuses(sup) == [ChildStatus.RESTARTING, ChildStatus.RUNNING]
+    assert _delays(events, "w0") == [0.0]
+    manual_timers.fire(0)
+    assert _statuses(sup) == [ChildStatus.RUNNING, ChildStatus.RUNNING]
+    assert _delays(events, "w0") == [0.0, 1.0]
+
+
+def test_rest_for_one_restarts_up_to_a_child_still_waiting_out_its_backoff(
+    runtime: Runtime, events: EventRecorder, manual_timers: ManualTimers
+) -> None:
+    sup = pool(
+        runtime,
+        n=3,
+        strategy=Strategy.REST_FOR_ONE,
+        max_restarts=10,
+        period=60,
+        backoff=ONE_SECOND_THEN_DOUBLE,
+    )
+    agent(sup, "w1").kill()
+    agent(sup, "w1").kill()  # w1 and w2 wait out w1's backoff
+    mark = len(events.events)
+    agent(sup, "w0").kill()  # w0's first restart: immediate, but w1 still waits
+    assert _statuses(sup) == [
+        ChildStatus.RUNNING,
+        ChildStatus.RESTARTING,
+        ChildStatus.RESTARTING,
+    ]
+    manual_timers.fire(0)
+    assert _statuses(sup) == [ChildStatus.RUNNING] * 3
+    started = [e.child_id for e in events.events[mark:] if isinstance(e, ChildStarted)]
+    assert started == ["w0", "w1", "w2"]
+    assert _delays(events, "w1") == [0.0, 1.0]
+
+
+def test_a_stale_delayed_restart_does_nothing(
+    runtime: Runtime, events: EventRecorder, manual_timers: ManualTimers
+) -> None:
+    sup = pool(runtime, n=1, max_restarts=10, period=60, backoff=ONE_SECOND_THEN_DOUBLE)
+    agent(sup, "w0").kill()
+    agent(sup, "w0").kill()  # waits 1 s: timer 0
+    sup.terminate_child("w0")  # cancels that restart
+    sup.restart_child("w0")
+    agent(sup, "w0").kill()  # waits 2 s: a later timer
+    assert _statuses(sup) == [ChildStatus.RESTARTING]
+    starts = len(events.of(ChildStarted))
+    manual_timers.fire(0)
+    assert _statuses(sup) == [ChildStatus.RESTARTING]
+    assert len(events.of(ChildStarted)) == starts
+    manual_timers.fire(-1)
+    assert _statuses(sup) == [ChildStatus.RUNNING]
+    assert _delays(events, "w0") == [0.0, 2.0]
+    manual_timers.fire(-1)  # the same timer again, after its restart has run
+    assert len(events.of(ChildStarted)) == starts + 1
+    assert len(events.of(ChildExited)) == 3
+
+
+def test_terminating_a_waiting_child_lets_the_children_after_it_restart(
+    runtime: Runtime, events: EventRecorder, manual_timers: ManualTimers
+) -> None:
+    sup = pool(
+        runtime,
+        n=1,
+        strategy=Strategy.REST_FOR_ONE,
+        max_restarts=10,
+        period=60,
+        backoff=ONE_SECOND_THEN_DOUBLE,
+    )
+    agent(sup, "w0").kill()
+    agent(sup, "w0").kill()  # w0 waits 1 s
+    sup.start_child(agent_child(RecordingAgent, runtime, id="late"))
+    agent(sup, "late").kill()  # due at once, but started after w0, so it waits for w0
+    assert _statuses(sup) == [ChildStatus.RESTARTING, ChildStatus.RESTARTING]
+    sup.terminate_child("w0")
+    assert _statuses(sup) == [ChildStatus.STOPPED, ChildStatus.RUNNING]
+    assert _delays(events, "late") == [0.0]

@@ -12,7 +12,14 @@ from messages import (
     StartFailed,
     SupervisorStopped,
 )
-from supervisors import ChildSpec, ChildStatus, Supervisor, SupervisorSpec, agent_child
+from supervisors import (
+    ChildSpec,
+    ChildStatus,
+    Restart,
+    Supervisor,
+    SupervisorSpec,
+    agent_child,
+)
 from tests.agents import Echo, WorkerAgent
 from tests.conftest import EventRecorder
 from tests.supervisors.helpers import agent, pool, restarted
@@ -60,6 +67,17 @@ def test_terminate_child_stops_it_for_good_until_restart_child(
     assert new.alive
     starts = [e for e in events.of(ChildStarted) if e.child_id == "w0"]
     assert [e.incarnation for e in starts] == [1, 2]
+
+
+def test_terminate_child_of_a_temporary_child_forgets_its_spec(runtime: Runtime) -> None:
+    sup = pool(runtime, restarts=[Restart.TEMPORARY, Restart.PERMANENT])
+    old = agent(sup, "w0")
+    sup.terminate_child("w0")
+    assert not old.alive
+    with pytest.raises(ChildNotFound):
+        sup.restart_child("w0")
+    assert list(sup.which_children()) == ["w1"]
+    assert [c.id for c in sup.statistics().children] == ["w1"]
 
 
 def test_delete_child_forgets_a_terminated_child(runtime: Runtime) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -129,6 +130,21 @@ def test_shutdown_sigkills_a_process_that_ignores_sigterm(runtime: Runtime) -> N
         assert [getattr(e, "kind", None) for e in exits] == [ExitKind.KILLED]
     finally:
         child.kill()
+
+
+@pytest.mark.slow
+def test_a_process_child_with_an_infinite_shutdown_is_stopped_gracefully(
+    runtime: Runtime,
+) -> None:
+    sup = Supervisor.start(
+        SupervisorSpec(name="procs", children=[process_child("p", SLEEPER, shutdown=math.inf)]),
+        runtime,
+    )
+    child = _process(sup, "p")
+    sup.terminate_child("p", timeout=5)
+    assert child.exit_link.reason is not None
+    assert child.exit_link.reason.kind is ExitKind.SHUTDOWN
+    assert sup.alive
 
 
 @pytest.mark.slow

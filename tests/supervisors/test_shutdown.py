@@ -1,10 +1,26 @@
 from __future__ import annotations
 
-from actors import Runtime
+import math
+import threading
+
+import pytest
+
+from actors import ExitReason, Runtime
 from messages import ExitKind
-from supervisors import Supervisor, SupervisorSpec, agent_child, supervisor_child
-from tests.agents import STOPPED, RecordingAgent
-from tests.supervisors.helpers import pool
+from supervisors import (
+    ChildKind,
+    ChildSpec,
+    Supervisor,
+    SupervisorSpec,
+    agent_child,
+    supervisor_child,
+)
+from tests.agents import STOPPED, Block, RecordingAgent, gate
+from tests.conftest import WAIT
+from tests.supervisors.helpers import HangingChild, agent, pool
+
+BLOCKED_LONG_ENOUGH = 0.05
+HANG_BOUND = 1.0
 
 
 def test_shutdown_stops_children_in_reverse_start_order(runtime: Runtime) -> None:
@@ -59,3 +75,78 @@ def test_a_supervisor_stopped_any_other_way_still_stops_its_children(runtime: Ru
     sup._ref.stop(timeout=5)  # pykka's own stop, as ActorRegistry.stop_all does
     assert not any(c.alive for c in children)
     assert sup.wait(timeout=5) is not None
+
+
+def test_a_worker_with_an_infinite_shutdown_is_waited_for_without_a_bound(
+    runtime: Runtime,
+) -> None:
+    slow = agent_child(RecordingAgent, runtime, id="slow", shutdown=math.inf)
+    sup = Supervisor.start(SupervisorSpec(name="s", children=[slow]), runtime)
+    entered, release = gate("infinite-shutdown")
+    busy = agent(sup, "slow").ask_async(Block(gate="infinite-shutdown"))
+    assert entered.wait(WAIT)
+    STOPPED.clear()
+    stopper = threading.Thread(target=sup.shutdown)
+    stopper.start()
+    try:
+        assert sup.wait(timeout=BLOCKED_LONG_ENOUGH) is None, "stopped before its child"
+    finally:
+        release.set()
+    assert busy.get(timeout=WAIT) == "infinite-shutdown"
+    stopper.join(WAIT)
+    assert sup.exit_reason == ExitReason(ExitKind.SHUTDOWN)
+    assert STOPPED == ["recording/slow"]
+
+
+@pytest.mark.parametrize("kind", [ChildKind.ACTOR, ChildKind.PROCESS])
+def test_the_supervisor_kills_a_child_whose_stop_hangs_past_its_shutdown_time(
+    runtime: Runtime, kind: ChildKind
+) -> None:
+    child = HangingChild()
+    spec = ChildSpec(id="h", start=lambda: child, shutdown=0.01, kind=kind)
+    sup = Supervisor.start(SupervisorSpec(name="s", children=[spec]), runtime)
+    try:
+        sup.terminate_child("h", timeout=HANG_BOUND)
+        assert child.stop_asked.is_set()
+        assert child.exit_link.reason == ExitReason(ExitKind.KILLED)
+    finally:
+        child.release.set()
+
+
+def test_shutdown_moves_on_from_a_hung_child_to_the_ones_started_before_it(
+    runtime: Runtime,
+) -> None:
+    child = HangingChild()
+    children = [
+        agent_child(RecordingAgent, runtime, id="first"),
+        ChildSpec(id="h", start=lambda: child, shutdown=0.01),
+    ]
+    sup = Supervisor.start(SupervisorSpec(name="s", children=children), runtime)
+    STOPPED.clear()
+    stopper = threading.Thread(target=sup.shutdown)
+    stopper.start()
+    try:
+        assert sup.wait(timeout=HANG_BOUND) is not None, "still waiting for the hung child"
+    finally:
+        child.release.set()
+    stopper.join(WAIT)
+    assert not child.alive
+    assert STOPPED == ["recording/first"]
+
+
+class _FailingStop(HangingChild):
+    def shutdown(self, *, timeout: float) -> None:
+        self.stop_asked.set()
+        msg = "cannot stop"
+        raise OSError(msg)
+
+
+def test_a_child_whose_stop_raises_is_killed_even_with_an_infinite_shutdown(
+    runtime: Runtime,
+) -> None:
+    child = _FailingStop()
+    spec = ChildSpec(id="f", start=lambda: child, shutdown=math.inf)
+    sup = Supervisor.start(SupervisorSpec(name="s", children=[spec]), runtime)
+    sup.terminate_child("f", timeout=HANG_BOUND)
+    assert child.stop_asked.is_set()
+    assert child.exit_link.reason == ExitReason(ExitKind.KILLED)
