@@ -78,14 +78,14 @@ class DataKeys:
         store: StateStore,
         *,
         memo: dict[str, tuple[str, bytes]] | None = None,
-        since: float | None = None,
+        fence: Callable[[str], ErasureFence] | None = None,
     ) -> None:
         self.store = store
         # Keys already read while handling one message (never kept longer:
         # another node may destroy a key at any time).
         self.memo = memo
-        # When the message began: no new key is made for a subject erased since.
-        self.since = since
+        # The message's fence per subject: no new key for a subject erased since it began.
+        self.fence = fence
 
     def current(self, subject: str) -> tuple[str, bytes]:
         """The subject's key id and key, made on first use (one winner among racers).
@@ -123,14 +123,19 @@ class DataKeys:
 
         Checked before making a key and again after: an erasure that ran in
         between would otherwise miss the new key.
+
+        Raises:
+            messages.Unavailable: With `retry_after`, if the fence is broken.
         """
-        if self.since is None or not erased_since(self.store, subject, self.since):
+        if self.fence is None:
             return
-        if made is not None:
-            self.store.delete(state_key("auditkey", "user", subject))
-            self._forget(subject, made)
-        msg = "the user's data was erased while this request ran; send it again"
-        raise Unavailable(msg)
+        try:
+            self.fence(subject).check()
+        except Unavailable:
+            if made is not None:
+                self.store.delete(state_key("auditkey", "user", subject))
+                self._forget(subject, made)
+            raise
 
     def secret(self, key_id: str) -> bytes | None:
         """The key with this id, or None once it has been destroyed."""
@@ -156,24 +161,84 @@ class DataKeys:
 
 
 ERASURE_FENCE_TTL: Final = 24 * 3600.0
-# Erasure marks are stamped by one node's clock and compared with another's:
-# a handler that began this long after a mark still counts as in flight.
-CLOCK_SKEW: Final = 1.0
+ERASURE_RETRY_AFTER: Final = 1.0
+"""Seconds a request refused by an erasure in progress is told to wait."""
+_mark_decoder: Final = msgspec.msgpack.Decoder(tuple[int, bool])
+_MARK_ATTEMPTS: Final = 8
 
 
-def mark_erased(store: StateStore, subject: str) -> None:
-    """Note that the subject's data is being erased now (see `erased_since`)."""
-    store.put(state_key("erased", subject), repr(time.time()).encode(), ttl=ERASURE_FENCE_TTL)
+def _erasure_mark(store: StateStore, subject: str) -> tuple[int, bool]:
+    """The subject's erasure epoch (0: never erased) and whether one is in progress."""
+    raw = store.get(state_key("erased", subject))
+    return (0, False) if raw is None else _mark_decoder.decode(raw)
 
 
-def erased_since(store: StateStore, subject: str, since: float) -> bool:
-    """Whether the subject's data was erased at or after `since` (epoch seconds).
+def begin_erasure(store: StateStore, subject: str) -> int:
+    """Open a new erasure epoch for the subject, in progress; return it.
 
-    A handler that started before an erasure checks this before it writes
-    what it read earlier back, or makes a new data key for what it holds.
+    From now on every message that began under an earlier epoch writes
+    nothing back for the subject (`ErasureFence`), and one that begins
+    while the erasure runs is refused with a `retry_after`.
+
+    Raises:
+        messages.Unavailable: If the mark keeps changing under it.
     """
-    mark = store.get(state_key("erased", subject))
-    return mark is not None and float(mark) >= since - CLOCK_SKEW
+    key = state_key("erased", subject)
+    for _ in range(_MARK_ATTEMPTS):
+        raw = store.get(key)
+        epoch = 0 if raw is None else _mark_decoder.decode(raw)[0]
+        marked = msgspec.msgpack.encode((epoch + 1, True))
+        if store.compare_and_set(key, raw, marked, ttl=ERASURE_FENCE_TTL):
+            return epoch + 1
+    msg = f"could not mark {subject!r} erased: the mark kept changing"
+    raise Unavailable(msg, retry_after=ERASURE_RETRY_AFTER)
+
+
+def end_erasure(store: StateStore, subject: str, epoch: int) -> None:
+    """Say that the erasure of `epoch` is done: messages that begin now run normally.
+
+    A later erasure that began meanwhile keeps its own mark.
+    """
+    key = state_key("erased", subject)
+    running = msgspec.msgpack.encode((epoch, True))
+    store.compare_and_set(
+        key, running, msgspec.msgpack.encode((epoch, False)), ttl=ERASURE_FENCE_TTL
+    )
+
+
+class ErasureFence:
+    """A subject's erasure mark as a message saw it when it began.
+
+    Read before the message reads anything of the subject's; checked again
+    before it writes back what it read (memory, a ticket, a new data key).
+    An erasure that began since, or one running when the message began,
+    breaks the fence: the write is not made (or is undone). Epochs, not
+    clocks: a message that begins after an erasure completed runs normally,
+    on any node, whatever their clocks say.
+    """
+
+    __slots__ = ("_seen", "store", "subject")
+
+    def __init__(self, store: StateStore, subject: str) -> None:
+        self.store = store
+        self.subject = subject
+        self._seen = _erasure_mark(store, subject)
+
+    def broken(self) -> bool:
+        """Whether an erasure began since the message began, or was running then."""
+        seen_epoch, was_running = self._seen
+        epoch, running = _erasure_mark(self.store, self.subject)
+        return was_running or running or epoch != seen_epoch
+
+    def check(self) -> None:
+        """Refuse to go on if `broken()`.
+
+        Raises:
+            messages.Unavailable: With `retry_after`: send the request again.
+        """
+        if self.broken():
+            msg = "the user's data is being or was erased while this request ran; send it again"
+            raise Unavailable(msg, retry_after=ERASURE_RETRY_AFTER)
 
 
 def seal(secret: bytes, exchange: SealedExchange, *, key_id: str) -> bytes:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import msgspec
 
-from actors._audit import SERVICE_SUBJECT, AuditedStream, Auditor, DataKeys
+from actors._audit import SERVICE_SUBJECT, AuditedStream, Auditor, DataKeys, ErasureFence
 from actors._state import state_key
 from actors._tools import call_tool
 from messages import (
@@ -49,6 +49,7 @@ class Context:
     __slots__ = (
         "_agent",
         "_data_keys",
+        "_fences",
         "_published",
         "_reply",
         "_tool_calls",
@@ -65,6 +66,7 @@ class Context:
         self._published: itertools.count[int] | None = None
         self._tool_calls: itertools.count[int] | None = None
         self._data_keys: dict[str, tuple[str, bytes]] | None = None  # made on first generation
+        self._fences: dict[str, ErasureFence] | None = None
         self.started = time.time()
         self.user_id: str | None = None
         self.conversation_id: str | None = None
@@ -73,10 +75,31 @@ class Context:
         """Say whom this message is handled for (and in which conversation).
 
         Audit records of its generations are sealed with that user's data
-        key and name the conversation.
+        key and name the conversation. Call it before reading anything of
+        the user's: it reads the user's erasure fence (one state read).
+
+        Raises:
+            Unavailable: If there is no state store to read the fence from.
         """
         self.user_id = user_id
         self.conversation_id = conversation_id
+        self.erasure_fence(user_id)
+
+    def erasure_fence(self, subject: str) -> ErasureFence:
+        """The subject's erasure mark as this message first saw it (read on first use).
+
+        Check it (`check()` / `broken()`) before writing back anything read
+        of the subject: an erasure that began since breaks it.
+
+        Raises:
+            Unavailable: If there is no state store.
+        """
+        if self._fences is None:
+            self._fences = {}
+        fence = self._fences.get(subject)
+        if fence is None:
+            fence = self._fences[subject] = ErasureFence(self.state, subject)
+        return fence
 
     @property
     def agent_type(self) -> str:
@@ -256,7 +279,7 @@ class Context:
             return None
         return Auditor(
             runtime.audit,
-            DataKeys(self.state, memo=self._memo(), since=self.started),
+            DataKeys(self.state, memo=self._memo(), fence=self.erasure_fence),
             node=runtime.node,
             agent=self._agent.name,
             subject=self.user_id if self.user_id is not None else SERVICE_SUBJECT,

@@ -4,7 +4,7 @@ Every record is created with compare-and-set under an id derived from the
 request's message id and the record's owner, so a retried request (same
 message id), or two attempts of it at once, find the one record instead of
 making a second. Ticket creation and erasure also honour the erasure fence
-(`actors._audit.erased_since`).
+(`actors.ErasureFence`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from actors._audit import DataKeys, erased_since, mark_erased
+from actors._audit import DataKeys, begin_erasure, end_erasure
 from actors._state import StateStore, state_key
 from actors._tools import ToolCall, tool
 from actors.support._messages import (
@@ -102,10 +102,7 @@ def create_ticket(args: NewTicket, call: ToolCall) -> TicketRef:
     # By request and user, not by every argument: a retry whose model wrote
     # another summary must still find the ticket it opened.
     ticket_id = record_id("T", call, args.user_id)
-    state, started = call.state, call.context.started
-    if erased_since(state, args.user_id, started):
-        msg = "the user's data was erased while this request ran; send it again"
-        raise Unavailable(msg)
+    call.context.erasure_fence(args.user_id).check()
     ticket = Ticket(
         id=ticket_id,
         user_id=args.user_id,
@@ -245,17 +242,19 @@ class Erased(msgspec.Struct, frozen=True, kw_only=True):
 def erase_user(args: Erase, call: ToolCall) -> Erased:
     """Delete a user's conversation memory, redact their tickets, destroy their data keys.
 
-    In this order: mark the user erased (handlers already running for the
-    user then neither write memory back nor make a new data key), record
-    the erasure in the audit log (before anything is gone, so a failure
-    leaves it to a retry to do and record again), then erase. Safe to
-    repeat: a second erasure finds nothing more to do.
+    In this order: open a new erasure epoch for the user (handlers already
+    running for the user then neither write memory back nor make a new data
+    key, and one that begins before the erasure is done is told to retry),
+    record the erasure in the audit log (before anything is gone, so a
+    failure leaves it to a retry to do and record again), erase, then close
+    the epoch: what begins after runs normally. Safe to repeat: a second
+    erasure finds nothing more to do.
     """
     state, user = call.state, args.user_id
     if not user:
         msg = "erasure needs a user id"
         raise BadRequest(msg)
-    mark_erased(state, user)
+    epoch = begin_erasure(state, user)
     keys = DataKeys(state)
     memories = state.scan(memory_prefix(user))
     tickets = state.scan(_user_tickets(user))
@@ -284,6 +283,7 @@ def erase_user(args: Erase, call: ToolCall) -> Erased:
         _redact_ticket(state, index.rsplit(".", 1)[-1])
         state.delete(index)
     keys.destroy(user)
+    end_erasure(state, user, epoch)
     return Erased(report=report, key_ids=key_ids)
 
 

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Annotated, Final
 import msgspec
 
 from actors._agent import Agent, handler
-from actors._audit import erased_since
 from actors._context import Context
 from actors.support._guardrails import OutputPolicy, PolicyRule, decode_with_repair
 from actors.support._kb import Search, search_kb
@@ -209,7 +208,7 @@ class SupportAgent(Agent):
             del memory.turns[: -self.options.memory_turns or None]
             encoded = msgspec.msgpack.encode(memory)
             if ctx.state.compare_and_set(key, raw, encoded, ttl=self.options.memory_ttl):
-                if erased_since(ctx.state, user_id, ctx.started):
+                if ctx.erasure_fence(user_id).broken():
                     ctx.state.delete(key)  # forgotten while this ran: write nothing back
                 return
         msg = "the conversation's memory kept changing; send the message again"

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from actors import DataKeys, MemoryStore, seal, state_key, unseal
-from actors._audit import mark_erased
+from actors._audit import ERASURE_RETRY_AFTER, ErasureFence, begin_erasure, end_erasure
 from messages import SealedExchange, Unavailable
 
 
@@ -26,16 +24,35 @@ def test_a_sealed_exchange_opens_only_with_its_key_and_key_id() -> None:
 
 def test_a_subject_erased_during_a_message_gets_no_new_data_key() -> None:
     store = MemoryStore()
-    started = time.time()
+    in_flight = ErasureFence(store, "jane")  # a message began before the erasure
     before = DataKeys(store).current("jane")
-    mark_erased(store, "jane")
+    epoch = begin_erasure(store, "jane")
     assert DataKeys(store).destroy("jane") == [before[0]]
-    with pytest.raises(Unavailable, match="erased while this request ran"):
-        DataKeys(store, since=started).current("jane")
-    # A message that starts after the erasure makes a fresh key.
-    later = DataKeys(store, since=time.time() + 1).current("jane")
+    begun_during = ErasureFence(store, "jane")  # and one while it ran
+    for fence in (in_flight, begun_during):
+        with pytest.raises(Unavailable, match="erased while this request ran") as refused:
+            DataKeys(store, fence=lambda _s, f=fence: f).current("jane")
+        assert refused.value.retry_after == ERASURE_RETRY_AFTER
+    end_erasure(store, "jane", epoch)
+    # A message that begins once the erasure is done makes a fresh key, at once.
+    after = ErasureFence(store, "jane")
+    later = DataKeys(store, fence=lambda _s: after).current("jane")
     assert later[0] != before[0]
     assert DataKeys(store).secret(before[0]) is None
+    # The one that began before still writes nothing.
+    assert in_flight.broken()
+    assert not after.broken()
+
+
+def test_a_second_erasure_breaks_the_fences_of_messages_begun_after_the_first() -> None:
+    store = MemoryStore()
+    end_erasure(store, "jane", begin_erasure(store, "jane"))
+    between = ErasureFence(store, "jane")
+    assert not between.broken()
+    second = begin_erasure(store, "jane")
+    assert between.broken()
+    end_erasure(store, "jane", second)
+    assert between.broken()  # it read before the second erasure: still fenced
 
 
 def test_destroying_finds_every_key_a_subject_ever_had() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors import Agent, Context, MemoryStore, Runtime, handler, state_key
-from actors._audit import mark_erased
+from actors._audit import begin_erasure
 from actors.support import Intent, create_ticket, erase_user
 from actors.support._records import Erase, NewTicket
 from messages import Message, Unavailable
@@ -35,7 +35,7 @@ class ClerkAgent(Agent):
     @handler
     def open(self, msg: OpenTicket, ctx: Context) -> Opened:
         if msg.erase_first:  # an erasure landing while this handler runs
-            mark_erased(ctx.state, "jane")
+            begin_erasure(ctx.state, "jane")
         ref = ctx.use(create_ticket, TICKET)
         return Opened(ticket_id=ref.ticket_id, created=ref.created)
 

@@ -492,3 +492,12 @@ def test_the_support_agent_streams_its_steps_then_the_response(
         ("ticket", response["ticket_id"]),
     ]
     assert response["type"] == "SupportResponse"
+
+
+def test_a_request_that_begins_right_after_an_erasure_runs_normally(service: Service) -> None:
+    _, client = service
+    support(service, BILLING)
+    assert client.delete("/v1/users/jane/data").status_code == 200
+    # No clock-skew window: the erasure is done, so this one opens its ticket at once.
+    reply = support(service, BILLING, **{"X-Request-Id": "after-erasure-1"})
+    assert isinstance(reply["ticket_id"], str)
