@@ -24,7 +24,7 @@ import msgspec
 import nats
 import nats.errors
 
-from bridges._connect import open_connection
+from bridges._connect import ClosedWatch, open_connection
 from bridges._wire import (
     Subjects,
     encode_error_envelope,
@@ -272,14 +272,17 @@ async def serve_worker(
     generation is a span whose parent is the caller's (from the request).
 
     Raises:
-        Unavailable: If no NATS server answers within `nats.connect_timeout`.
+        Unavailable: If no NATS server answers within `nats.connect_timeout`,
+            or the connection is closed for good (the process then exits
+            non-zero and its supervisor starts a new one).
         ConfigError: If the backend cannot run here (no CUDA, no `gpu` extra).
     """
     pool, backend = worker_pool(tier)
     pool.tracing = tracing
     name = f"actorfleet-worker-{tier.name}-{os.getpid()}"
+    watch = ClosedWatch()
     try:
-        nc = await open_connection(url, name=name, settings=nats_settings)
+        nc = await open_connection(url, name=name, settings=nats_settings, watch=watch)
     except Unavailable:
         await pool.aclose()
         raise
@@ -291,6 +294,13 @@ async def serve_worker(
         heartbeat=tier.heartbeat,
     )
     stop = asyncio.Event()
+    lost: list[str] = []
+
+    def on_lost(reason: str) -> None:
+        lost.append(reason)
+        stop.set()
+
+    watch.listen(on_lost)  # closed for good: exit non-zero, so the supervisor restarts us
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -308,8 +318,11 @@ async def serve_worker(
             on_ready(worker)
         await stop.wait()
     finally:
+        watch.expect()
         await worker.close(grace=nats_settings.drain_timeout)
         with contextlib.suppress(nats.errors.Error):
             await nc.drain()
         if tracing is not None:
             tracing.shutdown()
+    if lost:
+        raise Unavailable(lost[0])

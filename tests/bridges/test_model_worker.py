@@ -13,10 +13,10 @@ from nats.aio.client import Client
 
 from actors import tracing_from_settings
 from bridges import NatsServer
-from bridges._model_worker import ModelWorker, worker_pool
+from bridges._model_worker import ModelWorker, serve_worker, worker_pool
 from bridges._remote_backend import RemoteBackend
 from bridges._wire import Subjects, decode_reply_envelope, encode_reply_envelope, encode_request
-from config import TelemetrySettings, TierSettings, decode
+from config import NatsSettings, TelemetrySettings, TierSettings, decode
 from inference import InferencePool, ScriptedBackend, TierSpec
 from messages import (
     BadRequest,
@@ -283,3 +283,20 @@ async def test_a_second_request_with_a_running_id_is_answered_not_dropped(
     await nc.publish(SUBJECTS.inference("large"), body, second)
     with pytest.raises(Unavailable, match="already runs"):
         decode_reply_envelope((await second_frames.next_msg(WAIT)).data)
+
+
+async def test_a_worker_whose_connection_is_closed_for_good_exits_with_unavailable(
+    nats_server: NatsServer,
+) -> None:
+    ready: asyncio.Queue[ModelWorker] = asyncio.Queue()
+    serving = asyncio.create_task(
+        serve_worker(tier_settings(), NatsSettings(), nats_server.url, on_ready=ready.put_nowait)
+    )
+    worker = await asyncio.wait_for(ready.get(), WAIT)
+    # A protocol error from the server (here: a subject over its control line)
+    # makes nats-py close the connection for good.
+    connection = worker._nc
+    assert connection is not None
+    await connection.publish("x" * 5000, b"")
+    with pytest.raises(Unavailable, match="closed"):
+        await asyncio.wait_for(serving, WAIT)
