@@ -18,8 +18,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
-import re
 import socket
 import time
 import typing
@@ -37,9 +35,12 @@ from opentelemetry.trace import SpanKind
 
 from actors import within
 from bridges._health import Health, health_routes
+from bridges._http_body import JsonBodyRequest, body_type
 from bridges._http_erasure import erasure_route
 from bridges._http_generate import generate_routes
-from bridges._http_schema import check_api_key, optional_tags, reply_types, union_of
+from bridges._http_headers import request_metadata
+from bridges._http_schema import check_api_key, document_rules, reply_types, union_of
+from bridges._http_server import bounded_protocol
 from bridges._http_streams import (
     SSE_MEDIA_TYPE,
     SSE_RESPONSE,
@@ -56,14 +57,7 @@ from bridges._problems import (
 from bridges._serving import request_types
 from inference import PoolClient
 from inference._client import Cancelled
-from messages import (
-    BadRequest,
-    Metadata,
-    Priority,
-    RequestTimeout,
-    Unavailable,
-    new_message_id,
-)
+from messages import Metadata, RequestTimeout, Unavailable
 
 if TYPE_CHECKING:
     from actors import Agent, Reply, Runtime
@@ -71,14 +65,9 @@ if TYPE_CHECKING:
 
 logger: Final = logging.getLogger("actorfleet.http")
 
-TIMEOUT_HEADER: Final = "x-request-timeout"
-REQUEST_ID_HEADER: Final = "x-request-id"
-PRIORITY_HEADER: Final = "x-priority"
 # The agent answers by the deadline; this covers the hop back.
 HOP_MARGIN: Final = 0.5
 SHUTDOWN_GRACE: Final = 5.0
-_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_TRACEPARENT: Final = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
 class HttpBridge:
@@ -139,6 +128,10 @@ class HttpBridge:
         config = uvicorn.Config(
             app,
             loop="none",
+            http=bounded_protocol(
+                header_timeout=self.settings.header_timeout,
+                max_connections=self.settings.max_connections,
+            ),
             lifespan="off",
             log_level="warning",
             access_log=False,
@@ -223,6 +216,7 @@ class HttpBridge:
         app = Litestar(
             route_handlers=handlers,
             exception_handlers={Exception: on_error},
+            request_class=JsonBodyRequest,
             request_max_body_size=self.settings.max_body,
             openapi_config=OpenAPIConfig(
                 title="actorfleet",
@@ -236,7 +230,7 @@ class HttpBridge:
             debug=False,
         )
         if api:
-            optional_tags(app)
+            document_rules(app, [t for a in self.agents for t in request_types(a)])
         return app
 
     def guards(
@@ -258,35 +252,10 @@ class HttpBridge:
         Raises:
             BadRequest: A header has a bad value.
         """
-        headers = request.headers
-        timeout = self.settings.default_timeout
-        raw = headers.get(TIMEOUT_HEADER)
-        if raw is not None:
-            try:
-                timeout = float(raw)
-            except ValueError:
-                timeout = math.nan
-            if not 0 < timeout <= self.settings.max_timeout:
-                msg = f"X-Request-Timeout must be seconds in (0, {self.settings.max_timeout}]"
-                raise BadRequest(msg)
-        request_id = headers.get(REQUEST_ID_HEADER) or new_message_id()
-        if not _REQUEST_ID.match(request_id):
-            msg = "X-Request-Id must be 1-128 letters, digits or . _ : -"
-            raise BadRequest(msg)
-        priority = headers.get(PRIORITY_HEADER, Priority.DEFAULT)
-        if priority not in Priority.__members__.values():
-            msg = f"X-Priority must be one of {', '.join(p.value for p in Priority)}"
-            raise BadRequest(msg)
-        traceparent = headers.get("traceparent")
-        if traceparent is not None and not _TRACEPARENT.match(traceparent):
-            traceparent = None  # W3C: an invalid parent is ignored, not an error
-        return Metadata(
-            id=request_id,
-            deadline=time.time() + timeout,
-            priority=Priority(priority),
-            sender="http",
-            traceparent=traceparent,
-            tracestate=headers.get("tracestate") if traceparent else None,
+        return request_metadata(
+            request.headers,
+            default_timeout=self.settings.default_timeout,
+            max_timeout=self.settings.max_timeout,
         )
 
     def _agent_route(self, agent_class: type[Agent]) -> Any:
@@ -314,6 +283,7 @@ class HttpBridge:
             status_code=200,
             responses=PROBLEMS,
             guards=self.guards(),
+            opt=body_type(union_of(accepted)),
         )(ask)
 
     def _agent_stream_route(self, agent_class: type[Agent]) -> Any:
@@ -351,6 +321,7 @@ class HttpBridge:
             media_type=SSE_MEDIA_TYPE,
             responses={200: SSE_RESPONSE, **PROBLEMS},
             guards=self.guards(),
+            opt=body_type(union_of(request_types(agent_class))),
         )(ask_stream)
 
     async def observed(

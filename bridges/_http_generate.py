@@ -10,6 +10,7 @@ from litestar import Request, post
 from litestar.params import JSONBody
 from litestar.response import ServerSentEvent
 
+from bridges._http_body import body_type
 from bridges._http_streams import SSE_MEDIA_TYPE, SSE_RESPONSE, relay_generation
 from bridges._problems import PROBLEMS, unless_gone
 from inference import prompt_text
@@ -40,6 +41,7 @@ def _generate_route(bridge: HttpBridge) -> Any:
         status_code=200,
         responses=PROBLEMS,
         guards=bridge.guards(),
+        opt=body_type(GenerateRequest),
     )(generate)
 
 
@@ -84,4 +86,5 @@ def _generate_stream_route(bridge: HttpBridge) -> Any:
         media_type=SSE_MEDIA_TYPE,
         responses={200: SSE_RESPONSE, **PROBLEMS},
         guards=bridge.guards(),
+        opt=body_type(GenerateRequest),
     )(generate_stream)

@@ -96,11 +96,23 @@ def problem(
     """A problem+json response (with `Retry-After` when a retry time is known)."""
     headers = dict(headers or {})
     if retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    body = Problem(
+        headers["Retry-After"] = retry_after_header(retry_after)
+    body = problem_body(status, code, detail, retry_after=retry_after)
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def problem_body(
+    status: int, code: str, detail: str, *, retry_after: float | None = None
+) -> Problem:
+    """The problem details of an answer with `status`."""
+    return Problem(
         title=_phrase(status), status=status, code=code, detail=detail, retry_after=retry_after
     )
-    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def retry_after_header(seconds: float) -> str:
+    """`Retry-After` for `seconds`: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
 
 
 def _phrase(status: int) -> str:

@@ -139,6 +139,14 @@ class HttpSettings(Section, frozen=True, kw_only=True):
         default_timeout: A request's deadline, in seconds, unless its
             `X-Request-Timeout` header says otherwise.
         max_timeout: The longest deadline a request may ask for.
+        header_timeout: Seconds a client has to send a request's headers,
+            from accepting its connection (or from the first byte of a
+            kept-alive connection's next request); then it gets a 408 and is
+            closed (nginx's `client_header_timeout`, 60 s there; shorter here,
+            as programs send their headers at once).
+        max_connections: Connections open at once on each port; one more
+            gets a 503 with `Retry-After` and is closed (nginx's
+            `worker_connections`, 512 by default there too).
         agents: Agent classes (`module:Class`) that other nodes serve and
             this node's HTTP exposes too (reached over NATS), beside its own.
     """
@@ -151,6 +159,8 @@ class HttpSettings(Section, frozen=True, kw_only=True):
     max_body: Annotated[int, msgspec.Meta(ge=1)] = 1 << 20
     default_timeout: Positive = 30.0
     max_timeout: Positive = 300.0
+    header_timeout: Positive = 10.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 512
     agents: list[ImportPath] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from typing import Annotated, Final
 
 import msgspec
 
 from messages._base import Message
 
+MAX_SEED: Final = (1 << 63) - 1
+"""The largest seed: a signed 64-bit integer, as OpenAI-compatible servers (vLLM) take."""
+MAX_TOP_K: Final = (1 << 31) - 1
+"""The largest `top_k`: a 32-bit integer, as the engines' samplers take."""
+
 MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=1 << 20)]
 Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Seed = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEED)]
 
 
 class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,7 +43,7 @@ class Sampling(msgspec.Struct, frozen=True, kw_only=True):
 
     temperature: Annotated[float, msgspec.Meta(ge=0, le=5)] = 0.0
     top_p: Probability = 1.0
-    top_k: Annotated[int, msgspec.Meta(ge=0)] = 0
+    top_k: Annotated[int, msgspec.Meta(ge=0, le=MAX_TOP_K)] = 0
     repetition_penalty: Annotated[float, msgspec.Meta(ge=0.5, le=5)] = 1.0
 
 
@@ -52,8 +58,8 @@ class GenerateRequest(Message, frozen=True, kw_only=True):
         messages: Chat turns, rendered with the model's chat template.
         max_tokens: Most tokens to generate.
         sampling: Sampling settings.
-        seed: Seed for sampling; the same seed, prompt and settings give
-            the same text on the same model and backend.
+        seed: Seed for sampling, 0 to `MAX_SEED`; the same seed, prompt and
+            settings give the same text on the same model and backend.
         stop: Strings that end the generation (not included in the text).
         tier: Preferred model tier (`large`, `small`, ...); None: the pool's default.
         may_degrade: Whether a smaller tier may answer when the preferred one
@@ -64,7 +70,7 @@ class GenerateRequest(Message, frozen=True, kw_only=True):
     messages: list[ChatMessage] | None = None
     max_tokens: MaxTokens = 256
     sampling: Sampling = msgspec.field(default_factory=Sampling)
-    seed: int | None = None
+    seed: Seed | None = None
     stop: list[str] = msgspec.field(default_factory=list)
     tier: str | None = None
     may_degrade: bool = True

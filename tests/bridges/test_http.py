@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,7 @@ from tests.bridges.http_agents import EchoAgent
 from tests.conftest import WAIT
 
 PROBLEM = "application/problem+json"
+JSON = "application/json"
 
 
 def test_an_agent_answers_a_json_request(serve: Callable[..., Any]) -> None:
@@ -166,3 +168,60 @@ def test_the_openapi_document_describes_each_agent_from_its_types(
     assert "429" in echo["responses"]
     assert spec["components"]["schemas"]["Say"]["properties"]["delay"]["maximum"] == 5
     assert "/v1/generate" in spec["paths"]
+
+
+UNREADABLE_BODIES = [
+    (b"[" * 100_000, "nested too deeply"),
+    (b'{"type": "Say", "text": "\xff"}', "not valid UTF-8"),
+]
+
+
+def test_bodies_the_json_decoder_cannot_read_are_bad_requests_not_failures(
+    serve: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    _node, client = serve()
+    paths = ["/v1/agents/echo", "/v1/agents/story/stream", "/v1/generate", "/v1/generate/stream"]
+    with caplog.at_level(logging.WARNING):
+        for path in paths:
+            for body, why in UNREADABLE_BODIES:
+                response = client.post(path, content=body, headers={"content-type": JSON})
+                assert response.status_code == 400, (path, response.text)
+                assert response.headers["content-type"] == PROBLEM
+                assert response.json()["code"] == "bad_request"
+                assert why in response.json()["detail"]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_the_request_timeout_header_takes_only_plain_decimal_seconds(
+    serve: Callable[..., Any],
+) -> None:
+    _node, client = serve()
+    ping = {"payload": "x"}
+    for value in ["1_0", "1e1", "+5", ".5", "5.", "nan", "inf", "0x10"]:
+        response = client.post("/v1/agents/ping", json=ping, headers={"X-Request-Timeout": value})
+        assert (response.status_code, response.json()["detail"]) == (
+            400,
+            f"X-Request-Timeout must be a plain decimal number, not {value!r}",
+        )
+    over = client.post("/v1/agents/ping", json=ping, headers={"X-Request-Timeout": "300.5"})
+    assert over.json()["detail"] == "X-Request-Timeout must be seconds in (0, 300], not 300.5"
+    for good in ("2", "0.5", "300"):
+        answered = client.post("/v1/agents/ping", json=ping, headers={"X-Request-Timeout": good})
+        assert answered.status_code == 200
+
+
+def test_a_bad_request_id_header_is_refused_naming_the_header_and_the_value(
+    serve: Callable[..., Any],
+) -> None:
+    _node, client = serve()
+    for value in ["bad id!", "x" * 129, "a/b", "caf\xe9"]:
+        headers = {"X-Request-Id": value.encode("latin-1")}
+        response = client.post("/v1/agents/ping", json={"payload": "x"}, headers=headers)
+        assert response.status_code == 400
+        detail = response.json()["detail"]
+        assert detail.startswith("X-Request-Id must be 1-128 letters, digits or . _ : -, not ")
+        assert value[:32] in detail
+    fine = client.post(
+        "/v1/agents/ping", json={"payload": "x"}, headers={"X-Request-Id": "a.B_1:-"}
+    )
+    assert fine.status_code == 200

@@ -1,0 +1,89 @@
+"""Request bodies decoded by msgspec, strictly, into the route's type.
+
+Litestar would decode a JSON body untyped, then convert it to the handler's
+type leniently (`0` for `false`, `"5"` for `5`), so the server took more than
+the OpenAPI document says. A route that names its body type in its options
+(`body_type(...)`) gets it converted strictly instead, as msgspec decodes a
+message on every other edge; the value then passes Litestar's own conversion
+unchanged. Numbers are read as JSON Schema reads them: `2.0` is the integer
+2 (so an `int` field takes it, as the document says), `2.5` a float.
+
+Whatever goes wrong is the client's error: a body that is not JSON at all
+(malformed, invalid UTF-8, nested deeper than the interpreter's recursion
+limit, a number out of range) is a 400, JSON of the wrong shape a 422.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from typing import Any, Final
+
+import msgspec
+from litestar import Request
+from litestar.exceptions import SerializationException, ValidationException
+
+BODY_TYPE: Final = "actorfleet.body_type"
+"""The route option naming the type a body is converted into."""
+NESTED_TOO_DEEPLY: Final = "JSON is malformed: nested too deeply"
+NOT_UTF8: Final = "JSON is malformed: a string is not valid UTF-8"
+# Integral JSON numbers written with a fraction or exponent become ints
+# inside the range msgspec decodes integers in; beyond it they stay floats.
+_SMALLEST_INT: Final = -(1 << 63)
+_INT_LIMIT: Final = 1 << 64
+
+
+def body_type(target: Any) -> dict[str, Any]:
+    """Route options (Litestar's `opt`) that have the body converted into `target`."""
+    return {BODY_TYPE: target}
+
+
+class JsonBodyRequest(Request[Any, Any, Any]):
+    """A request whose JSON body is converted strictly into its route's body type."""
+
+    async def json(self) -> Any:
+        """The decoded body (untyped where the route names no body type).
+
+        Raises:
+            SerializationException: The body is not JSON (answered 400).
+            ValidationException: It is JSON of the wrong shape (answered 422).
+        """
+        value = decode_json(await self.body() or b"null")
+        target = self.route_handler.opt.get(BODY_TYPE)
+        if target is None:
+            return value
+        try:
+            return msgspec.convert(value, target, strict=True)
+        except msgspec.ValidationError as wrong:
+            raise ValidationException(detail=str(wrong)) from None
+
+
+def decode_json(body: bytes) -> Any:
+    """`body` decoded untyped, its numbers as JSON Schema reads them.
+
+    Raises:
+        SerializationException: `body` is not JSON this server reads.
+    """
+    try:
+        return _DECODER.decode(body)
+    except msgspec.DecodeError as malformed:
+        raise SerializationException(str(malformed)) from None
+    except RecursionError:
+        raise SerializationException(NESTED_TOO_DEEPLY) from None
+    except UnicodeDecodeError:
+        raise SerializationException(NOT_UTF8) from None
+
+
+def _json_number(text: str) -> int | float:
+    """A JSON number with a fraction or exponent: an int if it is a whole one."""
+    value = float(text)
+    if not math.isfinite(value):
+        msg = "Number out of range"
+        raise msgspec.ValidationError(msg)
+    exact = Decimal(text)
+    if exact == exact.to_integral_value() and _SMALLEST_INT <= exact < _INT_LIMIT:
+        return int(exact)
+    return value
+
+
+_DECODER: Final = msgspec.json.Decoder(float_hook=_json_number)

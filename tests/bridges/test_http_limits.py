@@ -1,0 +1,166 @@
+"""The HTTP server's own bounds: slow headers, too many connections, requests it cannot parse.
+
+Raw sockets on loopback, since these are things no well-behaved client does.
+Every wait is on the server (a response, or the connection closing), bounded
+by the socket's timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from tests.conftest import WAIT
+
+PROBLEM = "application/problem+json"
+PARTIAL = b"POST /v1/agents/ping HTTP/1.1\r\nHost: test\r\n"
+PING = b"GET /livez HTTP/1.1\r\nHost: test\r\n\r\n"
+# How long a trickling client waits for the server between two bytes.
+TRICKLE = 0.01
+
+Response = tuple[int, dict[str, str], bytes]
+
+
+def connect(client: httpx.Client) -> socket.socket:
+    """A raw connection to the server `client` talks to; each read waits at most `WAIT`."""
+    return socket.create_connection((client.base_url.host, client.base_url.port), timeout=WAIT)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass  # closed by a reset: as closed as a FIN
+    return b"".join(chunks)
+
+
+def parse(raw: bytes) -> Response:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
+def read_response(sock: socket.socket) -> Response:
+    """One response (with a Content-Length) on a connection that stays open."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    status, headers, body = parse(data)
+    while len(body) < int(headers["content-length"]):
+        body += sock.recv(65536)
+    return status, headers, body
+
+
+def assert_problem(response: Response, status: int, code: str) -> dict[str, Any]:
+    got, headers, body = response
+    assert got == status, body
+    assert headers["content-type"] == PROBLEM
+    assert headers["connection"] == "close"
+    problem: dict[str, Any] = json.loads(body)
+    assert (problem["status"], problem["code"]) == (status, code)
+    return problem
+
+
+def test_a_connection_that_does_not_finish_its_headers_in_time_gets_408_and_is_closed(
+    serve: Callable[..., Any],
+) -> None:
+    _node, client = serve(header_timeout=0.05)
+    with connect(client) as sock:
+        sock.sendall(PARTIAL)
+        problem = assert_problem(parse(read_until_closed(sock)), 408, "timeout")
+    assert "http.header_timeout" in problem["detail"]
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_header_deadline(
+    serve: Callable[..., Any],
+) -> None:
+    _node, client = serve(header_timeout=0.05)
+    with connect(client) as sock:
+        assert_problem(parse(read_until_closed(sock)), 408, "timeout")
+
+
+def test_trickling_header_bytes_does_not_extend_the_header_deadline(
+    serve: Callable[..., Any],
+) -> None:
+    _node, client = serve(header_timeout=0.1)
+    started = time.monotonic()
+    with connect(client) as sock:
+        sock.sendall(PARTIAL)
+        # One byte at a time, each well within any per-read timeout, until the server gives up.
+        while not select.select([sock], [], [], TRICKLE)[0]:
+            assert time.monotonic() - started < WAIT, "the server never closed the connection"
+            sock.sendall(b"x")
+        assert_problem(parse(read_until_closed(sock)), 408, "timeout")
+
+
+def test_the_next_request_on_a_kept_alive_connection_has_a_header_deadline_too(
+    serve: Callable[..., Any],
+) -> None:
+    _node, client = serve(header_timeout=0.05)
+    with connect(client) as sock:
+        sock.sendall(PING)
+        assert read_response(sock)[0] == 200
+        sock.sendall(PARTIAL)
+        assert_problem(parse(read_until_closed(sock)), 408, "timeout")
+
+
+def test_a_request_whose_headers_arrived_in_time_may_take_longer_than_the_header_deadline(
+    serve: Callable[..., Any],
+) -> None:
+    _node, client = serve(header_timeout=0.02)
+    slow = {"type": "Say", "text": "slow", "delay": 0.1}
+    first = client.post("/v1/agents/echo", json=slow)
+    second = client.post("/v1/agents/echo", json={"type": "Say", "text": "again"})
+    assert (first.status_code, second.status_code) == (200, 200)
+
+
+def test_connections_beyond_max_connections_get_503_and_are_closed(
+    serve: Callable[..., Any],
+) -> None:
+    _node, client = serve(max_connections=2)
+    with connect(client) as first, connect(client) as second:
+        for sock in (first, second):  # both answered, so both counted, and kept alive
+            sock.sendall(PING)
+            assert read_response(sock)[0] == 200
+        with connect(client) as third:
+            refused = parse(read_until_closed(third))
+        assert_problem(refused, 503, "unavailable")
+        assert refused[1]["retry-after"] == "1"
+        first.sendall(PING.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        assert parse(read_until_closed(first))[0] == 200  # closed by the server: a slot is free
+        assert client.get("/livez").status_code == 200
+
+
+UNPARSEABLE = [
+    b"GET /livez HTTP/1.1\r\nHost: test\r\nX-A: a\x00b\r\n\r\n",  # a NUL in a header
+    (  # two Content-Lengths
+        b"POST /v1/agents/ping HTTP/1.1\r\nHost: test\r\n"
+        b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}"
+    ),
+    b"GET /livez NOT-HTTP\r\n\r\n",  # a malformed request line
+    b"GET /livez HTTP/1.1\r\n\r\n",  # no Host
+]
+
+
+def test_a_request_the_server_cannot_parse_gets_400_problem_and_the_server_goes_on(
+    serve: Callable[..., Any],
+) -> None:
+    _node, client = serve()
+    for request in UNPARSEABLE:
+        with connect(client) as sock:
+            sock.sendall(request)
+            assert_problem(parse(read_until_closed(sock)), 400, "bad_request")
+        assert client.get("/livez").status_code == 200
