@@ -27,6 +27,7 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from actors import Call, Reply
+from bridges._serving import headers_size
 from bridges._wire import (
     ERROR_CODE,
     ERROR_MESSAGE,
@@ -65,6 +66,9 @@ _PER_AGENT: Final = 2
 _EWMA_WEIGHT: Final = 0.2
 # JetStream acknowledges a stored message in milliseconds; never wait longer than this.
 _PUBLISH_ACK_MAX: Final = 30.0
+# Headers that steer how JetStream stores a publish (expected stream, sequence, ...).
+_JETSTREAM_HEADER_PREFIX: Final = "nats-"
+_ERROR_TEXT_MAX: Final = 512
 
 
 class EventStatistics(msgspec.Struct, kw_only=True):
@@ -401,16 +405,42 @@ class EventRouter:
 
     async def _dead_letter(self, msg: Msg, error: BaseException) -> None:
         event_name = msg.subject.rsplit(".", 1)[-1]
-        headers = dict(msg.headers or {})
-        headers[ERROR_CODE] = error_code_of(error).value
-        headers[ERROR_MESSAGE] = str(error)[:512]
-        headers[DELIVERY] = str(msg.metadata.num_delivered or 1)
-        headers[MSG_ID] = _dead_letter_id(headers.get(MSG_ID), msg.metadata.sequence.stream)
-        await self.js.publish(
-            self.bridge.subjects.dead_letter(event_name), msg.data, headers=headers
-        )
+        body, headers = self._dead_letter_message(msg, error)
+        await self.js.publish(self.bridge.subjects.dead_letter(event_name), body, headers=headers)
         self.statistics.dead_lettered += 1
         logger.error("event %s dead-lettered: %s", msg.subject, error)
+
+    def _dead_letter_message(self, msg: Msg, error: BaseException) -> tuple[bytes, dict[str, str]]:
+        """The dead letter's body and headers, within the server's `max_payload`.
+
+        Over `max_payload` the server closes the connection, and the event
+        would come back to do it again: the event's own headers are left out
+        first, then its body (which stays in the event stream, by sequence).
+        """
+        original = msg.headers or {}
+        sequence = msg.metadata.sequence.stream
+        ours = {
+            ERROR_CODE: error_code_of(error).value,
+            ERROR_MESSAGE: str(error)[:_ERROR_TEXT_MAX],
+            DELIVERY: str(msg.metadata.num_delivered or 1),
+            MSG_ID: _dead_letter_id(original.get(MSG_ID), sequence),
+        }
+        # The event's own JetStream headers (`Nats-Expected-Stream`, ...) were
+        # for its publish: on the dead letter's they would fail it, for ever.
+        kept = {
+            name: value
+            for name, value in original.items()
+            if not name.lower().startswith(_JETSTREAM_HEADER_PREFIX)
+        }
+        limit = self.bridge.max_payload
+        for headers in ({**kept, **ours}, ours):
+            if len(msg.data) + headers_size(headers) <= limit:
+                return msg.data, headers
+        note = (
+            f"{ours[ERROR_MESSAGE][: _ERROR_TEXT_MAX // 2]} (its {len(msg.data)} bytes are too"
+            f" many for a dead letter: see {self.settings.stream} sequence {sequence})"
+        )
+        return b"", {**ours, ERROR_MESSAGE: note}
 
 
 def _dead_letter_id(original: str | None, sequence: int) -> str:

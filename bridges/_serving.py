@@ -129,7 +129,8 @@ def headers_size(headers: dict[str, str] | None) -> int:
     """Bytes the headers add to a message on the wire (upper bound)."""
     if not headers:
         return 0
-    return _HEADER_OVERHEAD + sum(len(k) + len(v) + 4 for k, v in headers.items())
+    # Bytes, not characters: a value may be any UTF-8 text (tracestate, say).
+    return _HEADER_OVERHEAD + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
 
 
 class AgentEndpoint:
