@@ -1,7 +1,8 @@
 """Agents: pykka actors with typed handlers, deadlines and a context."""
 
+from actors._admission import Admission, AdmissionStatistics
 from actors._agent import Agent, handler
-from actors._audit import AuditLog, DataKeys, seal, unseal
+from actors._audit import AuditLog, DataKeys, ErasureFence, seal, unseal
 from actors._builtin import PingAgent
 from actors._call import Call, make_metadata
 from actors._context import Context
@@ -24,6 +25,8 @@ from actors._tracing import Tracing, tracing_from_settings, within
 
 __all__ = [
     "MAX_KEY_LENGTH",
+    "Admission",
+    "AdmissionStatistics",
     "Agent",
     "AgentDefaults",
     "AgentRef",
@@ -32,6 +35,7 @@ __all__ = [
     "Context",
     "DataKeys",
     "Directory",
+    "ErasureFence",
     "EventBus",
     "ExitLink",
     "ExitListener",

@@ -135,6 +135,9 @@ class Agent(pykka.ThreadingActor):
         self.ref = LocalAgentRef(self)
         self._margin = runtime.defaults.hung_margin
         self._busy: tuple[Call, float] | None = None
+        # When the running handler started (epoch seconds, as deadlines); None while idle.
+        self.busy_since: float | None = None
+        self._admission = runtime.admission(self.agent_type)
         self._watched = False
         self._dead = itertools.count()
 
@@ -176,13 +179,15 @@ class Agent(pykka.ThreadingActor):
         return super().on_receive(message)
 
     def _dispatch(self, call: Call) -> None:
-        handle = self._admit(call)
+        now = time.time()
+        handle = self._admit(call, now)
         if handle is None:
             return
         expiry = call.meta.deadline + self._margin
         self._busy = (call, expiry)
         if not self._watched:
             self._watch(expiry)
+        self.busy_since = now
         tracing = self.runtime.tracing
         if tracing is None:
             self._run(handle, call, call.meta, None)
@@ -195,9 +200,11 @@ class Agent(pykka.ThreadingActor):
 
     def _run(self, handle: Handler, call: Call, meta: Metadata, span: Span | None) -> None:
         reply = call.reply
+        started = self.busy_since or time.time()
         try:
             result = handle(self, call.payload, Context(self, meta, reply))
         except AgentError as error:
+            self.busy_since = None  # idle before the caller hears (see below)
             if span is not None:
                 span.set_attribute("error.type", error.code)
             if reply is not None:
@@ -207,17 +214,21 @@ class Agent(pykka.ThreadingActor):
                 span.set_status(StatusCode.ERROR, type(exc).__name__)
             self._crash(call, exc)
         else:
+            # Idle to admission before the caller hears, so that its next
+            # request is not taken for one that has to wait.
+            self.busy_since = None
             if reply is not None:
                 reply.set(result)
         finally:
-            self._busy = None
+            self._busy = self.busy_since = None
+            self._admission.learn(time.time() - started)
 
-    def _admit(self, call: Call) -> Handler | None:
+    def _admit(self, call: Call, now: float) -> Handler | None:
         """The handler for `call`, or None after answering it with a typed error."""
         error: AgentError
         if call.reply is not None and call.reply.done():
             return None  # its caller gave up on it (an HTTP client went away): skip it
-        if call.meta.deadline <= time.time():
+        if call.meta.deadline <= now:
             error = RequestTimeout(f"deadline passed before {self.name} took the request")
         else:
             handle = self.handlers.get(type(call.payload))

@@ -70,7 +70,12 @@ class ExitLink:
         return True
 
     def wait(self, *, timeout: float | None = None) -> bool:
-        """Wait until the child exits; return whether it did within `timeout`."""
+        """Wait until the child exits; return whether it did within `timeout`.
+
+        `math.inf` (or anything past what a thread can wait) waits without a bound.
+        """
+        if timeout is not None and timeout > threading.TIMEOUT_MAX:
+            timeout = None
         return self._exited.wait(timeout)
 
     @property

@@ -1,7 +1,8 @@
-"""A closable actor inbox: nothing sent after close is lost without an answer."""
+"""A closable actor inbox served by priority: nothing sent after close is lost without an answer."""
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 from collections.abc import Callable
@@ -10,70 +11,168 @@ from typing import TYPE_CHECKING, Any, Final
 from pykka import ActorDeadError
 from pykka._envelope import Envelope
 
+from actors._call import Call
+from messages import Priority
+
 if TYPE_CHECKING:
-    from actors._call import Call
+    Item = Envelope[Any] | Call
 
 # Queued by close(), so that an idle actor thread wakes up, sees that it was
 # stopped, and exits.
 WAKE_UP: Final = Envelope(None)
+# Requests are served critical first, then default, then sheddable; pykka's
+# own envelopes (a graceful stop) come after the requests queued before them,
+# never after those that keep arriving (a stop is not starved by load).
+RANK: Final = {Priority.CRITICAL: 0, Priority.DEFAULT: 1, Priority.SHEDDABLE: 2}
+CONTROL: Final = 3
 
 
 class Mailbox:
-    """FIFO inbox for one actor, satisfying pykka's `ActorInbox` protocol.
+    """Inbox for one actor, by priority, satisfying pykka's `ActorInbox` protocol.
 
     `close()` atomically refuses further puts and hands back what was queued;
     a put that loses the race against close is handed to `reject`, so the
     sender learns at once instead of waiting for its deadline.
 
-    The queue is the C `SimpleQueue`: the single consumer blocks in C, and
-    producers only take a short lock to check `closed`.
+    Each priority has its own FIFO lane. Every put also puts a token in a C
+    `SimpleQueue`, so the single consumer blocks in C; it then takes the
+    first item of the most important lane that has one. A call taken out
+    by `displace` leaves its token behind: the consumer finds nothing for
+    it and waits again.
     """
 
-    __slots__ = ("_closed", "_lock", "_queue", "reject")
+    __slots__ = ("_ahead_of_control", "_closed", "_lanes", "_lock", "_wake", "reject")
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Envelope[Any] | Call] = queue.SimpleQueue()
+        self._lanes: tuple[collections.deque[Item], ...] = tuple(
+            collections.deque() for _ in range(CONTROL + 1)
+        )
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
-        self.reject: Callable[[Envelope[Any] | Call], None] = _raise_dead
+        # While a control envelope waits: how many requests may still be served before it.
+        self._ahead_of_control: int | None = None
+        self.reject: Callable[[Item], None] = _raise_dead
 
     def put(self, envelope: Envelope[Any], /) -> None:
         """Queue an envelope, or reject it if the mailbox is closed."""
         if not self.offer(envelope):
             self.reject(envelope)
 
-    def offer(self, envelope: Envelope[Any] | Call, /) -> bool:
+    def offer(self, envelope: Item, /) -> bool:
         """Queue an envelope; return False, queueing nothing, if closed."""
-        with self._lock:
+        if type(envelope) is Call:
+            return self.queue(envelope, RANK[envelope.meta.priority])
+        return self.queue(envelope, CONTROL)
+
+    def queue(self, envelope: Item, lane: int, /) -> bool:
+        """Queue an envelope in lane `lane` (`RANK` of its priority, or `CONTROL`)."""
+        # acquire/release, not `with`: measured 3x cheaper, on every request.
+        self._lock.acquire()
+        try:
             if self._closed:
                 return False
-            self._queue.put(envelope)
-            return True
+            if lane == CONTROL and self._ahead_of_control is None:
+                lanes = self._lanes
+                self._ahead_of_control = len(lanes[0]) + len(lanes[1]) + len(lanes[2])
+            self._lanes[lane].append(envelope)
+            self._wake.put(None)
+        finally:
+            self._lock.release()
+        return True
 
-    def get(self) -> Envelope[Any] | Call:
-        """Take the next envelope, waiting for one (`WAKE_UP` once closed)."""
-        return self._queue.get()
+    def get(self) -> Item:
+        """Take the next envelope, most important first (`WAKE_UP` once closed)."""
+        # Lock-free: only this consumer (and close) take from the left, each
+        # take is atomic, and an item is appended before its token is put.
+        wake, lanes = self._wake, self._lanes
+        while not self._closed:
+            wake.get()
+            if self._ahead_of_control is not None:
+                item = self._next_with_control_waiting()
+                if item is not None:
+                    return item
+                continue
+            for lane in lanes:
+                if lane:
+                    try:
+                        return lane.popleft()
+                    except IndexError:  # displaced or closed meanwhile
+                        continue
+        return WAKE_UP
+
+    def _next_with_control_waiting(self) -> Item | None:
+        """The next item while a control envelope waits: its turn comes after those ahead."""
+        lanes = self._lanes
+        with self._lock:
+            ahead = self._ahead_of_control or 0
+            if ahead <= 0 or not (lanes[0] or lanes[1] or lanes[2]):
+                control = lanes[CONTROL]
+                if not control:
+                    self._ahead_of_control = None
+                    return None
+                item = control.popleft()
+                self._ahead_of_control = None
+                if control:  # another one waits behind it: count afresh
+                    self._ahead_of_control = len(lanes[0]) + len(lanes[1]) + len(lanes[2])
+                return item
+            self._ahead_of_control = ahead - 1
+            for lane in lanes[:CONTROL]:
+                if lane:
+                    return lane.popleft()
+        return None
+
+    def idle(self) -> bool:
+        """Whether no request is queued."""
+        lanes = self._lanes
+        return not (lanes[0] or lanes[1] or lanes[2])
+
+    def ahead(self, rank: int) -> int:
+        """Requests queued that a request of priority `rank` would wait behind."""
+        lanes = self._lanes
+        if rank == 0:
+            return len(lanes[0])
+        if rank == 1:
+            return len(lanes[0]) + len(lanes[1])
+        return len(lanes[0]) + len(lanes[1]) + len(lanes[2])
+
+    def displace(self, rank: int) -> Call | None:
+        """Take out the newest queued request less important than `rank`, if any.
+
+        Sheddable requests go first. Only requests that await a reply are
+        displaced, since their caller can be answered.
+        """
+        with self._lock:  # against other producers; the consumer takes from the left
+            for lane in reversed(self._lanes[rank + 1 : CONTROL]):
+                try:
+                    newest = lane[-1]
+                    if type(newest) is Call and newest.reply is not None:
+                        return lane.pop()  # type: ignore[return-value]
+                except IndexError:  # empty, or the consumer took its last one
+                    continue
+        return None
 
     def empty(self) -> bool:
         """Whether nothing is queued."""
-        return self._queue.empty()
+        return not any(self._lanes)
 
     def __len__(self) -> int:
-        return self._queue.qsize()
+        return sum(len(lane) for lane in self._lanes)
 
-    def close(self) -> list[Envelope[Any] | Call]:
-        """Refuse further puts and return what was queued, in order."""
-        items: list[Envelope[Any] | Call] = []
+    def close(self) -> list[Item]:
+        """Refuse further puts and return what was queued, most important first."""
+        items: list[Item] = []
         with self._lock:
             if self._closed:
                 return items
             self._closed = True
-            while True:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            self._queue.put(WAKE_UP)
+            for lane in self._lanes:
+                while lane:
+                    try:
+                        items.append(lane.popleft())  # each item to one taker, not also to get()
+                    except IndexError:
+                        break
+            self._wake.put(None)
         return items
 
     @property
@@ -82,6 +181,6 @@ class Mailbox:
         return self._closed
 
 
-def _raise_dead(envelope: Envelope[Any] | Call) -> None:
+def _raise_dead(envelope: Item) -> None:
     msg = f"mailbox closed; {envelope!r} was not delivered"
     raise ActorDeadError(msg)

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from actors._call import Call, make_metadata
 from actors._lifecycle import ExitListener
 from actors._reply import Reply
-from messages import AgentStopped, Metadata, Priority, Unavailable
+from messages import AgentStopped, Metadata, Overloaded, Priority, Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from actors._admission import Admission
     from actors._agent import Agent
     from actors._runtime import Runtime
 
@@ -25,7 +26,8 @@ class AgentRef(Protocol):
     metadata of the request being handled, if any: the new request inherits
     its deadline, priority and trace context and names it as correlation id. Failures are raised as
     `messages.AgentError` subclasses, the same whether the agent is local or
-    remote.
+    remote; a request the agents cannot take in time is refused at once with
+    `messages.Overloaded` and its `retry_after`.
     """
 
     @property
@@ -89,8 +91,8 @@ class _RefBase:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
-    def _deliver(self, call: Call) -> bool:
-        """Put `call` in a mailbox; False if no live agent took it."""
+    def _deliver(self, call: Call) -> bool | Overloaded:
+        """Put `call` in a mailbox: True; False if no live agent took it; or its refusal."""
         raise NotImplementedError
 
     def _undeliverable(self) -> Unavailable:
@@ -126,8 +128,9 @@ class _RefBase:
         )
         reply: Reply[Any] = Reply(meta.deadline)
         reply.on_chunk = on_chunk
-        if not self._deliver(Call(message, meta, reply)):
-            reply.fail(self._undeliverable())
+        outcome = self._deliver(Call(message, meta, reply))
+        if outcome is not True:
+            reply.fail(self._undeliverable() if outcome is False else outcome)
         return reply
 
     def ask(
@@ -173,6 +176,7 @@ class _RefBase:
 
         Raises:
             messages.Unavailable: If no live agent could take it.
+            messages.Overloaded: If the agents are too busy to take it.
         """
         meta = make_metadata(
             default_timeout=self._runtime.defaults.ask_timeout,
@@ -184,8 +188,11 @@ class _RefBase:
             sender=sender,
             cause=cause,
         )
-        if not self._deliver(Call(message, meta, None)):
+        outcome = self._deliver(Call(message, meta, None))
+        if outcome is False:
             raise self._undeliverable()
+        if outcome is not True:
+            raise outcome
 
 
 class LocalAgentRef(_RefBase):
@@ -195,12 +202,15 @@ class LocalAgentRef(_RefBase):
     and `kill` are what a supervisor calls.
     """
 
-    __slots__ = ("_agent", "_mailbox")
+    __slots__ = ("_admission", "_agent", "_mailbox", "_members")
 
     def __init__(self, agent: Agent) -> None:
         super().__init__(agent.runtime)
         self._agent = agent
         self._mailbox = agent.mailbox
+        self._members = (agent,)
+        # Admitted like any request to its type, counting only its own queue.
+        self._admission = agent.runtime.admission(agent.agent_type)
 
     @property
     def name(self) -> str:
@@ -227,8 +237,8 @@ class LocalAgentRef(_RefBase):
         """The agent's own line for the supervision tree, if it has one."""
         return self._agent.describe()
 
-    def _deliver(self, call: Call) -> bool:
-        return self._mailbox.offer(call)
+    def _deliver(self, call: Call) -> bool | Overloaded:
+        return self._admission.place(call, self._members, 0)
 
     def _undeliverable(self) -> Unavailable:
         return AgentStopped(self._agent.name, str(self._agent.exit_reason or "stopped"))
@@ -255,44 +265,62 @@ class LocalAgentRef(_RefBase):
 class TypeRef(_RefBase):
     """A reference to an agent type: each call goes to one live member.
 
-    Members are chosen round-robin. A member that died between lookup and
-    delivery is skipped, so a caller only sees `Unavailable` when no member
-    of the type is alive, at once, like a NATS request with no responders.
+    A local call goes to the member with the fewest requests ahead of it,
+    round-robin among equals, through the type's `Admission`, which may
+    refuse it at once with `Overloaded`. A member that died between lookup
+    and delivery is skipped, so a caller only sees `Unavailable` when no
+    member of the type is alive, at once, like a NATS request with no
+    responders.
     """
 
-    __slots__ = ("_agent_type", "_counter")
+    __slots__ = ("_admission", "_agent_type", "_counter")
 
     def __init__(self, runtime: Runtime, agent_type: str) -> None:
         super().__init__(runtime)
         self._agent_type = agent_type
         self._counter = itertools.count()
+        self._admission: Admission = runtime.admission(agent_type)
 
     @property
     def name(self) -> str:
         """The agent type."""
         return self._agent_type
 
-    def _deliver(self, call: Call) -> bool:
+    def _deliver(self, call: Call) -> bool | Overloaded:
         runtime = self._runtime
         transport = runtime.transport
         if transport is None:
-            return self.deliver_local(call)
-        if runtime.prefer_local and self.deliver_local(call):
-            return True
+            return self._place(call)
+        if runtime.prefer_local:
+            outcome = self._place(call)
+            if outcome is not False:
+                return outcome
         return transport.deliver(self._agent_type, call)
 
     def members(self) -> tuple[Agent, ...]:
         """The live local agents of the type."""
         return self._runtime.directory.members(self._agent_type)
 
-    def deliver_local(self, call: Call) -> bool:
-        """Put `call` in the mailbox of a live local member; False if there is none."""
+    def deliver_local(self, call: Call, *, admitted: bool = False) -> bool:
+        """Hand `call` to a live local member; False if there is none.
+
+        True means it was queued, or refused and answered `Overloaded` (a
+        refused tell, having no one to answer, is only counted). `admitted`:
+        the caller bounds what it hands out itself (the event consumer), so
+        the call is queued, never refused.
+        """
+        outcome = self._place(call, admitted=admitted)
+        if isinstance(outcome, bool):
+            return outcome
+        if call.reply is not None:
+            call.reply.fail(outcome)
+        return True
+
+    def _place(self, call: Call, *, admitted: bool = False) -> bool | Overloaded:
         members = self._runtime.directory.members(self._agent_type)
-        count = len(members)
-        if not count:
+        if not members:
             return False
-        start = next(self._counter)
-        return any(members[(start + i) % count].mailbox.offer(call) for i in range(count))
+        return self._admission.place(call, members, next(self._counter), admitted=admitted)
 
     def _undeliverable(self) -> Unavailable:
         where = "on this node" if self._runtime.transport is None else "reachable"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 
 import msgspec
 
+from actors._admission import Admission, AdmissionStatistics
 from actors._ref import TypeRef
 from actors._timers import Timers
 from messages import SupervisionEvent
@@ -223,6 +224,7 @@ class Runtime:
         self.events = EventBus()
         self.timers = Timers(name=f"actorfleet-timers-{self.node}")
         self._type_refs: dict[str, TypeRef] = {}
+        self._admissions: dict[str, Admission] = {}
         self.transport: Transport | None = None
         self.prefer_local = True
         self.inference: Inference | None = None
@@ -248,6 +250,25 @@ class Runtime:
         if ref is None:
             ref = self._type_refs.setdefault(agent_type, TypeRef(self, agent_type))
         return ref
+
+    def admission(self, agent_type: str) -> Admission:
+        """The admission (queue bound, service time) of the local agents of `agent_type`.
+
+        One per type, made with the defaults on first use; a node configures
+        it from `pools[].max_queue` and `pools[].service_time`.
+        """
+        admission = self._admissions.get(agent_type)
+        if admission is None:
+            made = Admission(agent_type, timers=self.timers)
+            admission = self._admissions.setdefault(agent_type, made)
+        return admission
+
+    def admission_statistics(self) -> list[AdmissionStatistics]:
+        """Admission figures of every agent type this node has admitted requests for."""
+        return [
+            admission.statistics(self.directory.members(agent_type))
+            for agent_type, admission in sorted(self._admissions.items())
+        ]
 
     def permissions_of(self, agent_type: str, declared: frozenset[str]) -> frozenset[str]:
         """The tool permissions of an agent type: its grant, else what its class declares."""

@@ -348,6 +348,9 @@ def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
         specs.append(_pool_spec(agent_class, pool, settings, runtime, options))
         if pool.permissions is not None:
             runtime.grants[agent_class.agent_type] = frozenset(pool.permissions)
+        runtime.admission(agent_class.agent_type).configure(
+            max_queue=pool.max_queue, service_time=pool.service_time
+        )
     node: Node | None = None
 
     def tree() -> SupervisorStatistics:

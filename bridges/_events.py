@@ -337,7 +337,8 @@ class EventRouter:
             self._settle_soon(msg, lost, final=True, free=free)
             return
         reply: Reply[Any] = Reply(meta.deadline)
-        if not local.deliver_local(Call(event, meta, reply)):
+        # The flow bounds what is handed out (within the handling deadline): not refused again.
+        if not local.deliver_local(Call(event, meta, reply), admitted=True):
             reply.fail(Unavailable(f"no agent of type {local.name} on this node"))
         learn = (taken, len(local.members()))
         reply.add_done_callback(

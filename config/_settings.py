@@ -249,11 +249,22 @@ class PoolSettings(Section, frozen=True, kw_only=True):
         options: The agent's own settings, checked against its `options_type`.
         permissions: Tool permissions of the agent type (replacing the
             class's `permissions`); the runtime refuses any other tool call.
+        max_queue: Requests to the type that may wait on this node, over
+            all its instances (sheddable requests may fill half). When it is
+            full, a request displaces a less important queued one (answered
+            `overloaded`) or is refused `overloaded` with `retry_after`.
+        service_time: Seconds one request is assumed to take until the
+            first is timed (then an EWMA of handler durations). A request
+            that would wait and could not finish before its deadline is
+            refused at once; 0: no assumption, so nothing is refused for
+            its deadline before the first handler has finished.
     """
 
     agent: ImportPath
     size: Annotated[int, msgspec.Meta(ge=1)] = 1
     restart: Literal["permanent", "transient", "temporary"] = "permanent"
+    max_queue: Annotated[int, msgspec.Meta(ge=1)] = 64
+    service_time: NonNegative = 0.0
     # Passed to the agent class, validated against its `options_type`.
     options: dict[str, Any] = msgspec.field(default_factory=dict)
     # Tool permissions granted to the agent type, replacing the class's own

@@ -48,10 +48,10 @@ def test_values_expire_after_their_ttl() -> None:
 
 def test_compare_and_set_claims_a_key_once() -> None:
     store = MemoryStore()
-    assert store.compare_and_set("idem:msg-1", None, b"ticket-1")
-    assert not store.compare_and_set("idem:msg-1", None, b"ticket-2")
-    assert store.get("idem:msg-1") == b"ticket-1"
-    assert store.compare_and_set("idem:msg-1", b"ticket-1", b"ticket-3")
+    assert store.compare_and_set("idem.msg-1", None, b"ticket-1")
+    assert not store.compare_and_set("idem.msg-1", None, b"ticket-2")
+    assert store.get("idem.msg-1") == b"ticket-1"
+    assert store.compare_and_set("idem.msg-1", b"ticket-1", b"ticket-3")
 
 
 def test_an_expired_key_can_be_claimed_again() -> None:
