@@ -69,7 +69,9 @@ class Unbounded(Admission):
 
     __slots__ = ()
 
-    def place(self, call: Call, members: tuple[Any, ...], start: int) -> bool:
+    def place(
+        self, call: Call, members: tuple[Any, ...], start: int, *, admitted: bool = False
+    ) -> bool:
         count = len(members)
         return any(members[(start + i) % count].mailbox.offer(call) for i in range(count))
 
