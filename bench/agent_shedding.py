@@ -19,8 +19,8 @@ no longer finish is answered then); answers of any kind that came after
 the deadline (+20 ms for the HTTP hops), how many of those were 504s and
 how long after the deadline the last answer came (negative: before it);
 p99 latency of the 200s; and the share served and timed out per priority.
-Critical requests alone are 0.6x of capacity, so all of them can be served. Targets at 3x for `work`:
-`late_3x == 0`, `refusals_without_retry_after_3x == 0` and
+Critical requests alone are 0.6x of capacity, so all of them can be served.
+Targets at 3x for `work`: `late_3x == 0`, `refusals_without_retry_after_3x == 0` and
 `critical_served_3x >= 0.99`.
 """
 
