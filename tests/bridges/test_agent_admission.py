@@ -61,17 +61,23 @@ def test_a_request_from_another_node_that_could_not_finish_in_time_is_refused_at
 
 
 def _http_node(*, max_queue: int = 8, service_time: float = 0.0) -> tuple[Runtime, Node]:
-    """A node serving one worker over HTTP, its admission set as given."""
+    """A node serving one worker over HTTP, its admission set by its pool settings."""
     settings = decode(
         {
             "node": {"name": "admission"},
             "nats": {"enabled": False},
             "http": {"enabled": True, "port": 0},
-            "pools": [{"agent": "tests.agents:WorkerAgent", "size": 1}],
+            "pools": [
+                {
+                    "agent": "tests.agents:WorkerAgent",
+                    "size": 1,
+                    "max_queue": max_queue,
+                    "service_time": service_time,
+                }
+            ],
         }
     )
     runtime = build_runtime(settings)
-    runtime.admission("worker").configure(max_queue=max_queue, service_time=service_time)
     return runtime, build_node(settings, runtime)
 
 
