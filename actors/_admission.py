@@ -49,7 +49,6 @@ from messages import Overloaded, Priority, RequestTimeout
 if TYPE_CHECKING:
     from actors._agent import Agent
     from actors._call import Call
-    from actors._reply import Reply
     from actors._timers import Timers
 
 DEFAULT_MAX_QUEUE: Final = 64
@@ -203,14 +202,17 @@ class Admission:
         self._arrivals.counts[rank] += 1
         if at_risk and call.reply is not None and deadline != math.inf:
             # Once it could no longer finish in time (as estimated now), it is answered.
-            expire = functools.partial(self._expire, call.reply)
+            expire = functools.partial(self._expire, call)
             self._timers.call_later(deadline - self.service_s - now, expire)
         return True
 
-    def _expire(self, reply: Reply[object]) -> None:
-        # On the timer thread: a no-op if the request was taken and answered meanwhile.
+    def _expire(self, call: Call) -> None:
+        # On the timer thread: a no-op once an agent took the call (it answers it
+        # itself, by its deadline) or it was answered meanwhile.
+        if call.taken or call.reply is None:
+            return
         message = f"still queued for {self.agent_type} when it could no longer finish in time"
-        reply.fail(RequestTimeout(message))
+        call.reply.fail(RequestTimeout(message))
 
     def _estimate(
         self, agent: Agent, ahead: int, rank: int, members: int, now: float

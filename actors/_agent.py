@@ -179,6 +179,7 @@ class Agent(pykka.ThreadingActor):
         return super().on_receive(message)
 
     def _dispatch(self, call: Call) -> None:
+        call.taken = True
         now = time.time()
         handle = self._admit(call, now)
         if handle is None:

@@ -165,12 +165,22 @@ ERASURE_RETRY_AFTER: Final = 1.0
 """Seconds a request refused by an erasure in progress is told to wait."""
 _mark_decoder: Final = msgspec.msgpack.Decoder(tuple[int, bool])
 _MARK_ATTEMPTS: Final = 8
+_LEGACY_MARK: Final = (1, False)
+
+
+def _decode_mark(raw: bytes | None) -> tuple[int, bool]:
+    """An erasure mark; one from before epochs (a timestamp) reads as one erasure, done."""
+    if raw is None:
+        return (0, False)
+    try:
+        return _mark_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return _LEGACY_MARK
 
 
 def _erasure_mark(store: StateStore, subject: str) -> tuple[int, bool]:
     """The subject's erasure epoch (0: never erased) and whether one is in progress."""
-    raw = store.get(state_key("erased", subject))
-    return (0, False) if raw is None else _mark_decoder.decode(raw)
+    return _decode_mark(store.get(state_key("erased", subject)))
 
 
 def begin_erasure(store: StateStore, subject: str) -> int:
@@ -186,7 +196,7 @@ def begin_erasure(store: StateStore, subject: str) -> int:
     key = state_key("erased", subject)
     for _ in range(_MARK_ATTEMPTS):
         raw = store.get(key)
-        epoch = 0 if raw is None else _mark_decoder.decode(raw)[0]
+        epoch = _decode_mark(raw)[0]
         marked = msgspec.msgpack.encode((epoch + 1, True))
         if store.compare_and_set(key, raw, marked, ttl=ERASURE_FENCE_TTL):
             return epoch + 1
@@ -223,6 +233,17 @@ class ErasureFence:
         self.store = store
         self.subject = subject
         self._seen = _erasure_mark(store, subject)
+
+    def check_not_running(self) -> None:
+        """Refuse to begin while an erasure of the subject is in progress.
+
+        Raises:
+            messages.Unavailable: With `retry_after`, if one was running when
+                the message began.
+        """
+        if self._seen[1]:
+            msg = "the user's data is being erased; send the request again"
+            raise Unavailable(msg, retry_after=ERASURE_RETRY_AFTER)
 
     def broken(self) -> bool:
         """Whether an erasure began since the message began, or was running then."""

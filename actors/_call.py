@@ -17,7 +17,7 @@ class Call:
     `reply_to` is None), so a request costs one allocation, not two.
     """
 
-    __slots__ = ("meta", "payload", "reply")
+    __slots__ = ("meta", "payload", "reply", "taken")
 
     reply_to: ClassVar[None] = None
 
@@ -25,6 +25,8 @@ class Call:
         self.payload = payload
         self.meta = meta
         self.reply = reply
+        # Set once an agent takes it out of its mailbox: no deadline timer fails it then.
+        self.taken = False
 
     @property
     def message(self) -> Call:

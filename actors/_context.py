@@ -79,11 +79,12 @@ class Context:
         the user's: it reads the user's erasure fence (one state read).
 
         Raises:
-            Unavailable: If there is no state store to read the fence from.
+            Unavailable: If there is no state store to read the fence from,
+                or the user's data is being erased (with `retry_after`).
         """
         self.user_id = user_id
         self.conversation_id = conversation_id
-        self.erasure_fence(user_id)
+        self.erasure_fence(user_id).check_not_running()
 
     def erasure_fence(self, subject: str) -> ErasureFence:
         """The subject's erasure mark as this message first saw it (read on first use).

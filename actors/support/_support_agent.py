@@ -209,7 +209,8 @@ class SupportAgent(Agent):
             encoded = msgspec.msgpack.encode(memory)
             if ctx.state.compare_and_set(key, raw, encoded, ttl=self.options.memory_ttl):
                 if ctx.erasure_fence(user_id).broken():
-                    ctx.state.delete(key)  # forgotten while this ran: write nothing back
+                    # Forgotten while this ran: the answer goes out, nothing is kept.
+                    ctx.state.delete(key)
                 return
         msg = "the conversation's memory kept changing; send the message again"
         raise Unavailable(msg)

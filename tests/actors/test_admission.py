@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
 import pytest
 
-from actors import AgentRef, Reply, Runtime
+from actors import AgentRef, Call, Reply, Runtime
 from actors._admission import UNMEASURED_RETRY_AFTER, Admission
-from messages import Overloaded, Priority, RequestTimeout
+from messages import Metadata, Overloaded, Priority, RequestTimeout
 from tests.actors.gated import held, refusal
 from tests.agents import HANDLED, Echo, WorkerAgent
 from tests.conftest import WAIT
@@ -205,3 +206,17 @@ def test_a_request_still_queued_when_it_could_no_longer_finish_is_answered_timeo
         outcome = queued.result()
         assert isinstance(outcome, RequestTimeout)
         assert "could no longer finish in time" in outcome.message
+
+
+def test_the_deadline_timer_of_a_request_an_agent_has_taken_does_nothing(runtime: Runtime) -> None:
+    admission = Admission("worker", timers=runtime.timers)
+    reply: Reply[Any] = Reply()
+    running = Call(Echo(text="running"), Metadata(id="r1", deadline=math.inf), reply)
+    running.taken = True  # the agent started it: it answers by its own deadline
+    admission._expire(running)
+    assert not reply.done()
+    waiting = Call(Echo(text="waiting"), Metadata(id="r2", deadline=math.inf), Reply())
+    admission._expire(waiting)
+    assert waiting.reply is not None
+    with pytest.raises(RequestTimeout):
+        waiting.reply.get(timeout=WAIT)

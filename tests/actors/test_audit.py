@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from actors import DataKeys, MemoryStore, seal, state_key, unseal
@@ -63,3 +65,23 @@ def test_destroying_finds_every_key_a_subject_ever_had() -> None:
     assert sorted(DataKeys(store).destroy("joe")) == sorted([first, second])
     assert DataKeys(store).secret(first) is None
     assert DataKeys(store).secret(second) is None
+
+
+def test_an_erasure_mark_from_before_epochs_reads_as_one_erasure_done() -> None:
+    store = MemoryStore()
+    store.put(state_key("erased", "jane"), repr(time.time()).encode(), ttl=60)  # the old format
+    fence = ErasureFence(store, "jane")
+    assert not fence.broken()
+    fence.check_not_running()
+    assert begin_erasure(store, "jane") == 2
+    assert fence.broken()
+
+
+def test_a_message_that_begins_while_an_erasure_runs_is_refused_with_retry_after() -> None:
+    store = MemoryStore()
+    epoch = begin_erasure(store, "jane")
+    with pytest.raises(Unavailable, match="being erased") as refused:
+        ErasureFence(store, "jane").check_not_running()
+    assert refused.value.retry_after == ERASURE_RETRY_AFTER
+    end_erasure(store, "jane", epoch)
+    ErasureFence(store, "jane").check_not_running()
