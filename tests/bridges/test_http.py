@@ -225,3 +225,22 @@ def test_a_bad_request_id_header_is_refused_naming_the_header_and_the_value(
         "/v1/agents/ping", json={"payload": "x"}, headers={"X-Request-Id": "a.B_1:-"}
     )
     assert fine.status_code == 200
+
+
+@pytest.mark.parametrize("header", ["X-Request-Timeout", "X-Priority", "X-Request-Id"])
+def test_a_metadata_header_sent_twice_is_a_bad_request_not_first_one_wins(
+    serve: Callable[..., Any], header: str
+) -> None:
+    _, client = serve()
+    first, second = {
+        "X-Request-Timeout": ("0.001", "30"),
+        "X-Priority": ("critical", "sheddable"),
+        "X-Request-Id": ("a-1", "a-2"),
+    }[header]
+    response = client.post(
+        "/v1/agents/echo",
+        json={"type": "Say", "text": "x"},
+        headers=[(header, first), (header, second)],
+    )
+    assert response.status_code == 400
+    assert header in response.json()["detail"]
