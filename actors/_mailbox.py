@@ -85,20 +85,20 @@ class Mailbox:
         """Take the next envelope, most important first (`WAKE_UP` once closed)."""
         # Lock-free: only this consumer (and close) take from the left, each
         # take is atomic, and an item is appended before its token is put.
-        wake, lanes = self._wake, self._lanes
+        wake, requests = self._wake, self._lanes[:CONTROL]
         while not self._closed:
             wake.get()
-            if self._ahead_of_control is not None:
-                item = self._next_with_control_waiting()
-                if item is not None:
-                    return item
-                continue
-            for lane in lanes:
-                if lane:
-                    try:
-                        return lane.popleft()
-                    except IndexError:  # displaced or closed meanwhile
-                        continue
+            if self._ahead_of_control is None:
+                for lane in requests:
+                    if lane:
+                        try:
+                            return lane.popleft()
+                        except IndexError:  # displaced or closed meanwhile
+                            continue
+            # A control envelope waits (or was queued just now): decide under the lock.
+            item = self._next_with_control_waiting()
+            if item is not None:
+                return item
         return WAKE_UP
 
     def _next_with_control_waiting(self) -> Item | None:
@@ -110,6 +110,9 @@ class Mailbox:
                 control = lanes[CONTROL]
                 if not control:
                     self._ahead_of_control = None
+                    for lane in lanes[:CONTROL]:
+                        if lane:
+                            return lane.popleft()
                     return None
                 item = control.popleft()
                 self._ahead_of_control = None
