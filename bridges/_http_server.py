@@ -13,7 +13,9 @@ class, adds both bounds, as nginx's `client_header_timeout` and
 * `header_timeout`: a request's headers must be complete this many seconds
   after the connection is accepted, or after the first byte of a kept-alive
   connection's next request (reading each byte does not restart the clock);
-  else the connection gets a 408 and is closed.
+  then each read of its body must come within as long of the one before
+  (nginx's `client_body_timeout`); else the connection gets a 408 and is
+  closed.
 * `max_connections`: a connection accepted while this many are open gets a
   503 with `Retry-After` and is closed at once.
 
@@ -41,6 +43,8 @@ REFUSED_RETRY_AFTER: Final = 1.0
 """Seconds a client refused for `max_connections` is told to wait."""
 # The h11 states in which our side may still start a response.
 _MAY_ANSWER: Final = frozenset({h11.IDLE, h11.SEND_RESPONSE})
+# Their states while the request is still being read (headers, then body).
+_READING: Final = frozenset({h11.IDLE, h11.SEND_BODY})
 
 
 def bounded_protocol(*, header_timeout: float, max_connections: int) -> type[BoundedH11Protocol]:
@@ -94,10 +98,16 @@ class BoundedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        """Parse `data`; stop the deadline once the headers are in, start it on a new request."""
+        """Parse `data`; the headers' deadline, then one per read of the body."""
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+        state = self.conn.their_state
+        if self.transport.is_closing() or state not in _READING:
             self._stop_header_deadline()
+        elif state is h11.SEND_BODY:
+            # As nginx's client_body_timeout: each read of the body must come
+            # within header_timeout of the one before.
+            self._stop_header_deadline()
+            self._start_header_deadline()
         elif self._header_deadline is None:
             # The first bytes of a kept-alive connection's next request (uvicorn
             # stopped its keep-alive timer on them): its headers get the same time.
@@ -118,9 +128,11 @@ class BoundedH11Protocol(H11Protocol):
 
     def _headers_too_slow(self) -> None:
         self._header_deadline = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        state = self.conn.their_state
+        if state in _READING and not self.transport.is_closing():
+            what = "headers" if state is h11.IDLE else "body"
             detail = (
-                "the request's headers did not arrive within "
+                f"the request's {what} did not arrive within "
                 f"http.header_timeout ({self.header_timeout:g} s)"
             )
             self._answer(408, ErrorCode.TIMEOUT, detail)

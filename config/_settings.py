@@ -141,7 +141,8 @@ class HttpSettings(Section, frozen=True, kw_only=True):
         max_timeout: The longest deadline a request may ask for.
         header_timeout: Seconds a client has to send a request's headers,
             from accepting its connection (or from the first byte of a
-            kept-alive connection's next request); then it gets a 408 and is
+            kept-alive connection's next request), and at most between two
+            reads of its body; then it gets a 408 and is
             closed (nginx's `client_header_timeout`, 60 s there; shorter here,
             as programs send their headers at once).
         max_connections: Connections open at once on each port; one more

@@ -164,3 +164,19 @@ def test_a_request_the_server_cannot_parse_gets_400_problem_and_the_server_goes_
             sock.sendall(request)
             assert_problem(parse(read_until_closed(sock)), 400, "bad_request")
         assert client.get("/livez").status_code == 200
+
+
+def test_a_body_that_stops_coming_gets_408_and_frees_its_connection(
+    serve: Callable[..., Any],
+) -> None:
+    _node, client = serve(header_timeout=0.05, max_connections=2)
+    body = b'{"type": "Say", "text": "never finished"}'
+    head = (
+        b"POST /v1/agents/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    with connect(client) as sock:
+        sock.sendall(head + body[:5])  # headers in time, then the body stalls
+        problem = assert_problem(parse(read_until_closed(sock)), 408, "timeout")
+    assert "body" in problem["detail"]
+    assert client.post("/v1/agents/echo", json={"type": "Say", "text": "next"}).status_code == 200
