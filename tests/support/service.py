@@ -6,11 +6,13 @@ import tomllib
 import uuid
 from typing import Any, TypeVar
 
+import msgspec
 import nats
 import nats.errors
 from nats.js.api import DeliverPolicy
 
 import config
+from actors.support import Destination, OrderCreated
 from bridges._loop import run_async
 from config import Settings
 from messages import decode
@@ -55,3 +57,16 @@ async def _stored(url: str, subject: str) -> list[bytes]:
 def stored(url: str, subject: str, message_type: type[T]) -> list[T]:
     """Every message stored on a JetStream subject now, decoded."""
     return [decode(data, message_type) for data in run_async(_stored(url, subject))]
+
+
+def order_created_fields() -> dict[str, Any]:
+    """A valid `OrderCreated` as plain fields, for tests to spoil one of them."""
+    event = OrderCreated(
+        order_id="O-1",
+        customer_id="acme",
+        total_usd=10.0,
+        weight_kg=1.0,
+        destination=Destination(country="DE"),
+    )
+    fields: dict[str, Any] = msgspec.to_builtins(event)
+    return fields

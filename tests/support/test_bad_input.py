@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import msgspec
 import nats
 import pytest
 
-from actors.support import Destination, OrderCreated, SupportRequest
+from actors.support import SupportRequest
 from bridges import NatsServer
 from bridges._loop import run_async
 from bridges._wire import decode_reply
 from messages import BadRequest, encode
 from tests.conftest import WAIT
 from tests.support.conftest import Service
+from tests.support.service import order_created_fields
 
 LONG = "x" * 5000
 BILLING = {"user_id": "jane", "message": "I was charged twice for my March invoice"}
@@ -79,15 +79,7 @@ def test_an_event_with_a_5000_character_order_id_is_dead_lettered_and_the_node_k
     start_service: Callable[..., Service], nats_server: NatsServer
 ) -> None:
     service = start_service(state="kv")
-    raw = msgspec.to_builtins(
-        OrderCreated(
-            order_id="O-1",
-            customer_id="acme",
-            total_usd=10.0,
-            weight_kg=1.0,
-            destination=Destination(country="DE"),
-        )
-    )
+    raw = order_created_fields()
     raw["order_id"] = LONG
     headers = run_async(_publish_and_see_dead_letter(nats_server.url, encode(raw)))
     assert headers["Af-Error-Code"] == "bad_request"

@@ -30,7 +30,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from actors.support import Destination, OrderCreated, ShipmentPlanned, SupportRequest
+from actors.support import ShipmentPlanned, SupportRequest
 from bridges import IoLoop, NatsServer
 from bridges._events import Outcome
 from bridges._nats import NatsBridge
@@ -51,6 +51,7 @@ from bridges._wire import (
 from messages import AgentError, InternalError, decode, encode
 from tests.conftest import WAIT
 from tests.support.conftest import Service
+from tests.support.service import order_created_fields
 
 BILLING: Final = {"user_id": "jane", "message": "I was charged twice for my March invoice"}
 SUPPORT: Final = "/v1/agents/support"
@@ -454,15 +455,7 @@ def _probe_of(dead_letter_headers: dict[str, str]) -> str | None:
 def check_event(
     edges: Edges, fields: dict[str, Any], headers: dict[str, str], msg_id: str | None
 ) -> None:
-    raw = msgspec.to_builtins(
-        OrderCreated(
-            order_id="O-1",
-            customer_id="acme",
-            total_usd=10.0,
-            weight_kg=1.0,
-            destination=Destination(country="DE"),
-        )
-    )
+    raw = order_created_fields()
     probe = uuid.uuid4().hex  # finds this event's dead letter, whatever its id was
     filling = isinstance(fields["order_id"], Filling)
     if filling:  # its dead letter may keep only its id: the probe's
