@@ -2,23 +2,17 @@
 
 from actors._admission import Admission, AdmissionStatistics
 from actors._agent import Agent, handler
-from actors._audit import AuditLog, DataKeys, ErasureFence, seal, unseal
+from actors._audit import DataKeys, ErasureFence, begin_erasure, end_erasure, seal, unseal
 from actors._builtin import PingAgent
-from actors._call import Call, make_metadata
+from actors._call import AgentDefaults, Call, make_metadata
 from actors._context import Context
+from actors._directory import Directory
 from actors._lifecycle import ExitLink, ExitListener, ExitReason
+from actors._ports import AuditLog, GenerationStream, Inference, StateStore, Transport
 from actors._ref import AgentRef, LocalAgentRef, TypeRef
 from actors._reply import Reply
-from actors._runtime import (
-    AgentDefaults,
-    Directory,
-    EventBus,
-    GenerationStream,
-    Inference,
-    Runtime,
-    Transport,
-)
-from actors._state import MAX_KEY_LENGTH, MemoryStore, StateStore, check_key, state_key
+from actors._runtime import EventBus, Runtime
+from actors._state import MAX_KEY_LENGTH, MemoryStore, check_key, state_key
 from actors._timers import TimerHandle, Timers
 from actors._tools import Tool, ToolCall, tool
 from actors._tracing import Tracing, tracing_from_settings, within
@@ -55,7 +49,9 @@ __all__ = [
     "Tracing",
     "Transport",
     "TypeRef",
+    "begin_erasure",
     "check_key",
+    "end_erasure",
     "handler",
     "make_metadata",
     "seal",

@@ -47,8 +47,8 @@ from actors._mailbox import RANK
 from messages import Overloaded, Priority, RequestTimeout
 
 if TYPE_CHECKING:
-    from actors._agent import Agent
     from actors._call import Call
+    from actors._directory import Member
     from actors._timers import Timers
 
 DEFAULT_MAX_QUEUE: Final = 64
@@ -161,7 +161,7 @@ class Admission:
             self._measured = True
 
     def place(
-        self, call: Call, members: tuple[Agent, ...], start: int, *, admitted: bool = False
+        self, call: Call, members: tuple[Member, ...], start: int, *, admitted: bool = False
     ) -> bool | Overloaded:
         """Queue `call` with a member, or refuse it.
 
@@ -215,7 +215,7 @@ class Admission:
         call.reply.fail(RequestTimeout(message))
 
     def _estimate(
-        self, agent: Agent, ahead: int, rank: int, members: int, now: float
+        self, agent: Member, ahead: int, rank: int, members: int, now: float
     ) -> tuple[float, float]:
         """Expected seconds before a request starts on `agent`, and its uncertainty.
 
@@ -245,7 +245,7 @@ class Admission:
         return Overloaded(message, retry_after=wait)
 
     def _make_room(
-        self, rank: int, members: tuple[Agent, ...], retry_after: float
+        self, rank: int, members: tuple[Member, ...], retry_after: float
     ) -> Overloaded | None:
         """Displace a less important queued request; the refusal if there is none."""
         victim = None
@@ -266,7 +266,7 @@ class Admission:
             victim.reply.fail(Overloaded(displaced, retry_after=retry_after))
         return None
 
-    def statistics(self, members: tuple[Agent, ...]) -> AdmissionStatistics:
+    def statistics(self, members: tuple[Member, ...]) -> AdmissionStatistics:
         """The figures of the type, with `members` its live local agents."""
         return AdmissionStatistics(
             agent_type=self.agent_type,
@@ -306,12 +306,12 @@ class Arrivals:
         return self._above[rank]
 
 
-def _offer_elsewhere(call: Call, members: tuple[Agent, ...], chosen: Agent) -> bool:
+def _offer_elsewhere(call: Call, members: tuple[Member, ...], chosen: Member) -> bool:
     """Queue `call` with another member (`chosen` died meanwhile); False if none is alive."""
     return any(m.mailbox.offer(call) for m in members if m is not chosen)
 
 
-def _choose(members: tuple[Agent, ...], start: int, rank: int) -> tuple[Agent, int, int]:
+def _choose(members: tuple[Member, ...], start: int, rank: int) -> tuple[Member, int, int]:
     """Where a request of priority `rank` goes, the requests ahead of it there, and all queued.
 
     The member with the fewest requests ahead (its running one counts one),

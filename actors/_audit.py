@@ -13,30 +13,28 @@ import logging
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from actors._state import state_key
-from inference._backend import prompt_text
 from messages import (
     AgentError,
-    AuditRecord,
     GenerateRequest,
     GenerateResult,
     GenerationAudited,
     Metadata,
     SealedExchange,
     Unavailable,
+    prompt_text,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from actors._runtime import GenerationStream
-    from actors._state import StateStore
+    from actors._ports import AuditLog, GenerationStream, StateStore
     from messages import TokenChunk
 
 logger: Final = logging.getLogger("actorfleet.audit")
@@ -48,18 +46,6 @@ _KEY_BITS: Final = 256
 _CLAIM_ATTEMPTS: Final = 3
 _exchange_decoder: Final = msgspec.msgpack.Decoder(SealedExchange)
 _key_decoder: Final = msgspec.msgpack.Decoder(tuple[str, bytes])
-
-
-class AuditLog(Protocol):
-    """Where audit records go: an append-only stream (the bridges' JetStream log)."""
-
-    def append(self, record: AuditRecord) -> None:
-        """Store `record`; return once it is stored.
-
-        Raises:
-            messages.Unavailable: If it could not be stored.
-        """
-        ...
 
 
 class DataKeys:

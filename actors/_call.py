@@ -1,13 +1,31 @@
-"""The in-process form of a request: message, metadata and where to reply."""
+"""The in-process form of a request: message, metadata, where to reply, default deadlines."""
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
+
+import msgspec
 
 from actors._reply import Reply
 from messages import Metadata, Priority, new_message_id
+
+DEFAULT_ASK_TIMEOUT: Final = 30.0
+DEFAULT_HUNG_MARGIN: Final = 5.0
+
+
+class AgentDefaults(msgspec.Struct, frozen=True, kw_only=True):
+    """Defaults applied to every agent of a runtime.
+
+    Attributes:
+        ask_timeout: Deadline, in seconds from now, of an ask that names none.
+        hung_margin: Seconds past its deadline after which a still-running
+            handler counts as hung: the agent is replaced and its queue fails.
+    """
+
+    ask_timeout: float = DEFAULT_ASK_TIMEOUT
+    hung_margin: float = DEFAULT_HUNG_MARGIN
 
 
 class Call:

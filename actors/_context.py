@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import msgspec
 
 from actors._audit import SERVICE_SUBJECT, AuditedStream, Auditor, DataKeys, ErasureFence
 from actors._state import state_key
-from actors._tools import call_tool
 from messages import (
     AgentError,
     BadRequest,
@@ -23,19 +22,51 @@ from messages import (
 )
 
 if TYPE_CHECKING:
-    from actors._agent import Agent
+    from actors._ports import GenerationStream, Inference, StateStore
     from actors._ref import AgentRef
     from actors._reply import Reply
-    from actors._runtime import GenerationStream, Inference, Runtime
-    from actors._state import StateStore
-    from actors._tools import Tool
+    from actors._runtime import Runtime
     from messages import Message, Metadata
 
 A = TypeVar("A")
 R = TypeVar("R")
+A_contra = TypeVar("A_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
 
 # How long `publish_once` remembers a published event id (a week, like tool results).
 PUBLISHED_TTL: Final = 7 * 24 * 3600.0
+
+
+class Owner(Protocol):
+    """What a context needs of the agent whose message it serves (an `Agent`)."""
+
+    @property
+    def agent_type(self) -> str:
+        """The agent's type."""
+        ...
+
+    @property
+    def name(self) -> str:
+        """`type/instance`."""
+        ...
+
+    @property
+    def permissions(self) -> frozenset[str]:
+        """The tool permissions its class declares."""
+        ...
+
+    @property
+    def runtime(self) -> Runtime:
+        """The node it runs on."""
+        ...
+
+
+class Usable(Protocol[A_contra, R_co]):
+    """What `Context.use` calls: a `Tool`."""
+
+    def invoke(self, ctx: Context, args: A_contra | dict[str, Any], ordinal: int) -> R_co:
+        """Make the `ordinal`-th tool call of the message `ctx` handles."""
+        ...
 
 
 class Context:
@@ -59,7 +90,7 @@ class Context:
         "user_id",
     )
 
-    def __init__(self, agent: Agent, metadata: Metadata, reply: Reply[Any] | None = None) -> None:
+    def __init__(self, agent: Owner, metadata: Metadata, reply: Reply[Any] | None = None) -> None:
         self._agent = agent
         self.metadata = metadata
         self._reply = reply
@@ -112,7 +143,7 @@ class Context:
         """The permissions the agent's class declares (the config may replace them)."""
         return self._agent.permissions
 
-    def use(self, used: Tool[A, R], args: A | dict[str, Any]) -> R:
+    def use(self, used: Usable[A, R], args: A | dict[str, Any]) -> R:
         """Call a tool: permission checked, arguments and result validated.
 
         A side-effecting tool called again by a retry of this message (same
@@ -124,7 +155,7 @@ class Context:
         """
         if self._tool_calls is None:
             self._tool_calls = itertools.count(1)
-        return call_tool(self, used, args, next(self._tool_calls))
+        return used.invoke(self, args, next(self._tool_calls))
 
     def emit(self, chunk: Message) -> bool:
         """Send an intermediate chunk to a caller that streams (HTTP SSE, `on_chunk`).

@@ -6,6 +6,7 @@ import itertools
 from typing import TYPE_CHECKING, Any, Protocol
 
 from actors._call import Call, make_metadata
+from actors._directory import Member
 from actors._lifecycle import ExitListener
 from actors._reply import Reply
 from messages import AgentStopped, Metadata, Overloaded, Priority, Unavailable
@@ -14,8 +15,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from actors._admission import Admission
-    from actors._agent import Agent
-    from actors._runtime import Runtime
+    from actors._call import AgentDefaults
+    from actors._directory import Directory
+    from actors._lifecycle import ExitLink, ExitReason
+    from actors._ports import Transport
 
 
 class AgentRef(Protocol):
@@ -83,12 +86,76 @@ class AgentRef(Protocol):
         ...
 
 
+class Routing(Protocol):
+    """What references need of their node (a `Runtime`)."""
+
+    @property
+    def defaults(self) -> AgentDefaults:
+        """The default deadline of an ask that names none."""
+        ...
+
+    @property
+    def directory(self) -> Directory:
+        """The live local agents by type."""
+        ...
+
+    @property
+    def transport(self) -> Transport | None:
+        """The bridge to other nodes, while one is connected."""
+        ...
+
+    @property
+    def prefer_local(self) -> bool:
+        """Whether a type's local agents serve its asks before the transport does."""
+        ...
+
+    def admission(self, agent_type: str) -> Admission:
+        """The admission of the local agents of `agent_type`."""
+        ...
+
+
+class LocalMember(Member, Protocol):
+    """What a `LocalAgentRef` needs of its agent (an `Agent`)."""
+
+    @property
+    def name(self) -> str:
+        """`type/instance`."""
+        ...
+
+    @property
+    def runtime(self) -> Routing:
+        """The node it runs on."""
+        ...
+
+    @property
+    def exit_link(self) -> ExitLink:
+        """Where its exit is announced."""
+        ...
+
+    @property
+    def exit_reason(self) -> ExitReason | None:
+        """Why it stopped, once it has."""
+        ...
+
+    def describe(self) -> str | None:
+        """Its own line for the supervision tree, if it has one."""
+        ...
+
+    def kill(self) -> None:
+        """Kill it at once."""
+        ...
+
+    def request_stop(self) -> bool:
+        """Ask for a graceful stop; False if already dead."""
+        ...
+
+
 class _RefBase:
     """Shared ask/tell plumbing; subclasses say how a call is delivered."""
 
     __slots__ = ("_runtime",)
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Routing) -> None:
         self._runtime = runtime
 
     def _deliver(self, call: Call) -> bool | Overloaded:
@@ -204,7 +271,7 @@ class LocalAgentRef(_RefBase):
 
     __slots__ = ("_admission", "_agent", "_mailbox", "_members")
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: LocalMember) -> None:
         super().__init__(agent.runtime)
         self._agent = agent
         self._mailbox = agent.mailbox
@@ -275,7 +342,7 @@ class TypeRef(_RefBase):
 
     __slots__ = ("_admission", "_agent_type", "_counter")
 
-    def __init__(self, runtime: Runtime, agent_type: str) -> None:
+    def __init__(self, runtime: Routing, agent_type: str) -> None:
         super().__init__(runtime)
         self._agent_type = agent_type
         self._counter = itertools.count()
@@ -297,7 +364,7 @@ class TypeRef(_RefBase):
                 return outcome
         return transport.deliver(self._agent_type, call)
 
-    def members(self) -> tuple[Agent, ...]:
+    def members(self) -> tuple[Member, ...]:
         """The live local agents of the type."""
         return self._runtime.directory.members(self._agent_type)
 

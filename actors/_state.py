@@ -1,9 +1,8 @@
-"""The state store agents keep conversation memory and idempotency keys in.
+"""State store keys every backend can keep, and the in-memory store.
 
-Agents hold no state between messages; what must survive a restart lives in
-a `StateStore`, keyed by conversation or message id. The protocol is
-synchronous because handlers run on actor threads; networked backends
-(Redis, JetStream KV) implement it by hopping onto the node's I/O loop.
+What agents keep between messages lives in a `StateStore`, under keys made
+by `state_key` from free-form parts. `MemoryStore` serves a single node
+and the tests; the networked stores (Redis, JetStream KV) live in `bridges`.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Final
 
 from messages import InvalidKey
 
@@ -71,45 +70,6 @@ def check_key(key: str) -> str:
     if not _KEY.fullmatch(key):
         raise InvalidKey(key, "is not dot-separated tokens of [A-Za-z0-9_=-] (use state_key)")
     return key
-
-
-class StateStore(Protocol):
-    """Key-value state with expiry and compare-and-set.
-
-    Keys are dot-separated tokens of `[A-Za-z0-9_=-]`, at most
-    `MAX_KEY_LENGTH` characters (build them with `state_key`); every store
-    refuses another key, or a scan prefix, with `messages.InvalidKey`
-    before it reaches the backend. Implementations: `MemoryStore` here;
-    JetStream KV and Redis in `bridges`. One test suite runs against all
-    three.
-    """
-
-    def get(self, key: str) -> bytes | None:
-        """The value under `key`, or None if absent or expired."""
-        ...
-
-    def put(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
-        """Store `value`; it expires after `ttl` seconds if given."""
-        ...
-
-    def delete(self, key: str) -> None:
-        """Remove `key` (no-op if absent)."""
-        ...
-
-    def compare_and_set(
-        self, key: str, expected: bytes | None, value: bytes, *, ttl: float | None = None
-    ) -> bool:
-        """Store `value` only if the current value is `expected` (None: absent).
-
-        Returns:
-            Whether the value was stored. `compare_and_set(key, None, v)` is
-            how a side effect claims an idempotency key exactly once.
-        """
-        ...
-
-    def scan(self, prefix: str) -> list[str]:
-        """Every live key under `prefix.` (keys made by `state_key(prefix, ...)`), sorted."""
-        ...
 
 
 class MemoryStore:

@@ -40,7 +40,7 @@ from messages import (
 
 if TYPE_CHECKING:
     from actors._context import Context
-    from actors._state import StateStore
+    from actors._ports import StateStore
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -93,6 +93,16 @@ class Tool(Generic[A, R]):
     side_effect: bool
     fn: Callable[[A, ToolCall], R]
     description: str = ""
+
+    def invoke(self, ctx: Context, args: A | dict[str, Any], ordinal: int) -> R:
+        """Make the `ordinal`-th tool call of the message `ctx` handles (`ctx.use`).
+
+        Raises:
+            Forbidden: If the calling agent's type lacks the tool's permission.
+            BadRequest: If the arguments do not fit the tool's argument type.
+            InternalError: If the tool returns something not of its result type.
+        """
+        return call_tool(ctx, self, args, ordinal)
 
 
 def tool(

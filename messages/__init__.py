@@ -62,6 +62,7 @@ from messages._inference import (
     TokenChunk,
     Usage,
     WorkerReady,
+    prompt_text,
 )
 from messages._limits import (
     ID_PATTERN,
@@ -149,6 +150,7 @@ __all__ = [
     "message_types",
     "new_message_id",
     "parse_decimal",
+    "prompt_text",
     "require_event",
     "valid_traceparent",
     "valid_tracestate",

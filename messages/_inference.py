@@ -8,6 +8,7 @@ from typing import Annotated, Final
 import msgspec
 
 from messages._base import Message
+from messages._errors import BadRequest
 
 MAX_SEED: Final = (1 << 63) - 1
 """The largest seed: a signed 64-bit integer, as OpenAI-compatible servers (vLLM) take."""
@@ -74,6 +75,26 @@ class GenerateRequest(Message, frozen=True, kw_only=True):
     stop: list[str] = msgspec.field(default_factory=list)
     tier: str | None = None
     may_degrade: bool = True
+
+
+def prompt_text(request: GenerateRequest) -> str:
+    """The request's prompt as one string: raw, or chat turns one per line.
+
+    Raises:
+        BadRequest: If neither or both of `prompt` and `messages` are given,
+            or the prompt is empty.
+    """
+    if (request.prompt is None) == (request.messages is None):
+        msg = "give exactly one of prompt and messages"
+        raise BadRequest(msg)
+    if request.prompt is not None:
+        text = request.prompt
+    else:
+        text = "\n".join(f"{m.role}: {m.content}" for m in request.messages or ())
+    if not text.strip():
+        msg = "the prompt is empty"
+        raise BadRequest(msg)
+    return text
 
 
 class FinishReason(enum.StrEnum):

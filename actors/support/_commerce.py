@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Final
 
 import msgspec
 
-from actors._agent import Agent, handler
-from actors._context import Context
+from actors import Agent, Context, handler
 from actors.support._guardrails import ModelOutputInvalid, decode_with_repair
 from actors.support._messages import (
     EraseUserData,

@@ -12,7 +12,7 @@ from typing import Final
 
 import msgspec
 
-from actors._tools import ToolCall, tool
+from actors import ToolCall, tool
 
 CORPUS: Final = "articles.toml"
 _WORDS: Final = re.compile(r"[A-Za-z0-9]+")

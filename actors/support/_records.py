@@ -15,9 +15,7 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from actors._audit import DataKeys, begin_erasure, end_erasure
-from actors._state import StateStore, state_key
-from actors._tools import ToolCall, tool
+from actors import DataKeys, StateStore, ToolCall, begin_erasure, end_erasure, state_key, tool
 from actors.support._messages import (
     Destination,
     ErasureReport,

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Final
 
 import msgspec
 
-from actors._agent import Agent, handler
-from actors._context import Context
+from actors import Agent, Context, handler
 from actors.support._guardrails import OutputPolicy, PolicyRule, decode_with_repair
 from actors.support._kb import Search, search_kb
 from actors.support._messages import (
@@ -38,7 +37,7 @@ from actors.support._records import (
 from messages import GenerateRequest, NotFound, Sampling, Unavailable
 
 if TYPE_CHECKING:
-    from actors._runtime import Runtime
+    from actors import Runtime
 
 _SEED_MASK: Final = 0x7FFFFFFF
 _MEMORY_ATTEMPTS: Final = 5
@@ -259,12 +258,6 @@ class TicketsAgent(Agent):
             intent=t.intent,
             created_at=t.created_at,
         )
-
-
-def _plan(decision: SupportDecision) -> str:
-    """`billing: search, ticket`: the decision in a line."""
-    steps = [("search", decision.search_kb), ("ticket", decision.open_ticket)]
-    return f"{decision.intent}: {', '.join(s for s, on in steps if on) or 'answer'}"
 
 
 def _event_id(ctx: Context, user_id: str) -> str:

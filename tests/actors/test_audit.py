@@ -6,8 +6,17 @@ import time
 
 import pytest
 
-from actors import DataKeys, MemoryStore, seal, state_key, unseal
-from actors._audit import ERASURE_RETRY_AFTER, ErasureFence, begin_erasure, end_erasure
+from actors import (
+    DataKeys,
+    ErasureFence,
+    MemoryStore,
+    begin_erasure,
+    end_erasure,
+    seal,
+    state_key,
+    unseal,
+)
+from actors._audit import ERASURE_RETRY_AFTER
 from messages import SealedExchange, Unavailable
 
 

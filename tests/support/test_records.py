@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors import Agent, Context, MemoryStore, Runtime, handler, state_key
-from actors._audit import begin_erasure
+from actors import Agent, Context, MemoryStore, Runtime, begin_erasure, handler, state_key
 from actors.support import Intent, create_ticket, erase_user
 from actors.support._records import Erase, NewTicket
 from messages import Message, Unavailable
