@@ -26,7 +26,7 @@ sys.path[:] = [str(_BENCH.parent), *(p for p in sys.path if Path(p or ".").resol
 from actors import MemoryStore, StateStore
 from bench._common import median, result, table
 from bridges import IoLoop, NatsServer
-from bridges._state import KvStore, LoopStore, RedisStore
+from bridges.stores import KvStore, LoopStore, RedisStore
 from config import NatsSettings, StateSettings
 
 REDIS_URL: Final = "redis://127.0.0.1:6379/0"

@@ -1,23 +1,41 @@
-"""Edges of a node: the I/O loop, NATS, node assembly and the command line."""
+"""Edges of a node: the I/O loop and its seam, NATS, HTTP, stores, workers, assembly, CLI.
 
-from bridges._app import build_node, build_runtime, import_agent
-from bridges._bridge_child import NatsBridgeAgent, embedded_server, nats_bridge_child
-from bridges._cli import main
-from bridges._embedded import NatsServer, find_nats_server, free_port
-from bridges._events import EventRouter, EventStatistics, Outcome
+`bridges` itself holds the one place where actor threads and the loop meet
+(`IoLoop`, the reply outbox, `PoolClient`); each edge is a subpackage.
+"""
+
+from bridges._held import Held, Resources
 from bridges._loop import IoLoop
-from bridges._nats import ConnectionState, NatsBridge
-from bridges._wire import Subjects
+from bridges._seam import Cancelled, PoolClient, Stream
+from bridges.cli import main
+from bridges.nats import (
+    ConnectionState,
+    EventRouter,
+    EventStatistics,
+    NatsBridge,
+    NatsServer,
+    Outcome,
+    Subjects,
+    embedded_server,
+    find_nats_server,
+    free_port,
+)
+from bridges.node import NodeServices, build_node, build_runtime, import_agent
 
 __all__ = [
+    "Cancelled",
     "ConnectionState",
     "EventRouter",
     "EventStatistics",
+    "Held",
     "IoLoop",
     "NatsBridge",
-    "NatsBridgeAgent",
     "NatsServer",
+    "NodeServices",
     "Outcome",
+    "PoolClient",
+    "Resources",
+    "Stream",
     "Subjects",
     "build_node",
     "build_runtime",
@@ -26,5 +44,4 @@ __all__ = [
     "free_port",
     "import_agent",
     "main",
-    "nats_bridge_child",
 ]

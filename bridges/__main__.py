@@ -2,6 +2,6 @@
 
 import sys
 
-from bridges._cli import main
+from bridges.cli import main
 
 sys.exit(main())

@@ -18,7 +18,7 @@ from messages import (
 )
 
 if TYPE_CHECKING:
-    from bridges import IoLoop
+    from bridges._loop import IoLoop
     from inference._pool import InferencePool
 
 # The pool answers by the deadline itself; this only covers the hop back.

@@ -6,12 +6,15 @@ import re
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Final, Literal
 
 import msgspec
 
 from config._base import Count, NonNegative, Positive, Section, Token
 from messages import ConfigError
+
+# An exllamav2 worker runs one generation at once until its engine says more.
+EXLLAMAV2_CAPACITY: Final = 1
 
 
 class ScriptedRule(Section, frozen=True, kw_only=True):
@@ -52,7 +55,24 @@ def read_rules_file(source: str, *, key: str = "rules_files") -> list[ScriptedRu
     return rules
 
 
-class ScriptedBackendSettings(Section, frozen=True, kw_only=True, tag="scripted", tag_field="kind"):
+class BackendSection(Section, frozen=True, kw_only=True):
+    """What the settings of every backend show, so nothing above the pool matches on the kind.
+
+    Each backend's settings have `model`, `capacity` and `context_length`
+    (fields, or properties where they follow from other fields): what a
+    tier's workers are taken to be until one of them answers.
+
+    Attributes:
+        process_default: Whether a tier runs its workers as OS processes when
+            its `process` is unset.
+    """
+
+    process_default: ClassVar[bool] = False
+
+
+class ScriptedBackendSettings(
+    BackendSection, frozen=True, kw_only=True, tag="scripted", tag_field="kind"
+):
     """The scripted backend: rule-driven replies, no model (tests, GPU-less runs).
 
     Attributes:
@@ -77,7 +97,9 @@ class ScriptedBackendSettings(Section, frozen=True, kw_only=True, tag="scripted"
     context_length: Annotated[int, msgspec.Meta(ge=1)] = 4096
 
 
-class OpenAIBackendSettings(Section, frozen=True, kw_only=True, tag="openai", tag_field="kind"):
+class OpenAIBackendSettings(
+    BackendSection, frozen=True, kw_only=True, tag="openai", tag_field="kind"
+):
     """Any OpenAI-compatible server (vLLM, TabbyAPI, llama.cpp server), streamed.
 
     Attributes:
@@ -98,7 +120,7 @@ class OpenAIBackendSettings(Section, frozen=True, kw_only=True, tag="openai", ta
 
 
 class ExLlamaV2BackendSettings(
-    Section, frozen=True, kw_only=True, tag="exllamav2", tag_field="kind"
+    BackendSection, frozen=True, kw_only=True, tag="exllamav2", tag_field="kind"
 ):
     """A quantized EXL2/GPTQ model on this node's CUDA GPU (the `gpu` extra).
 
@@ -108,12 +130,31 @@ class ExLlamaV2BackendSettings(
         max_seq_len: Context length; 0 keeps the model's.
     """
 
+    process_default: ClassVar[bool] = True  # a CUDA fault takes down one worker, not the node
+
     model_dir: str
     cache_mode: Literal["FP16", "Q4", "Q6", "Q8"] = "FP16"
     max_seq_len: Count = 0
 
+    @property
+    def model(self) -> str:
+        """The model directory's name, as results show it."""
+        return Path(self.model_dir).name
 
-class RemoteBackendSettings(Section, frozen=True, kw_only=True, tag="remote", tag_field="kind"):
+    @property
+    def capacity(self) -> int:
+        """1 until the engine, once loaded, reports its batch size."""
+        return EXLLAMAV2_CAPACITY
+
+    @property
+    def context_length(self) -> int:
+        """`max_seq_len`; 0: the model's own, unknown until it is loaded."""
+        return self.max_seq_len
+
+
+class RemoteBackendSettings(
+    BackendSection, frozen=True, kw_only=True, tag="remote", tag_field="kind"
+):
     """Model workers that other nodes run, reached over NATS `af.inf.<tier>`.
 
     A worker says what it is (backend, model, capacity, context) in the
@@ -130,6 +171,8 @@ class RemoteBackendSettings(Section, frozen=True, kw_only=True, tag="remote", ta
     context_length: Count = 0
 
 
+# A new backend is one settings class here, a member of this union, and its
+# entry in inference's registry (inference/_registry.py).
 BackendSettings = (
     ScriptedBackendSettings
     | OpenAIBackendSettings
@@ -152,8 +195,8 @@ class TierSettings(Section, frozen=True, kw_only=True):
         breaker_cooldown: Seconds out before a probe request is let in.
         process: Run each worker in its own OS process, supervised and
             reached over NATS `af.inf.<tier>` (needs `[nats]`): a crash or a
-            CUDA fault then takes down one worker, not the node. Unset: on
-            for `exllamav2`, off for the rest.
+            CUDA fault then takes down one worker, not the node. Unset: the
+            backend's `process_default` (on for `exllamav2`, off for the rest).
         gpus: The GPU of each worker process (`CUDA_VISIBLE_DEVICES`); empty:
             they all see what the node sees.
         heartbeat: Seconds between a worker process's signs of life while it
@@ -176,8 +219,13 @@ class TierSettings(Section, frozen=True, kw_only=True):
     def runs_processes(self) -> bool:
         """Whether this node runs the tier's workers as OS processes."""
         if self.process is None:
-            return isinstance(self.backend, ExLlamaV2BackendSettings)
+            return self.backend.process_default
         return self.process
+
+    @property
+    def reached_over_nats(self) -> bool:
+        """Whether the tier's workers are processes of this node or of others."""
+        return self.runs_processes or isinstance(self.backend, RemoteBackendSettings)
 
     def check(self, key: str) -> None:
         """Raise `ConfigError` (naming `key`) if the settings contradict each other."""

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from config._base import Count, ImportPath, NonNegative, Positive, Section, Token
-from config._inference import InferenceSettings, RemoteBackendSettings
+from config._inference import InferenceSettings
 from messages import ConfigError
 
 
@@ -296,7 +296,7 @@ class Settings(Section, frozen=True, kw_only=True):
             reason = "the audit log needs NATS, and [nats] is disabled"
             raise ConfigError("state.audit_stream", reason)
         for index, tier in enumerate(self.inference.tiers):
-            if tier.runs_processes or isinstance(tier.backend, RemoteBackendSettings):
+            if tier.reached_over_nats:
                 reason = "its workers are reached over NATS, and [nats] is disabled"
                 raise ConfigError(f"inference.tiers[{index}]", reason)
 

@@ -2,8 +2,8 @@
 
 from inference._backend import Backend, Emit, Generation, prompt_text
 from inference._breaker import Breaker, BreakerState
-from inference._client import PoolClient, Stream
 from inference._pool import InferencePool, PoolFull, PoolStatistics
+from inference._registry import backend_from_settings, check_available
 from inference._scripted import Rule, ScriptedBackend, scripted_from_settings
 from inference._settings import pool_from_settings
 from inference._tier import TierSpec, TierStatistics
@@ -15,14 +15,14 @@ __all__ = [
     "Emit",
     "Generation",
     "InferencePool",
-    "PoolClient",
     "PoolFull",
     "PoolStatistics",
     "Rule",
     "ScriptedBackend",
-    "Stream",
     "TierSpec",
     "TierStatistics",
+    "backend_from_settings",
+    "check_available",
     "pool_from_settings",
     "prompt_text",
     "scripted_from_settings",

@@ -7,7 +7,8 @@ from typing import Protocol
 
 import msgspec
 
-from messages import BadRequest, FinishReason, GenerateRequest, Metadata
+from messages import FinishReason, GenerateRequest, Metadata
+from messages import prompt_text as prompt_text  # noqa: PLC0414 - re-exported to the backends
 
 Emit = Callable[[str], None]
 
@@ -35,12 +36,13 @@ class Backend(Protocol):
 
     Backends run on the I/O loop: `generate` is a coroutine that streams text
     through `emit` as it is produced and is cancelled (the task is) when the
-    request's deadline passes or its caller goes away.
+    request's deadline passes or its caller goes away. This is everything the
+    pool asks of a worker.
     """
 
     @property
     def name(self) -> str:
-        """`exllamav2`, `openai` or `scripted`."""
+        """Its kind, as the `[backend]` table names it (`openai`, `scripted`, ...)."""
         ...
 
     @property
@@ -70,22 +72,10 @@ class Backend(Protocol):
         """
         ...
 
+    async def aclose(self) -> None:
+        """Let go of what it holds (a model, a connection, a thread); a no-op if nothing.
 
-def prompt_text(request: GenerateRequest) -> str:
-    """The request's prompt as one string: raw, or chat turns one per line.
-
-    Raises:
-        BadRequest: If neither or both of `prompt` and `messages` are given,
-            or the prompt is empty.
-    """
-    if (request.prompt is None) == (request.messages is None):
-        msg = "give exactly one of prompt and messages"
-        raise BadRequest(msg)
-    if request.prompt is not None:
-        text = request.prompt
-    else:
-        text = "\n".join(f"{m.role}: {m.content}" for m in request.messages or ())
-    if not text.strip():
-        msg = "the prompt is empty"
-        raise BadRequest(msg)
-    return text
+        The pool calls it once, when it is retired and its work has ended or been
+        given up on.
+        """
+        ...

@@ -21,16 +21,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
-import importlib.util
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from inference._backend import Emit, Generation, prompt_text
 from messages import ConfigError, FinishReason, GenerateRequest, Metadata
+
+if TYPE_CHECKING:
+    from config import ExLlamaV2BackendSettings
 
 logger: Final = logging.getLogger("actorfleet.inference.exllamav2")
 
@@ -67,21 +69,6 @@ def paged_attention_available() -> bool:
     except importlib.metadata.PackageNotFoundError:
         return False
     return version_tuple(installed) >= FLASH_ATTN_MIN
-
-
-def check_installed() -> None:
-    """Fail now, with the reason, if the `gpu` extra is missing (nothing is imported).
-
-    Raises:
-        ConfigError: If torch or exllamav2 is not installed.
-    """
-    missing = [name for name in ("torch", "exllamav2") if importlib.util.find_spec(name) is None]
-    if missing:
-        msg = (
-            "the exllamav2 backend needs the 'gpu' extra (pip install '.[gpu]'): "
-            f"{' and '.join(missing)} not installed"
-        )
-        raise ConfigError(_CONFIG_KEY, msg)
 
 
 def render_prompt(request: GenerateRequest) -> str:
@@ -128,7 +115,10 @@ class Engine:
                 ExLlamaV2Sampler,
             )
         except ImportError as exc:
-            msg = f"the exllamav2 backend needs the 'gpu' extra (pip install '.[gpu]'): {exc}"
+            msg = (
+                "the exllamav2 backend needs the 'gpu' extra "
+                f"(pip install 'actorfleet[gpu]'): {exc}"
+            )
             raise ConfigError(_CONFIG_KEY, msg) from exc
         if not torch.cuda.is_available():
             raise ConfigError(
@@ -383,3 +373,18 @@ def _generation(
         completion_tokens=int(event.get("new_tokens", len(pieces))),
         first_token_s=time.monotonic() - started if first_token_s is None else first_token_s,
     )
+
+
+def exllamav2_from_settings(settings: ExLlamaV2BackendSettings) -> ExLlamaV2Backend:
+    """An exllamav2 backend over a new engine, as a tier's `[backend]` table describes it.
+
+    Raises:
+        ConfigError: If torch or exllamav2 cannot be imported, or no CUDA
+            device is visible.
+    """
+    engine = Engine(
+        settings.model_dir,
+        cache_mode=settings.cache_mode,
+        max_seq_len=settings.max_seq_len or None,
+    )
+    return ExLlamaV2Backend(engine)

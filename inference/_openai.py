@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
@@ -24,6 +24,9 @@ from messages import (
     NotFound,
     Overloaded,
 )
+
+if TYPE_CHECKING:
+    from config import OpenAIBackendSettings
 
 NAME: Final = "openai"
 CHARS_PER_TOKEN: Final = 4
@@ -271,3 +274,15 @@ def _http_error(response: httpx.Response) -> Exception:
 def api_key_from_env(variable: str) -> str | None:
     """The API key in environment variable `variable` (empty name: none)."""
     return os.environ.get(variable) or None if variable else None
+
+
+def openai_from_settings(settings: OpenAIBackendSettings) -> OpenAIBackend:
+    """An openai backend configured by a tier's `[backend]` table."""
+    return OpenAIBackend(
+        settings.url,
+        settings.model,
+        api_key=api_key_from_env(settings.api_key_env),
+        capacity=settings.capacity,
+        context_length=settings.context_length,
+        connect_timeout=settings.connect_timeout,
+    )

@@ -8,6 +8,9 @@ and it may degrade, to the next smaller tier; otherwise it is answered
 `Overloaded` with a `retry_after` at once. Queued work that a more important
 request needs room for is shed, sheddable first. Every request gets one
 answer: a result, or a typed error no later than its deadline.
+
+Which tier takes a request is decided by `inference._admission.place` over
+each tier's figures; this module carries the decision out and runs the work.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import msgspec
 from opentelemetry.trace import SpanKind, StatusCode
 
 from actors._tracing import Tracing, within
+from inference._admission import RETRY_AFTER_DIGITS, Enqueue, Refuse, Start, place
 from inference._backend import Backend, Generation, prompt_text
 from inference._tier import PRIORITIES, RANK, Job, OnChunk, Tier, TierSpec, TierStatistics
 from messages import (
@@ -173,7 +177,8 @@ class InferencePool:
         future: asyncio.Future[GenerateResult] = asyncio.get_running_loop().create_future()
         return Job(request, meta, on_chunk, future)
 
-    def _candidates(self, request: GenerateRequest) -> list[Tier]:
+    def _tiers_for(self, request: GenerateRequest) -> list[Tier]:
+        """The tiers `request` may go to: its own, then the smaller ones if it may degrade."""
         name = request.tier or self.default_tier
         index = self._by_name.get(name)
         if index is None:
@@ -186,96 +191,66 @@ class InferencePool:
             job.fail(Unavailable("the inference pool is shutting down"))
             return
         try:
-            candidates = self._candidates(job.request)
-            self._validate(job, candidates[0])
+            tiers = self._tiers_for(job.request)
+            self._validate(job, tiers[0])
         except AgentError as error:
             job.fail(error)
             return
-        job.preferred = candidates[0]
-        self._place(job, candidates, start_only=start_only)
+        job.preferred = tiers[0]
+        self._place(job, tiers, start_only=start_only)
 
-    def _place(self, job: Job, candidates: Sequence[Tier], *, start_only: bool) -> None:
-        """Start, queue or refuse `job` on the first of `candidates` that can answer in time."""
+    def _place(self, job: Job, tiers: Sequence[Tier], *, start_only: bool) -> None:
+        """Start, queue or refuse `job` on the first of `tiers` that can answer in time."""
         remaining = job.meta.deadline - time.time()
         if remaining <= 0:
             job.fail(RequestTimeout("deadline passed before the pool could place the request"))
             return
-        retry_after = math.inf
-        for tier in candidates:
-            if not tier.breaker.would_allow() or not self._fits(job, tier):
-                retry_after = min(retry_after, tier.breaker.retry_after() or math.inf)
-                continue
-            job.degraded = tier is not job.preferred
-            patience = self._patience(job, tier, candidates)
-            if patience != math.inf and tier.service_s(job) > remaining:
-                continue  # it would miss the deadline here; a smaller tier may not
-            worker = tier.free_worker()
-            # A free worker takes the request at once, unless others queue for it.
-            if worker is not None and not tier.queued and tier.breaker.allow():
+        candidates = [tier.candidate(job) for tier in tiers]
+        match place(candidates, remaining=remaining, start_only=start_only):
+            case Start(tier=index):
+                tier = tiers[index]
+                job.degraded = tier is not job.preferred
+                worker = tier.free_worker()
+                # The decision saw a free slot and a breaker that lets a request
+                # in; `allow` takes the probe slot of a half-open one.
+                if worker is None or not tier.breaker.allow():
+                    self._refuse(job, remaining, None, start_only=start_only)
+                    return
                 self._count_admission(job, tier)
                 self._start(job, tier, worker, probe=tier.breaker.probing)
-                return
-            wait = tier.wait_s(job)
-            if tier.ewma_token is not None:  # nothing is known of a cold tier
-                retry_after = min(retry_after, max(wait, tier.service_s(job)))
-            if start_only or wait + tier.service_s(job) > remaining:
-                continue
-            if wait > patience:
-                continue  # a smaller tier answers sooner than this one's queue
-            if tier.queue_room(job.meta.priority) or self._shed_for(job, tier):
+            case Enqueue(tier=index, patience=patience, shed=shed):
+                tier = tiers[index]
+                job.degraded = tier is not job.preferred
+                if shed:
+                    self._shed_for(job, tier)
                 self._count_admission(job, tier)
                 self._enqueue(job, tier, patience)
-                return
-        self._refuse(job, remaining, retry_after, start_only=start_only)
+            case Refuse(retry_after=retry_after):
+                self._refuse(job, remaining, retry_after, start_only=start_only)
 
-    def _refuse(self, job: Job, remaining: float, retry_after: float, *, start_only: bool) -> None:
+    def _refuse(
+        self, job: Job, remaining: float, retry_after: float | None, *, start_only: bool
+    ) -> None:
         self.rejections += 1
         if job.preferred is not None:
             job.preferred.rejected += 1
         error_type = PoolFull if start_only else Overloaded
         job.fail(
-            error_type(
-                f"no tier can answer within {remaining:.3f} s",
-                retry_after=None if retry_after in {math.inf, 0.0} else round(retry_after, 3),
-            )
+            error_type(f"no tier can answer within {remaining:.3f} s", retry_after=retry_after)
         )
-
-    def _patience(self, job: Job, tier: Tier, candidates: Sequence[Tier]) -> float:
-        """How long `job` may wait for `tier` before a smaller tier should take it.
-
-        Forever (up to its deadline) when no smaller candidate could take it now.
-        """
-        later = candidates[list(candidates).index(tier) + 1 :]
-        if not any(t.breaker.would_allow() and self._fits(job, t) for t in later):
-            return math.inf
-        return tier.degrade_wait * tier.service_s(job)
 
     def _validate(self, job: Job, tier: Tier) -> None:
         prompt_text(job.request)
         if job.request.max_tokens < 1:
             msg = f"max_tokens must be at least 1, not {job.request.max_tokens}"
             raise BadRequest(msg)
-        prompt_tokens = self._prompt_tokens(job, tier)
+        prompt_tokens = tier.prompt_tokens(job)
         if prompt_tokens + job.request.max_tokens > tier.context_length:
             msg = (
                 f"{prompt_tokens} prompt tokens + max_tokens {job.request.max_tokens} exceed "
                 f"the {tier.name} tier's context of {tier.context_length}"
             )
             raise BadRequest(msg)
-
-    def _fits(self, job: Job, tier: Tier) -> bool:
-        return self._prompt_tokens(job, tier) + job.request.max_tokens <= tier.context_length
-
-    def _prompt_tokens(self, job: Job, tier: Tier) -> int:
-        """Tokens of the prompt by the tier's tokenizer, counted once per job and tier.
-
-        A real tokenizer runs on the loop; admission asks for the count of a
-        tier several times, so it is remembered.
-        """
-        count = job.prompt_tokens.get(tier.name)
-        if count is None:
-            count = job.prompt_tokens[tier.name] = tier.workers[0].count_tokens(job.request)
-        return count
 
     def _count_admission(self, job: Job, tier: Tier) -> None:
         self.admissions += 1
@@ -284,24 +259,18 @@ class InferencePool:
             self.degrades += 1
             tier.degraded_in += 1
 
-    def _shed_for(self, job: Job, tier: Tier) -> bool:
+    def _shed_for(self, job: Job, tier: Tier) -> None:
         """Make room by answering the newest less important queued job `Overloaded`."""
-        for priority in reversed(PRIORITIES):
-            if RANK[priority] <= RANK[job.meta.priority]:
-                return False
+        for priority in reversed(PRIORITIES[RANK[job.meta.priority] + 1 :]):
             queue = tier.queues[priority]
             if queue:
                 victim = queue.pop()
                 self._unschedule(victim)
                 tier.rejected += 1
                 self.rejections += 1
-                victim.fail(
-                    Overloaded(
-                        "shed for more important work", retry_after=round(tier.service_s(job), 3)
-                    )
-                )
-                return True
-        return False
+                retry_after = round(tier.service_s(job), RETRY_AFTER_DIGITS)
+                victim.fail(Overloaded("shed for more important work", retry_after=retry_after))
+                return
 
     # -- queueing -------------------------------------------------------------
 
@@ -322,7 +291,7 @@ class InferencePool:
             return
         index = self._tiers.index(tier)
         smaller = self._tiers[index + 1 :]
-        if not any(t.breaker.would_allow() and self._fits(job, t) for t in smaller):
+        if not any(t.candidate(job).takes for t in smaller):
             return  # nowhere better to go: it keeps its place and its deadline
         tier.queues[job.meta.priority].remove(job)
         self._unschedule(job)
@@ -515,9 +484,7 @@ class InferencePool:
             await asyncio.wait_for(self.join(), grace)
         for tier in self._tiers:
             for worker in tier.workers:
-                close = getattr(worker, "aclose", None)
-                if close is not None:
-                    await close()
+                await worker.aclose()
 
     # -- health ---------------------------------------------------------------
 

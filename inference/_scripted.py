@@ -122,6 +122,9 @@ class ScriptedBackend:
             first_token_s=first_token_s,
         )
 
+    async def aclose(self) -> None:
+        """Nothing to let go: it holds no model, connection or thread."""
+
 
 def scripted_from_settings(settings: ScriptedBackendSettings) -> ScriptedBackend:
     """A scripted backend configured by a tier's `[backend]` table."""

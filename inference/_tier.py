@@ -10,6 +10,7 @@ from typing import Annotated, Final
 
 import msgspec
 
+from inference._admission import Candidate
 from inference._backend import Backend, Generation
 from inference._breaker import Breaker, BreakerState
 from messages import GenerateRequest, GenerateResult, Metadata, Priority, TokenChunk
@@ -200,6 +201,38 @@ class Tier:
         if priority is Priority.SHEDDABLE:
             bound = int(bound * SHEDDABLE_QUEUE_SHARE)
         return self.queued < bound
+
+    def prompt_tokens(self, job: Job) -> int:
+        """Tokens of the prompt by the tier's tokenizer, counted once per job and tier.
+
+        A real tokenizer runs on the loop; admission asks for the count of a
+        tier several times, so it is remembered.
+        """
+        count = job.prompt_tokens.get(self.name)
+        if count is None:
+            count = job.prompt_tokens[self.name] = self.workers[0].count_tokens(job.request)
+        return count
+
+    def fits(self, job: Job) -> bool:
+        """Whether the prompt plus `max_tokens` fit the tier's context."""
+        return self.prompt_tokens(job) + job.request.max_tokens <= self.context_length
+
+    def candidate(self, job: Job) -> Candidate:
+        """The tier as `job` finds it now, for the placement decision."""
+        up = self.breaker.would_allow()
+        return Candidate(
+            name=self.name,
+            up=up,
+            degrade_wait=self.degrade_wait,
+            retry_after=self.breaker.retry_after(),
+            fits=up and self.fits(job),
+            service_s=self.service_s(job),
+            wait_s=self.wait_s(job),
+            measured=self.ewma_token is not None,
+            free=self.free_worker() is not None and not self.queued,
+            queue_room=self.queue_room(job.meta.priority),
+            can_shed=any(self.queues[p] for p in PRIORITIES[RANK[job.meta.priority] + 1 :]),
+        )
 
     def learn_cut(self, tokens: int, started: float, finished: float) -> None:
         """Learn from a generation cut short: its pace so far bounds the per-token time."""

@@ -13,9 +13,9 @@ import httpx
 import msgspec
 
 from actors import state_key, unseal
-from bridges._audit import JetStreamAudit
 from bridges._loop import run_async
-from bridges._state import AsyncStore, KvStore, RedisStore
+from bridges.stores import AsyncStore, KvStore, RedisStore
+from bridges.stores._audit import JetStreamAudit
 from messages import GenerationAudited, UserDataErased
 from supervisors import SupervisorStatistics
 

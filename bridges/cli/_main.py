@@ -13,10 +13,10 @@ import msgspec
 
 import config
 from actors import tracing_from_settings
-from bridges._app import build_node, import_agent
-from bridges._cli_client import add_client_commands, audit, default_url, print_tree, send, status
 from bridges._loop import run_async
-from bridges._model_worker import serve_worker
+from bridges.cli._client import add_client_commands, audit, default_url, print_tree, send, status
+from bridges.node._build import build_node, import_agent
+from bridges.workers._worker import serve_worker
 from messages import ActorfleetError, ConfigError, StartFailed, Unavailable
 from supervisors import Supervisor, SupervisorStatistics, pin_cpus
 

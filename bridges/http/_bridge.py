@@ -6,7 +6,7 @@
 * `POST /v1/generate` and `POST /v1/generate/stream` (Server-Sent Events):
   the node's inference pool.
 * OpenAPI 3.1 at `/schema` (`/schema/openapi.json`), from the msgspec types.
-* `/livez`, `/readyz`, `/healthz`, `/metrics` (see `bridges._health`).
+* `/livez`, `/readyz`, `/healthz`, `/metrics` (see `bridges.http._health`).
 
 Every failure is `application/problem+json` (RFC 9457) with the typed error's
 code; nothing about the server's insides reaches a client.
@@ -15,7 +15,6 @@ code; nothing about the server's insides reaches a client.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import socket
@@ -34,33 +33,33 @@ from litestar.response import ServerSentEvent
 from opentelemetry.trace import SpanKind
 
 from actors import within
-from bridges._health import Health, health_routes
-from bridges._http_body import JsonBodyRequest, body_type
-from bridges._http_erasure import erasure_route
-from bridges._http_generate import generate_routes
-from bridges._http_headers import request_metadata
-from bridges._http_schema import check_api_key, document_rules, reply_types, union_of
-from bridges._http_server import bounded_protocol
-from bridges._http_streams import (
-    SSE_MEDIA_TYPE,
-    SSE_RESPONSE,
-    relay_agent_stream,
-)
-from bridges._metrics import Metrics
-from bridges._problems import (
+from bridges._seam import Cancelled, PoolClient
+from bridges.http._body import JsonBodyRequest, body_type
+from bridges.http._erasure import erasure_route
+from bridges.http._generate import generate_routes
+from bridges.http._headers import request_metadata
+from bridges.http._health import Health, health_routes
+from bridges.http._metrics import Metrics
+from bridges.http._problems import (
     PROBLEMS,
     ClientGone,
     on_error,
     status_of,
     unless_gone,
 )
-from bridges._serving import request_types
-from inference import PoolClient
-from inference._client import Cancelled
+from bridges.http._schema import check_api_key, document_rules, reply_types, union_of
+from bridges.http._server import bounded_protocol
+from bridges.http._streams import (
+    SSE_MEDIA_TYPE,
+    SSE_RESPONSE,
+    relay_agent_stream,
+)
+from bridges.nats._serving import request_types
 from messages import Metadata, RequestTimeout, Unavailable
 
 if TYPE_CHECKING:
     from actors import Agent, Reply, Runtime
+    from bridges._held import Held
     from config import HttpSettings
 
 logger: Final = logging.getLogger("actorfleet.http")
@@ -79,6 +78,7 @@ class HttpBridge:
         agents: The agent classes whose types get an endpoint and a schema.
         health: The node's health checks.
         metrics: The node's metrics.
+        pool: The node's inference pool while it runs (the generation routes).
     """
 
     def __init__(
@@ -89,8 +89,10 @@ class HttpBridge:
         *,
         health: Health,
         metrics: Metrics,
+        pool: Held[PoolClient],
     ) -> None:
         self.runtime = runtime
+        self._pool = pool
         self.settings = settings
         self.agents = list(agents)
         self.health = health
@@ -138,23 +140,30 @@ class HttpBridge:
             timeout_graceful_shutdown=int(SHUTDOWN_GRACE),
         )
         server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve(sockets=[sock]))
+        # What `Server.serve` does, in two halves: bound and listening once
+        # `startup` returns, then serving in a task until told to exit.
+        config.load()
+        server.lifespan = config.lifespan_class(config)
+        try:
+            await server.startup(sockets=[sock])
+        except BaseException:
+            sock.close()
+            raise
+        task = asyncio.create_task(_serve_until_exit(server, sock))
         self._servers.append((server, task))
         self.ports.append(sock.getsockname()[1])
-        while not server.started:
-            if task.done():
-                task.result()
-                msg = f"the HTTP server on port {port} stopped while starting"
-                raise Unavailable(msg)
-            await asyncio.sleep(0)  # startup is a handful of loop turns, no I/O wait
 
     async def close(self) -> None:
         """Stop accepting, let requests in progress finish (bounded), close."""
         for server, _task in self._servers:
             server.should_exit = True
         for _server, task in self._servers:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
+            try:
                 await asyncio.wait_for(task, SHUTDOWN_GRACE * 2)
+            except (TimeoutError, asyncio.CancelledError):
+                logger.warning("an HTTP server did not stop within %.0f s", SHUTDOWN_GRACE * 2)
+            except Exception:
+                logger.exception("an HTTP server failed while it stopped")
         self._servers.clear()
 
     @property
@@ -381,11 +390,17 @@ class HttpBridge:
     # -- generations --------------------------------------------------------
 
     def pool(self) -> PoolClient:
-        client = self.runtime.inference
-        if not isinstance(client, PoolClient):
-            msg = "this node runs no inference pool"
-            raise Unavailable(msg)
-        return client
+        """The inference pool running now.
+
+        Raises:
+            Unavailable: If the node runs none (now).
+        """
+        return self._pool.get()
+
+
+async def _serve_until_exit(server: uvicorn.Server, sock: socket.socket) -> None:
+    await server.main_loop()
+    await server.shutdown(sockets=[sock])
 
 
 def _as_future(reply: Reply[Any]) -> asyncio.Future[Any]:

@@ -14,18 +14,18 @@ import msgspec
 from litestar import Request, delete
 from litestar.params import FromPath
 
-from bridges._problems import PROBLEMS
-from bridges._serving import request_types
+from bridges.http._problems import PROBLEMS
+from bridges.nats._serving import request_types
 from messages import BadRequest, Message
 
 if TYPE_CHECKING:
     from actors import Agent
-    from bridges._http import HttpBridge
+    from bridges.http._host import Edge
 
 ERASURE_REQUEST: Final = "EraseUserData"
 
 
-def erasure_route(bridge: HttpBridge, agents: Sequence[type[Agent]]) -> Any | None:
+def erasure_route(bridge: Edge, agents: Sequence[type[Agent]]) -> Any | None:
     """The erasure route, if one of `agents` handles `EraseUserData`; else None."""
     for agent_class in agents:
         for request_type in request_types(agent_class):
@@ -34,7 +34,7 @@ def erasure_route(bridge: HttpBridge, agents: Sequence[type[Agent]]) -> Any | No
     return None
 
 
-def _route(bridge: HttpBridge, agent_type: str, request_type: type[Message]) -> Any:
+def _route(bridge: Edge, agent_type: str, request_type: type[Message]) -> Any:
     async def erase(request: Request[Any, Any, Any], user_id: FromPath[str]) -> Any:
         try:
             message = msgspec.convert({"user_id": user_id}, request_type)

@@ -10,22 +10,22 @@ from litestar import Request, post
 from litestar.params import JSONBody
 from litestar.response import ServerSentEvent
 
-from bridges._http_body import body_type
-from bridges._http_streams import SSE_MEDIA_TYPE, SSE_RESPONSE, relay_generation
-from bridges._problems import PROBLEMS, unless_gone
+from bridges.http._body import body_type
+from bridges.http._problems import PROBLEMS, unless_gone
+from bridges.http._streams import SSE_MEDIA_TYPE, SSE_RESPONSE, relay_generation
 from inference import prompt_text
 from messages import GenerateRequest, GenerateResult, Metadata
 
 if TYPE_CHECKING:
-    from bridges._http import HttpBridge
+    from bridges.http._host import Edge
 
 
-def generate_routes(bridge: HttpBridge) -> list[Any]:
+def generate_routes(bridge: Edge) -> list[Any]:
     """The two generation routes of `bridge`."""
     return [_generate_route(bridge), _generate_stream_route(bridge)]
 
 
-def _generate_route(bridge: HttpBridge) -> Any:
+def _generate_route(bridge: Edge) -> Any:
     async def generate(request: Request[Any, Any, Any], data: JSONBody[GenerateRequest]) -> Any:
         return await bridge.observed(
             "generate", request, lambda meta: _generate(bridge, request, data, meta)
@@ -46,14 +46,14 @@ def _generate_route(bridge: HttpBridge) -> Any:
 
 
 async def _generate(
-    bridge: HttpBridge, request: Request[Any, Any, Any], data: GenerateRequest, meta: Metadata
+    bridge: Edge, request: Request[Any, Any, Any], data: GenerateRequest, meta: Metadata
 ) -> Any:
     pool = bridge.pool().pool
     # The pool answers by the deadline; leaving early cancels and frees the slot.
     return await unless_gone(request, asyncio.ensure_future(pool.submit(data, meta)))
 
 
-def _generate_stream_route(bridge: HttpBridge) -> Any:
+def _generate_stream_route(bridge: Edge) -> Any:
     record = bridge.metrics.recorder("http", "generate")
 
     async def generate_stream(

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from litestar import MediaType, Response, get
 
-from bridges._metrics import CONTENT_TYPE, Metrics, Snapshot
-from bridges._nats import ConnectionState, NatsBridge
-from bridges._resource_child import Resources
-from inference import PoolClient, PoolStatistics
+from bridges._held import Held, Resources
+from bridges._seam import PoolClient
+from bridges.http._metrics import CONTENT_TYPE, Metrics, Snapshot
+from bridges.nats._bridge import ConnectionState, NatsBridge
+from inference import PoolStatistics
 
 if TYPE_CHECKING:
-    from actors import Runtime
     from supervisors import ChildStatistics, SupervisorStatistics
 
 HEALTH_JSON: Final = "application/health+json"
@@ -72,10 +72,12 @@ class Health:
     """Reads the node's state for the health endpoints (on the I/O loop).
 
     Args:
-        runtime: The node's runtime (its bridge and pool).
+        node: The node's name (the report's `serviceId`).
         tree: Returns the live supervision tree (blocks: run off the loop).
         needs_inference: Whether agents need a model tier to be up to be ready.
         needs_nats: Whether the node is configured to use NATS.
+        nats: The node's NATS bridge while it runs.
+        pool: The node's inference pool while it runs.
         resources: What the node holds open (state store, audit log).
         required: The ones it cannot serve without, as (child id, check
             name): each must be open and answer its probe, or the node is
@@ -84,19 +86,23 @@ class Health:
 
     def __init__(
         self,
-        runtime: Runtime,
+        node: str,
         tree: Callable[[], SupervisorStatistics],
         *,
         needs_inference: bool,
         needs_nats: bool,
-        resources: Resources | None = None,
+        nats: Held[NatsBridge],
+        pool: Held[PoolClient],
+        resources: Resources,
         required: Sequence[tuple[str, str]] = (),
     ) -> None:
-        self.runtime = runtime
+        self.node = node
         self._tree = tree
+        self._nats = nats
+        self._pool = pool
         self.needs_inference = needs_inference
         self.needs_nats = needs_nats
-        self.resources = resources or Resources()
+        self.resources = resources
         self.required = tuple(required)
 
     async def tree(self) -> SupervisorStatistics | None:
@@ -108,8 +114,8 @@ class Health:
 
     def pool(self) -> PoolStatistics | None:
         """The inference pool's statistics, if this node runs one."""
-        client = self.runtime.inference
-        return client.pool.statistics() if isinstance(client, PoolClient) else None
+        client = self._pool.current
+        return None if client is None else client.pool.statistics()
 
     async def live(self) -> tuple[bool, str]:
         """Whether the loop (this answering) and the root supervisor answer."""
@@ -162,7 +168,7 @@ class Health:
         status = _worst(c.status for found in checks.values() for c in found)
         return Report(
             status=status,
-            serviceId=self.runtime.node,
+            serviceId=self.node,
             description="actorfleet node",
             checks=checks,
             tree=tree,
@@ -200,12 +206,12 @@ class Health:
         return None
 
     def _nats_ok(self) -> bool:
-        bridge = self.runtime.transport
-        return isinstance(bridge, NatsBridge) and bridge.state is ConnectionState.CONNECTED
+        bridge = self._nats.current
+        return bridge is not None and bridge.state is ConnectionState.CONNECTED
 
     def _nats_check(self, stamp: str) -> Check:
-        bridge = self.runtime.transport
-        if not isinstance(bridge, NatsBridge):
+        bridge = self._nats.current
+        if bridge is None:
             return Check(
                 componentId="nats",
                 componentType="component",

@@ -32,7 +32,7 @@ import h11
 import msgspec
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from bridges._problems import PROBLEM_JSON, problem_body, retry_after_header
+from bridges.http._problems import PROBLEM_JSON, problem_body, retry_after_header
 from messages import ErrorCode
 
 if TYPE_CHECKING:

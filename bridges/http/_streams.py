@@ -19,8 +19,8 @@ import msgspec
 from litestar.openapi import ResponseSpec
 from litestar.response import ServerSentEventMessage
 
-from bridges._problems import CLIENT_CLOSED, Problem, error_response, status_of
-from inference._client import Cancelled
+from bridges._seam import Cancelled
+from bridges.http._problems import CLIENT_CLOSED, Problem, error_response, status_of
 from messages import (
     AgentError,
     GenerateRequest,

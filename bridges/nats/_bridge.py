@@ -16,7 +16,6 @@ import math
 import time
 import typing
 from collections.abc import Callable, Coroutine, Sequence
-from importlib import metadata as distribution
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -26,13 +25,13 @@ from nats.micro.service import Service
 from opentelemetry.trace import SpanKind
 
 from actors import Call, Reply, Runtime, within
-from bridges._connect import connect
-from bridges._events import EventRouter
-from bridges._inbox import Inbox
-from bridges._nats_calls import request_reply, settle, stream_reply
 from bridges._outbox import Outbox
-from bridges._serving import AgentEndpoint, event_types, headers_size
-from bridges._wire import (
+from bridges.nats._calls import request_reply, settle, stream_reply
+from bridges.nats._connect import connect
+from bridges.nats._events import EventRouter
+from bridges.nats._inbox import Inbox
+from bridges.nats._serving import AgentEndpoint, event_types, headers_size
+from bridges.nats._wire import (
     Subjects,
     check_token,
     encode_request,
@@ -54,20 +53,10 @@ if TYPE_CHECKING:
 
     from actors import Agent
     from bridges._loop import IoLoop
-    from bridges._metrics import Metrics
+    from bridges.nats._host import Observer
     from config import EventSettings, NatsSettings
 
 logger: Final = logging.getLogger("actorfleet.nats")
-
-_VERSION: Final = "0.0.0"
-_MICRO_NAME_MAX: Final = 64
-
-
-def _package_version() -> str:
-    try:
-        return distribution.version("actorfleet")
-    except distribution.PackageNotFoundError:
-        return _VERSION
 
 
 class ConnectionState(enum.StrEnum):
@@ -101,7 +90,7 @@ class NatsBridge:
         agents: Sequence[type[Agent]] = (),
         *,
         url: str | None = None,
-        metrics: Metrics | None = None,
+        metrics: Observer | None = None,
     ) -> None:
         self.runtime = runtime
         self.io = io
@@ -153,6 +142,16 @@ class NatsBridge:
     def on_closed(self, callback: typing.Callable[[], None]) -> None:
         """Call `callback()` (on the loop) if the connection is given up."""
         self._on_closed.append(callback)
+
+    def on_lost(self, callback: typing.Callable[[str], None]) -> None:
+        """Call `callback(reason)` (on the loop) if the connection is given up (a `Resource`)."""
+        self.on_closed(lambda: callback("the NATS connection was closed"))
+
+    async def probe(self) -> str | None:
+        """Why the bridge cannot serve now, or None while it is connected."""
+        if self.state is ConnectionState.CONNECTED:
+            return None
+        return f"NATS is {self.state}"
 
     async def start(self) -> None:
         """Connect, set up the event streams, serve the agents.
@@ -251,8 +250,10 @@ class NatsBridge:
                 await nc.close()
         except Exception as exc:  # noqa: BLE001 - the connection is going away either way
             logger.warning("NATS disconnect: %s", exc)
-            with contextlib.suppress(Exception):
+            try:
                 await nc.close()
+            except Exception as again:  # noqa: BLE001 - closing is all that is left to try
+                logger.warning("NATS close after a failed drain: %r", again)
 
     def track(self, delta: int) -> None:
         """Count work that must finish before a graceful close (loop thread only)."""
@@ -267,7 +268,10 @@ class NatsBridge:
             callback(state)
 
     async def _on_error(self, error: Exception) -> None:
-        logger.warning("NATS: %s", error)
+        # While the first connection is made (the server may still be starting),
+        # nats-py retries on its own: a refused attempt is no news.
+        level = logging.DEBUG if self.state is ConnectionState.CONNECTING else logging.WARNING
+        logger.log(level, "NATS: %s", error)
 
     async def _on_disconnected(self) -> None:
         if self._nc is not None:
@@ -414,7 +418,7 @@ class NatsBridge:
         """A request whose handler emits chunks: relay them, then settle the reply.
 
         The responder answers on our own inbox: chunk frames first, then the
-        reply (see `bridges._wire.STREAM_HEADER`).
+        reply (see `bridges.nats._wire.STREAM_HEADER`).
         """
         self.spawn(settle(subject, reply, self._stream(subject, body, reply)))
 

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 import nats.errors
 
-from bridges._inbox import no_responders
-from bridges._wire import STREAM_HEADER, decode_reply, decode_stream_frame
+from bridges.nats._inbox import no_responders
+from bridges.nats._wire import STREAM_HEADER, decode_reply, decode_stream_frame
 from messages import AgentError, InternalError, RequestTimeout, Unavailable
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
     from actors import Reply
-    from bridges._inbox import Inbox
+    from bridges.nats._inbox import Inbox
 
 logger: Final = logging.getLogger("actorfleet.nats")
 
@@ -51,7 +51,7 @@ async def stream_reply(
     """A request whose handler emits chunks: relay them to `reply`, return the answer.
 
     The responder answers on our own inbox: chunk frames first, then the
-    reply (see `bridges._wire.STREAM_HEADER`).
+    reply (see `bridges.nats._wire.STREAM_HEADER`).
     """
     answer_to, frames = await inbox.open()
     try:

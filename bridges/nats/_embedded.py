@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
@@ -12,7 +13,9 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
-from typing import Final, Self
+from tempfile import gettempdir
+from typing import TYPE_CHECKING, Final, Self
+from urllib.parse import urlsplit
 
 from messages import ConfigError, Unavailable
 from supervisors import unpin_process
@@ -56,6 +59,12 @@ def port_answers(host: str, port: int, *, timeout: float = 0.2) -> bool:
             return True
     except OSError:
         return False
+
+
+_NATS_PORT: Final = 4222
+
+if TYPE_CHECKING:
+    from config import NatsSettings
 
 
 class NatsServer:
@@ -201,3 +210,40 @@ class NatsServer:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def host_ports(url: str) -> list[tuple[str, int]]:
+    """Host and port of each server in a comma-separated NATS URL list."""
+    found = []
+    for item in url.split(","):
+        text = item.strip()
+        parts = urlsplit(text if "://" in text else f"nats://{text}")
+        found.append((parts.hostname or LOOPBACK, parts.port or _NATS_PORT))
+    return found
+
+
+def embedded_server(settings: NatsSettings) -> NatsServer | None:
+    """The server to embed, or None.
+
+    None if embedding is off, if any server of the URL list answers, or if
+    the URL is not one loopback address: a node must not start a private
+    broker in place of a remote or clustered one that is down (it would cut
+    itself off). The embedded server listens on the URL's own port, so other
+    nodes on this host find it, and keeps its JetStream data in
+    `nats.store_dir` (default `<temp dir>/actorfleet-nats-<port>`).
+    """
+    servers = host_ports(settings.url)
+    if not settings.embed or any(port_answers(host, port) for host, port in servers):
+        return None
+    [(host, port), *others] = servers
+    if others or not _is_loopback(host):
+        return None
+    store = Path(settings.store_dir or Path(gettempdir()) / f"actorfleet-nats-{port}")
+    return NatsServer(port=port, store_dir=store)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False

@@ -27,8 +27,8 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from actors import Call, Reply
-from bridges._serving import headers_size
-from bridges._wire import (
+from bridges.nats._serving import headers_size
+from bridges.nats._wire import (
     ERROR_CODE,
     ERROR_MESSAGE,
     MSG_ID,
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from nats.js import JetStreamContext
 
     from actors import Agent, TypeRef
-    from bridges._nats import NatsBridge
+    from bridges.nats._host import Host
     from config import EventSettings
 
 logger: Final = logging.getLogger("actorfleet.events")
@@ -102,7 +102,7 @@ class Flow:
     close waits for their acks.
     """
 
-    def __init__(self, bridge: NatsBridge, settings: EventSettings) -> None:
+    def __init__(self, bridge: Host, settings: EventSettings) -> None:
         self.bridge = bridge
         self.settings = settings
         self.in_flight = 0
@@ -150,7 +150,7 @@ class Flow:
 class EventRouter:
     """The bridge's JetStream side: streams, publishing, consumers."""
 
-    def __init__(self, bridge: NatsBridge, settings: EventSettings) -> None:
+    def __init__(self, bridge: Host, settings: EventSettings) -> None:
         self.bridge = bridge
         self.settings = settings
         self.statistics = EventStatistics()

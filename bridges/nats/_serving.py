@@ -10,7 +10,7 @@ bridge's outbox when the agent's `Reply` is settled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import time
 import typing
 from importlib import metadata as distribution
@@ -21,7 +21,7 @@ from nats.micro import add_service
 from nats.micro.service import EndpointStats
 
 from actors import Call, Reply
-from bridges._wire import (
+from bridges.nats._wire import (
     STREAM_HEADER,
     encode_chunk_frame,
     encode_error,
@@ -52,7 +52,9 @@ if TYPE_CHECKING:
     from nats.micro.service import Service
 
     from actors import Agent, TypeRef
-    from bridges._nats import NatsBridge
+    from bridges.nats._host import Host
+
+logger: Final = logging.getLogger("actorfleet.nats")
 
 _VERSION: Final = "0.0.0"
 _MICRO_NAME_MAX: Final = 64
@@ -136,7 +138,7 @@ def headers_size(headers: dict[str, str] | None) -> int:
 class AgentEndpoint:
     """One agent type served by a bridge."""
 
-    def __init__(self, bridge: NatsBridge, agent_class: type[Agent], local: TypeRef) -> None:
+    def __init__(self, bridge: Host, agent_class: type[Agent], local: TypeRef) -> None:
         self.bridge = bridge
         self.agent_class = agent_class
         self.local = local
@@ -166,8 +168,10 @@ class AgentEndpoint:
                 self.service = await self._add_service()
             elif not wanted and self.service is not None:
                 service, self.service = self.service, None
-                with contextlib.suppress(Exception):
+                try:
                     await service.stop()
+                except Exception as exc:  # noqa: BLE001 - leaving the group is best effort
+                    logger.warning("stopping the %s service: %r", self.agent_class.agent_type, exc)
 
     async def _add_service(self) -> Service:
         agent_type = self.agent_class.agent_type

@@ -9,29 +9,20 @@ from typing import Any, Final
 import msgspec
 
 from actors import Agent, AgentDefaults, MemoryStore, Runtime, tracing_from_settings
-from bridges._audit import JetStreamAudit, LoopAudit
-from bridges._bridge_child import embedded_server, embedded_server_child, nats_bridge_child
-from bridges._embedded import NatsServer
-from bridges._health import TREE_TIMEOUT, Health
-from bridges._http import SHUTDOWN_GRACE, HttpBridge
-from bridges._inference_child import (
-    inference_pool_child,
-    model_worker_child,
-    remote_backends,
-    worker_argv,
-)
+from bridges._held import Held
 from bridges._loop import IoLoop
-from bridges._metrics import Metrics, Snapshot, meter_from_settings
-from bridges._nats import NatsBridge
-from bridges._resource_child import Resources, resource_child
-from bridges._state import KvStore, LoopStore, RedisStore
-from config import ExLlamaV2BackendSettings, PoolSettings, Settings
-from inference import PoolClient, pool_from_settings
-from inference._exllamav2 import check_installed as check_exllamav2_installed
+from bridges._seam import PoolClient
+from bridges.http._health import TREE_TIMEOUT
+from bridges.http._metrics import Metrics, Snapshot, meter_from_settings
+from bridges.nats._embedded import embedded_server
+from bridges.node._edges import edge_children
+from bridges.node._inference import inference_children
+from bridges.node._services import NodeServices
+from bridges.stores import is_networked
+from config import PoolSettings, Settings
 from messages import ActorfleetError, ConfigError
 from supervisors import (
     Backoff,
-    ChildSpec,
     Node,
     Restart,
     Strategy,
@@ -44,9 +35,6 @@ from supervisors import (
 ROOT_NAME: Final = "root"
 BRIDGES_NAME: Final = "bridges"
 INFERENCE_NAME: Final = "inference"
-HTTP_START_TIMEOUT: Final = 5.0
-# A stopping HTTP bridge lets requests in progress finish, per server.
-HTTP_STOP_TIMEOUT: Final = 4 * SHUTDOWN_GRACE
 
 
 def import_agent(path: str, *, key: str) -> type[Agent]:
@@ -72,7 +60,7 @@ def build_runtime(settings: Settings) -> Runtime:
     defaults = AgentDefaults(
         ask_timeout=settings.agents.ask_timeout, hung_margin=settings.agents.hung_margin
     )
-    memory = MemoryStore() if settings.state.backend == "memory" else None
+    memory = None if is_networked(settings.state.backend) else MemoryStore()
     runtime = Runtime(node=settings.node.name or None, defaults=defaults, state=memory)
     tracing = tracing_from_settings(settings.telemetry, node=runtime.node)
     if tracing is not None:
@@ -129,180 +117,23 @@ def _backoff(settings: Settings) -> Backoff:
     )
 
 
-def _inference_spec(settings: Settings, runtime: Runtime, io: IoLoop, url: str) -> SupervisorSpec:
-    """The inference supervisor: model worker processes, then the pool over them all."""
-    shutdown = settings.supervision.shutdown_timeout
-    for tier in settings.inference.tiers:
-        if tier.runs_processes and isinstance(tier.backend, ExLlamaV2BackendSettings):
-            check_exllamav2_installed()  # here, not in a worker that would crash-loop
-    settings_json = msgspec.json.encode(settings).decode()
-    children = [
-        model_worker_child(
-            runtime,
-            io,
-            tier.name,
-            index,
-            worker_argv(tier.name, settings_json, url),
-            env={"CUDA_VISIBLE_DEVICES": str(tier.gpus[index])} if tier.gpus else None,
-            shutdown=shutdown + settings.nats.drain_timeout,
-        )
-        for tier in settings.inference.tiers
-        if tier.runs_processes
-        for index in range(tier.workers)
-    ]
-    remote = remote_backends(runtime, settings.nats.prefix) if settings.nats.enabled else None
-    children.append(
-        inference_pool_child(
-            runtime,
-            io,
-            lambda: pool_from_settings(settings.inference, remote=remote),
-            shutdown=shutdown,
-        )
-    )
+def _supervisor(name: str, children: list[Any], settings: Settings) -> SupervisorSpec:
+    supervision = settings.supervision
     return SupervisorSpec(
-        name=INFERENCE_NAME,
+        name=name,
         strategy=Strategy.ONE_FOR_ONE,
         children=children,
-        max_restarts=settings.supervision.max_restarts,
-        period=settings.supervision.period,
+        max_restarts=supervision.max_restarts,
+        period=supervision.period,
         backoff=_backoff(settings),
     )
-
-
-def _bridges_spec(
-    settings: Settings,
-    runtime: Runtime,
-    io: IoLoop,
-    agents: list[type[Agent]],
-    *,
-    server: NatsServer | None,
-    url: str,
-    tree: Callable[[], SupervisorStatistics],
-    exposed: list[type[Agent]],
-    metrics: Metrics,
-) -> SupervisorSpec:
-    """The bridges supervisor: the embedded server (if needed), state and audit, NATS, HTTP."""
-    shutdown = settings.supervision.shutdown_timeout
-    children = []
-    resources = Resources()
-    if server is not None:
-        children.append(embedded_server_child(server, shutdown=shutdown))
-    if settings.nats.enabled:
-
-        def make_bridge() -> NatsBridge:
-            return NatsBridge(
-                runtime, io, settings.nats, settings.events, agents, url=url, metrics=metrics
-            )
-
-        drain = shutdown + settings.nats.drain_timeout
-        # State and audit first: requests the bridge takes in may use them.
-        children.extend(_state_children(settings, runtime, io, url, resources))
-        children.append(nats_bridge_child(make_bridge, shutdown=drain))
-    else:
-        children.extend(_state_children(settings, runtime, io, url, resources))
-    if settings.http.enabled:
-        health = Health(
-            runtime,
-            tree,
-            needs_inference=bool(settings.inference.tiers),
-            needs_nats=settings.nats.enabled,
-            resources=resources,
-            required=_required(settings),
-        )
-
-        async def open_http() -> HttpBridge:
-            bridge = HttpBridge(runtime, settings.http, exposed, health=health, metrics=metrics)
-            await bridge.start()
-            return bridge
-
-        children.append(
-            resource_child(
-                runtime,
-                io,
-                id="http",
-                open_resource=open_http,
-                attach=lambda _bridge: None,  # it serves on its own sockets
-                timeout=HTTP_START_TIMEOUT,
-                shutdown=shutdown,
-                stop_timeout=HTTP_STOP_TIMEOUT,
-            )
-        )
-    return SupervisorSpec(
-        name=BRIDGES_NAME,
-        strategy=Strategy.ONE_FOR_ONE,
-        children=children,
-        max_restarts=settings.supervision.max_restarts,
-        period=settings.supervision.period,
-        backoff=_backoff(settings),
-    )
-
-
-def _required(settings: Settings) -> list[tuple[str, str]]:
-    """The resources a node is not ready without: (child id, health check name)."""
-    required = []
-    if settings.state.backend != "memory":
-        required.append(("state", "state:store"))
-    if settings.state.audit_stream:
-        required.append(("audit", "audit:log"))
-    return required
-
-
-def _state_children(
-    settings: Settings, runtime: Runtime, io: IoLoop, url: str, resources: Resources
-) -> list[ChildSpec]:
-    """The networked state store and the audit log, each holding its connection."""
-    state, nats_settings = settings.state, settings.nats
-    timeout = state.timeout + nats_settings.connect_timeout
-    shutdown = settings.supervision.shutdown_timeout
-    children = []
-    if state.backend != "memory":
-
-        async def open_store() -> KvStore | RedisStore:
-            if state.backend == "redis":
-                return await RedisStore.open(state)
-            return await KvStore.open(url, state, nats_settings, name=f"{runtime.node}-state")
-
-        def use_store(store: KvStore | RedisStore | None) -> None:
-            runtime.state = None if store is None else LoopStore(io, store, timeout=state.timeout)
-
-        children.append(
-            resource_child(
-                runtime,
-                io,
-                id="state",
-                open_resource=open_store,
-                attach=use_store,
-                timeout=timeout,
-                shutdown=shutdown,
-                resources=resources,
-            )
-        )
-    if state.audit_stream:
-
-        async def open_audit() -> JetStreamAudit:
-            name = f"{runtime.node}-audit"
-            return await JetStreamAudit.open(url, state, nats_settings, name=name)
-
-        def use_audit(log: JetStreamAudit | None) -> None:
-            runtime.audit = None if log is None else LoopAudit(io, log, timeout=state.timeout)
-
-        children.append(
-            resource_child(
-                runtime,
-                io,
-                id="audit",
-                open_resource=open_audit,
-                attach=use_audit,
-                timeout=timeout,
-                shutdown=shutdown,
-                resources=resources,
-            )
-        )
-    return children
 
 
 def _metrics(
-    settings: Settings, runtime: Runtime, tree: Callable[[], SupervisorStatistics]
+    settings: Settings,
+    runtime: Runtime,
+    tree: Callable[[], SupervisorStatistics],
+    pool: Held[PoolClient],
 ) -> Metrics:
     """The node's metrics; with `[telemetry] metrics` on, also an OpenTelemetry meter."""
     built = meter_from_settings(settings.telemetry, node=runtime.node)
@@ -315,12 +146,12 @@ def _metrics(
     runtime.add_closer(provider.shutdown)
 
     def live() -> Snapshot:
-        client = runtime.inference
-        pool = client.pool.statistics() if isinstance(client, PoolClient) else None
+        client = pool.current
+        stats = None if client is None else client.pool.statistics()
         try:
-            return Snapshot(tree(), pool)
+            return Snapshot(tree(), stats)
         except (RuntimeError, ActorfleetError):
-            return Snapshot(None, pool)  # not started yet, or stopping
+            return Snapshot(None, stats)  # not started yet, or stopping
 
     metrics = Metrics(meter=provider.get_meter("actorfleet"), live=live)
     runtime.tool_observer = metrics.observe_tool
@@ -359,42 +190,39 @@ def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
             raise RuntimeError(msg)
         return node.root.statistics(timeout=TREE_TIMEOUT)
 
-    networked_state = settings.state.backend != "memory"
-    edges = settings.nats.enabled or settings.http.enabled or networked_state
+    edges = settings.nats.enabled or settings.http.enabled or is_networked(settings.state.backend)
     if edges or settings.inference.tiers:
         io = IoLoop(name=f"actorfleet-io-{runtime.node}").start()
         runtime.add_closer(io.stop)
+        pool_slot: Held[PoolClient] = Held("the inference pool")
+        services = NodeServices(
+            runtime=runtime,
+            io=io,
+            metrics=_metrics(settings, runtime, tree, pool_slot),
+            tree=tree,
+            pool=pool_slot,
+        )
         server = embedded_server(settings.nats) if settings.nats.enabled else None
         url = settings.nats.url if server is None else server.url
         if settings.inference.tiers:
             # Before the agents, which may generate as soon as they start.
-            specs.insert(0, _inference_spec(settings, runtime, io, url))
+            children = inference_children(settings, services, url)
+            specs.insert(0, _supervisor(INFERENCE_NAME, children, settings))
         if edges:
             unique = list(dict.fromkeys(agents))
             exposed = [
                 import_agent(path, key=f"http.agents[{i}]")
                 for i, path in enumerate(settings.http.agents)
             ]
-            specs.append(
-                _bridges_spec(
-                    settings,
-                    runtime,
-                    io,
-                    unique,
-                    server=server,
-                    url=url,
-                    tree=tree,
-                    exposed=list(dict.fromkeys(unique + exposed)),
-                    metrics=_metrics(settings, runtime, tree),
-                )
+            children = edge_children(
+                settings,
+                services,
+                unique,
+                server=server,
+                url=url,
+                exposed=list(dict.fromkeys(unique + exposed)),
             )
-    root = SupervisorSpec(
-        name=ROOT_NAME,
-        strategy=Strategy.ONE_FOR_ONE,
-        children=[supervisor_child(spec, runtime) for spec in specs],
-        max_restarts=settings.supervision.max_restarts,
-        period=settings.supervision.period,
-        backoff=_backoff(settings),
-    )
+            specs.append(_supervisor(BRIDGES_NAME, children, settings))
+    root = _supervisor(ROOT_NAME, [supervisor_child(spec, runtime) for spec in specs], settings)
     node = Node(root, runtime)
     return node

@@ -1,69 +1,44 @@
-"""What the node holds open on its I/O loop (HTTP, state, audit), as a supervised child.
+"""What the node holds open on its I/O loop, each as a supervised child.
 
-A resource whose connection is closed for good crashes its child, so the
-supervisor opens a new one; the node's `Resources` say which are open now
-and, probed, whether each can serve (readiness).
+The NATS bridge, the HTTP servers, the state store, the audit log and the
+inference pool are all held the same way: a child opens the resource on the
+loop, attaches it (to the runtime and the node's typed slots), and an agent
+holds it in the supervision tree, its line the resource's own. A resource
+lost for good crashes its agent, so the supervisor opens a new one; the
+node's `Resources` say which are open now and, probed, whether each can
+serve (readiness).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from actors import Agent, LocalAgentRef, Runtime
+from bridges._held import Resource
 from supervisors import ChildHandle, ChildKind, ChildSpec, Restart
 
 if TYPE_CHECKING:
+    from bridges._held import Resources
     from bridges._loop import IoLoop
 
 _START_MARGIN: Final = 5.0
 _STOP_TIMEOUT: Final = 10.0
 
 
-class Resource(Protocol):
-    """What the child holds: something open on the loop that can describe itself.
-
-    `probe()` says why it cannot serve now, None if it can; `on_lost(callback)`
-    calls back once it is lost for good. Both are called on the loop.
-    """
-
-    def describe(self) -> str: ...
-    def close(self) -> Coroutine[Any, Any, None]: ...
-    def probe(self) -> Coroutine[Any, Any, str | None]: ...
-    def on_lost(self, callback: Callable[[str], None]) -> None: ...
-
-
-class Resources:
-    """The resources a node holds open now, by child id (for readiness)."""
-
-    def __init__(self) -> None:
-        self._held: dict[str, Resource] = {}
-
-    def hold(self, id_: str, resource: Resource | None) -> None:
-        """Record that `resource` is open under `id_` (None: no longer)."""
-        if resource is None:
-            self._held.pop(id_, None)
-        else:
-            self._held[id_] = resource
-
-    async def problem(self, id_: str) -> str | None:
-        """Why the resource `id_` cannot serve now (not open, or its probe), or None."""
-        resource = self._held.get(id_)
-        if resource is None:
-            return f"{id_} is not open"
-        return await resource.probe()
-
-
 R = TypeVar("R", bound=Resource)
+
+
+Detach = Callable[[], None]
 
 
 class ResourceAgent(Agent):
     """Holds an open resource in the supervision tree; its line is the resource's.
 
-    The resource is attached to the runtime when the agent starts and
-    detached (`attach(None)`) when it exits by any means; it is then closed
-    (in the background after a kill or crash). A resource lost for good
-    crashes the agent.
+    The resource was attached (to the runtime, the node's slots) before the
+    agent started; it is detached when the agent exits by any means, then
+    closed (in the background after a kill or crash). A resource lost for
+    good crashes the agent.
     """
 
     agent_type = "resource"
@@ -75,13 +50,13 @@ class ResourceAgent(Agent):
         instance: str | None = None,
         resource: Resource,
         io: IoLoop,
-        attach: Callable[[Any], None],
+        detach: Detach,
         stop_timeout: float = _STOP_TIMEOUT,
     ) -> None:
         super().__init__(runtime, instance=instance)
         self.resource = resource
         self.io = io
-        self._attach = attach
+        self._detach = detach
         self._stop_timeout = stop_timeout
         self.exit_link.link(lambda _reason: self._close_later())
 
@@ -95,12 +70,12 @@ class ResourceAgent(Agent):
 
     def on_stop(self) -> None:
         """Stop using the resource, then close it."""
-        self._attach(None)
+        self._detach()
         if self.io.running:
             self.io.run(self.resource.close(), timeout=self._stop_timeout)
 
     def _close_later(self) -> None:
-        self._attach(None)
+        self._detach()
         if self.io.running:
             self.io.submit(self.resource.close())
 
@@ -111,38 +86,49 @@ def resource_child(
     *,
     id: str,  # noqa: A002 - OTP's name for it
     open_resource: Callable[[], Awaitable[R]],
-    attach: Callable[[R | None], None],
+    attach: Callable[[R], Detach] | None = None,
     timeout: float,
     shutdown: float,
     stop_timeout: float = _STOP_TIMEOUT,
     resources: Resources | None = None,
 ) -> ChildSpec:
-    """A child that opens a resource on the loop, attaches it to the runtime, and holds it.
+    """A child that opens a resource on the loop, attaches it, and holds it.
 
-    `attach(resource)` runs once it is open, `attach(None)` once it is not;
-    `resources` (if given) tracks it under `id` the same way. `stop_timeout`
-    bounds its graceful close.
+    `attach(resource)` runs once it is open and returns what detaches it,
+    which runs once the holder exits; `resources` (if given) tracks it under
+    `id` the same way. `stop_timeout` bounds its graceful close.
     """
 
-    def attach_and_hold(resource: R | None) -> None:
-        attach(resource)
+    def attach_and_hold(resource: R) -> Detach:
+        undo = [] if attach is None else [attach(resource)]
         if resources is not None:
-            resources.hold(id, resource)
+            undo.append(resources.hold(id, resource))
+
+        def detach() -> None:
+            for step in reversed(undo):
+                step()
+
+        return detach
 
     def start() -> ChildHandle:
         async def opened() -> R:
             return await open_resource()
 
         resource = io.run(opened(), timeout=timeout + _START_MARGIN)
-        attach_and_hold(resource)
-        handle: LocalAgentRef = ResourceAgent.spawn(
-            runtime,
-            instance=id,
-            resource=resource,
-            io=io,
-            attach=attach_and_hold,
-            stop_timeout=stop_timeout,
-        )
+        detach = attach_and_hold(resource)
+        try:
+            handle: LocalAgentRef = ResourceAgent.spawn(
+                runtime,
+                instance=id,
+                resource=resource,
+                io=io,
+                detach=detach,
+                stop_timeout=stop_timeout,
+            )
+        except BaseException:
+            detach()
+            io.submit(resource.close())
+            raise
         return handle
 
     return ChildSpec(

@@ -16,8 +16,8 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
 
-from bridges._connect import ClosedWatch, connection_problem, open_connection
-from bridges._state import run_or_unavailable
+from bridges.nats._connect import ClosedWatch, connection_problem, open_connection
+from bridges.stores._loop_store import run_or_unavailable
 from messages import AuditRecord, GenerationAudited, Unavailable, decode, encode
 
 if TYPE_CHECKING:

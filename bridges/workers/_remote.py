@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Final
 
 import nats.errors
 
-from bridges._inbox import Inbox, no_responders
-from bridges._wire import decode_reply_envelope, encode_request
+from bridges.nats._inbox import Inbox, no_responders
+from bridges.nats._wire import decode_reply_envelope, encode_request
 from inference import Emit, Generation
 from messages import (
     CancelGeneration,

@@ -3,7 +3,7 @@
 It runs the model behind a one-tier `InferencePool` (so requests are checked
 against the model's own tokenizer and context, admitted by deadline and
 priority, cut at the deadline and cancelled on request), and streams each
-answer back as `bridges._remote_backend` describes. A node runs one such
+answer back as `bridges.workers._remote` describes. A node runs one such
 process per GPU as a supervised child (`actorfleet worker`); a crash or a
 CUDA fault then takes down that worker, not the node.
 """
@@ -24,16 +24,15 @@ import msgspec
 import nats
 import nats.errors
 
-from bridges._connect import ClosedWatch, open_connection
-from bridges._wire import (
+from bridges.nats._connect import ClosedWatch, open_connection
+from bridges.nats._wire import (
     Subjects,
     encode_error_envelope,
     encode_reply_envelope,
     envelope_decoder,
     open_envelope,
 )
-from inference import InferencePool, TierSpec
-from inference._settings import backend_from_settings
+from inference import InferencePool, TierSpec, backend_from_settings
 from messages import (
     AgentError,
     BadRequest,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bridges import build_node, free_port, import_agent
-from bridges._cli import main
+from bridges.cli._main import main
 from config import decode
 from messages import ConfigError, Ping, Pong
 

@@ -13,7 +13,7 @@ from nats.aio.client import Client
 
 from actors import Runtime
 from bridges import IoLoop, NatsServer
-from bridges._wire import DEADLINE, PRIORITY, decode_reply
+from bridges.nats._wire import DEADLINE, PRIORITY, decode_reply
 from messages import AgentError, ErrorCode, encode
 from tests.agents import Echo, Echoed, OrderPlaced, WorkerAgent
 from tests.bridges.conftest import BridgeFactory

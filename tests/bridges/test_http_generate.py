@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
-from inference import PoolClient
+from bridges import PoolClient
 from supervisors import Node
 from tests.conftest import WAIT
 

@@ -12,7 +12,7 @@ from httpx_sse import connect_sse
 
 from actors import Runtime
 from bridges import NatsServer, build_node
-from bridges._cli import main
+from bridges.cli._main import main
 from config import decode
 from tests.bridges.http_agents import Story, StoryAgent, StoryPart, Tell, base_url
 from tests.conftest import WAIT

@@ -13,9 +13,14 @@ from nats.aio.client import Client
 
 from actors import tracing_from_settings
 from bridges import NatsServer
-from bridges._model_worker import ModelWorker, serve_worker, worker_pool
-from bridges._remote_backend import RemoteBackend
-from bridges._wire import Subjects, decode_reply_envelope, encode_reply_envelope, encode_request
+from bridges.nats._wire import (
+    Subjects,
+    decode_reply_envelope,
+    encode_reply_envelope,
+    encode_request,
+)
+from bridges.workers._remote import RemoteBackend
+from bridges.workers._worker import ModelWorker, serve_worker, worker_pool
 from config import NatsSettings, TelemetrySettings, TierSettings, decode
 from inference import InferencePool, ScriptedBackend, TierSpec
 from messages import (

@@ -13,7 +13,7 @@ import pytest
 
 from actors import Agent, Context, Runtime, handler
 from bridges import IoLoop, NatsServer
-from bridges._wire import (
+from bridges.nats._wire import (
     DEADLINE,
     ID,
     MAX_BUDGET_S,

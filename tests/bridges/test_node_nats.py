@@ -152,7 +152,9 @@ def test_a_killed_bridge_is_closed_and_replaced(nats_server: NatsServer) -> None
         assert isinstance(old, NatsBridge)
         closed = threading.Event()
         old.on_state_change(lambda state: state == "closed" and closed.set())
-        [agent] = node.runtime.directory.members("nats-bridge")
+        [agent] = [
+            a for a in node.runtime.directory.members("resource") if a.name == "resource/nats"
+        ]
         agent.kill()
         recorder.wait_for(lambda e: isinstance(e, ChildRestarted) and e.child_id == "nats")
         assert closed.wait(WAIT)

@@ -14,7 +14,7 @@ from nats.js.api import KeyValueConfig
 
 from actors import MAX_KEY_LENGTH, MemoryStore, StateStore, state_key
 from bridges import IoLoop, NatsServer
-from bridges._state import KvStore, LoopStore, RedisStore
+from bridges.stores import KvStore, LoopStore, RedisStore
 from config import NatsSettings, StateSettings
 from messages import InvalidKey, Unavailable
 from tests.conftest import redis_url

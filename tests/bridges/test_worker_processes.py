@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bridges import IoLoop, NatsServer, build_node
-from bridges._app import INFERENCE_NAME
+from bridges.node._build import INFERENCE_NAME
 from config import decode
 from messages import (
     ChildRestarted,

@@ -155,3 +155,35 @@ def test_tiers_must_have_distinct_names_and_a_known_default() -> None:
                 }
             }
         )
+
+
+def test_exllamav2_settings_show_what_its_workers_are_assumed_to_be() -> None:
+    backend = config.ExLlamaV2BackendSettings(model_dir="/models/llama-exl2/", max_seq_len=4096)
+    assert (backend.model, backend.capacity, backend.context_length) == ("llama-exl2", 1, 4096)
+    assert config.ExLlamaV2BackendSettings(model_dir="m").context_length == 0  # the model's own
+
+
+def test_a_tier_runs_processes_as_its_backend_defaults_unless_told() -> None:
+    exl2 = {"kind": "exllamav2", "model_dir": "/models/m"}
+    tiers = [
+        {"name": "gpu", "backend": exl2},
+        {"name": "gpu-here", "backend": exl2, "process": False},
+        {"name": "scripted", "backend": {"kind": "scripted"}},
+        {"name": "scripted-apart", "backend": {"kind": "scripted"}, "process": True},
+        {"name": "far", "backend": {"kind": "remote"}},
+    ]
+    settings = config.decode({"inference": {"tiers": tiers}})
+    assert [t.runs_processes for t in settings.inference.tiers] == [
+        True,
+        False,
+        False,
+        True,
+        False,
+    ]
+    assert [t.reached_over_nats for t in settings.inference.tiers] == [
+        True,
+        False,
+        False,
+        True,
+        True,
+    ]

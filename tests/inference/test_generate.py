@@ -7,9 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from actors import Agent, Context, Runtime, handler
-from bridges import build_node
+from bridges import PoolClient, build_node
 from config import decode
-from inference import PoolClient
 from messages import (
     BadRequest,
     GenerateRequest,

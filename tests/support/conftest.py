@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from bridges import NatsServer
-from bridges._app import build_node
+from bridges.node._build import build_node
 from supervisors import Node
 from tests.bridges.http_agents import ServedNodes
 from tests.conftest import redis_url

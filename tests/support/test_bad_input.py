@@ -10,7 +10,7 @@ import pytest
 from actors.support import SupportRequest
 from bridges import NatsServer
 from bridges._loop import run_async
-from bridges._wire import decode_reply
+from bridges.nats._wire import decode_reply
 from messages import BadRequest, encode
 from tests.conftest import WAIT
 from tests.support.conftest import Service

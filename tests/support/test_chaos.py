@@ -17,8 +17,8 @@ import pytest
 from actors import state_key
 from actors.support import InvoiceValidated, OrderCreated, ShipmentPlanned, TicketCreated
 from bridges import IoLoop, NatsServer
-from bridges._embedded import free_port
-from bridges._state import KvStore
+from bridges.nats._embedded import free_port
+from bridges.stores import KvStore
 from config import NatsSettings, StateSettings
 from tests.bridges.conftest import start_node_process
 from tests.conftest import WAIT

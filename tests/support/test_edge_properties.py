@@ -32,10 +32,10 @@ from nats.aio.subscription import Subscription
 
 from actors.support import ShipmentPlanned, SupportRequest
 from bridges import IoLoop, NatsServer
-from bridges._events import Outcome
-from bridges._nats import NatsBridge
-from bridges._serving import headers_size
-from bridges._wire import (
+from bridges.nats._bridge import NatsBridge
+from bridges.nats._events import Outcome
+from bridges.nats._serving import headers_size
+from bridges.nats._wire import (
     CORRELATION_ID,
     DEADLINE,
     ERROR_CODE,

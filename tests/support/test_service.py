@@ -29,8 +29,8 @@ from actors.support import (
 )
 from actors.support._records import NewOrder, memory_key
 from bridges import IoLoop, NatsServer
-from bridges._cli import main
 from bridges._loop import run_async
+from bridges.cli._main import main
 from messages import AuditRecord, Forbidden, GenerationAudited, Message, UserDataErased
 from tests.conftest import WAIT
 from tests.support.conftest import Service
