@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -11,10 +11,7 @@ from bridges.http._health import Health
 from bridges.nats._bridge import NatsBridge
 from bridges.node._holder import resource_child
 from bridges.stores import (
-    AsyncStore,
     JetStreamAudit,
-    LoopAudit,
-    LoopStore,
     is_networked,
     open_store,
 )
@@ -178,23 +175,13 @@ def _state_children(settings: Settings, services: NodeServices, url: str) -> lis
     if is_networked(state.backend):
         where = _StoreWhere(state, nats, url, f"{runtime.node}-state")
 
-        def use_store(store: AsyncStore) -> Callable[[], None]:
-            port = LoopStore(io, store, timeout=state.timeout)
-            runtime.state = port
-
-            def detach() -> None:
-                if runtime.state is port:
-                    runtime.state = None
-
-            return detach
-
         children.append(
             resource_child(
                 runtime,
                 io,
                 id="state",
                 open_resource=lambda: open_store(where),
-                attach=use_store,
+                attach=functools.partial(services.attach_state, timeout=state.timeout),
                 timeout=timeout,
                 shutdown=shutdown,
                 resources=services.resources,
@@ -205,23 +192,13 @@ def _state_children(settings: Settings, services: NodeServices, url: str) -> lis
         async def open_audit() -> JetStreamAudit:
             return await JetStreamAudit.open(url, state, nats, name=f"{runtime.node}-audit")
 
-        def use_audit(log: JetStreamAudit) -> Callable[[], None]:
-            port = LoopAudit(io, log, timeout=state.timeout)
-            runtime.audit = port
-
-            def detach() -> None:
-                if runtime.audit is port:
-                    runtime.audit = None
-
-            return detach
-
         children.append(
             resource_child(
                 runtime,
                 io,
                 id="audit",
                 open_resource=open_audit,
-                attach=use_audit,
+                attach=functools.partial(services.attach_audit, timeout=state.timeout),
                 timeout=timeout,
                 shutdown=shutdown,
                 resources=services.resources,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from bridges._held import Held, Resources
 from bridges._seam import PoolClient
 from bridges.nats._bridge import NatsBridge
+from bridges.stores import AsyncStore, JetStreamAudit, LoopAudit, LoopStore
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
@@ -24,7 +25,8 @@ class NodeServices:
     """The services of one node, each by its own type.
 
     Attributes:
-        runtime: What the node's agents share (their ports are set from here).
+        runtime: What the node's agents share. Its ports (inference, state,
+            audit) are set here; the NATS bridge is its transport while connected.
         io: The I/O loop every edge runs on.
         metrics: The node's metrics (HTTP, NATS and tool outcomes).
         tree: Reads the live supervision tree (blocks: run off the loop).
@@ -46,15 +48,32 @@ class NodeServices:
     def attach_pool(self, client: PoolClient) -> Callable[[], None]:
         """Make `client` the pool agents generate with; return what detaches it."""
         release = self.pool.hold(client)
-        self.runtime.inference = client
+        detach_port = self._set_port("inference", client)
 
         def detach() -> None:
+            detach_port()
             release()
-            if self.runtime.inference is client:
-                self.runtime.inference = None
 
         return detach
 
     def attach_nats(self, bridge: NatsBridge) -> Callable[[], None]:
         """Hold `bridge` (it is the runtime's transport while connected); return the detach."""
         return self.nats.hold(bridge)
+
+    def attach_state(self, store: AsyncStore, *, timeout: float) -> Callable[[], None]:
+        """Make `store` the agents' state (`ctx.state`); return what detaches it."""
+        return self._set_port("state", LoopStore(self.io, store, timeout=timeout))
+
+    def attach_audit(self, log: JetStreamAudit, *, timeout: float) -> Callable[[], None]:
+        """Make `log` the audit log of generations; return what detaches it."""
+        return self._set_port("audit", LoopAudit(self.io, log, timeout=timeout))
+
+    def _set_port(self, name: str, port: object) -> Callable[[], None]:
+        """Set one of the runtime's ports; the detach clears it unless replaced since."""
+        setattr(self.runtime, name, port)
+
+        def detach() -> None:
+            if getattr(self.runtime, name) is port:
+                setattr(self.runtime, name, None)
+
+        return detach
