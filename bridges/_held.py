@@ -1,8 +1,9 @@
 """What the node holds open now: typed slots its edges read instead of the runtime's ports.
 
-Each supervised child that opens something (the NATS bridge, the inference
-pool, the state store) puts it in its slot when it starts and takes it out
-when it exits, so the other parts read the live instance by its own type.
+A supervised child that opens something other parts must reach (the NATS
+bridge, the inference pool) puts it in its slot when it starts and takes it
+out when it exits, so those parts read the live instance by its own type.
+`Resources` tracks every held resource by child id, for readiness.
 """
 
 from __future__ import annotations

@@ -114,6 +114,7 @@ class NatsBridge:
         self._tasks: set[asyncio.Task[None]] = set()
         self.outbox = Outbox(io)
         self._on_closed: list[typing.Callable[[], None]] = []
+        self._last_error: Exception | None = None
         self._on_state: list[typing.Callable[[ConnectionState], None]] = []
 
     # -- lifecycle (loop side) ---------------------------------------------
@@ -176,12 +177,13 @@ class NatsBridge:
             closed_cb=self._on_connection_closed,
         )
         try:
-            # With reconnects allowed nats-py retries the first connect forever.
+            # nats-py retries the first connect as the reconnect settings say.
             self._nc = await asyncio.wait_for(connecting, s.connect_timeout)
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             self._set_state(ConnectionState.CLOSED)
-            msg = f"cannot connect to NATS at {self.url}: {str(exc) or type(exc).__name__}"
-            raise Unavailable(msg) from exc
+            reason = self._last_error or exc
+            msg = f"cannot connect to NATS at {self.url}: {str(reason) or type(reason).__name__}"
+            raise Unavailable(msg) from None
         self._max_payload = self._nc.max_payload
         self._set_state(ConnectionState.CONNECTED)
         self.outbox.start()
@@ -270,6 +272,7 @@ class NatsBridge:
     async def _on_error(self, error: Exception) -> None:
         # While the first connection is made (the server may still be starting),
         # nats-py retries on its own: a refused attempt is no news.
+        self._last_error = error
         level = logging.DEBUG if self.state is ConnectionState.CONNECTING else logging.WARNING
         logger.log(level, "NATS: %s", error)
 

@@ -12,6 +12,7 @@ import subprocess
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from tempfile import gettempdir
 from typing import TYPE_CHECKING, Final, Self
@@ -20,6 +21,9 @@ from urllib.parse import urlsplit
 from messages import ConfigError, Unavailable
 from supervisors import unpin_process
 
+if TYPE_CHECKING:
+    from config import NatsSettings
+
 logger: Final = logging.getLogger("actorfleet.nats.embedded")
 
 BINARY: Final = "nats-server"
@@ -27,6 +31,7 @@ LOOPBACK: Final = "127.0.0.1"
 _READY_TIMEOUT: Final = 10.0
 _STOP_TIMEOUT: Final = 5.0
 _POLL: Final = 0.01
+_NATS_PORT: Final = 4222
 
 
 def find_nats_server() -> str:
@@ -61,10 +66,26 @@ def port_answers(host: str, port: int, *, timeout: float = 0.2) -> bool:
         return False
 
 
-_NATS_PORT: Final = 4222
+def wait_listening(
+    host: str, port: int, *, alive: Callable[[], bool], timeout: float = _READY_TIMEOUT
+) -> None:
+    """Wait until a server process we started accepts connections at host:port.
 
-if TYPE_CHECKING:
-    from config import NatsSettings
+    A child process gives no readiness signal of its own; this is its
+    start, bounded, as an OTP `init` returns only once the child can serve.
+
+    Raises:
+        Unavailable: If the process exits, or does not listen within `timeout`.
+    """
+    limit = time.monotonic() + timeout
+    while not port_answers(host, port):
+        if not alive():
+            msg = f"nats-server on port {port} exited while starting"
+            raise Unavailable(msg)
+        if time.monotonic() >= limit:
+            msg = f"nats-server on port {port} did not listen within {timeout} s"
+            raise Unavailable(msg)
+        time.sleep(_POLL)
 
 
 class NatsServer:
@@ -163,17 +184,12 @@ class NatsServer:
             Unavailable: If it exits or does not listen within `timeout`.
         """
         process = self._process
-        limit = time.monotonic() + timeout
-        while time.monotonic() < limit:
-            if process is None or process.poll() is not None:
-                code = None if process is None else process.returncode
-                msg = f"nats-server on port {self.port} exited with status {code}"
-                raise Unavailable(msg)
-            if port_answers(LOOPBACK, self.port):
-                return
-            time.sleep(_POLL)
-        msg = f"nats-server on port {self.port} did not listen within {timeout} s"
-        raise Unavailable(msg)
+        wait_listening(
+            LOOPBACK,
+            self.port,
+            alive=lambda: process is not None and process.poll() is None,
+            timeout=timeout,
+        )
 
     def kill(self) -> None:
         """SIGKILL the server (a crash); the store directory is kept."""

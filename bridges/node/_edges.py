@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING, Final
 from bridges.http._bridge import SHUTDOWN_GRACE, HttpBridge
 from bridges.http._health import Health
 from bridges.nats._bridge import NatsBridge
+from bridges.nats._embedded import LOOPBACK, wait_listening
 from bridges.node._holder import resource_child
 from bridges.stores import (
     JetStreamAudit,
     is_networked,
     open_store,
 )
+from messages import Unavailable
 from supervisors import ChildHandle, ChildKind, ChildSpec, ProcessChild, Restart
 
 if TYPE_CHECKING:
@@ -71,7 +73,13 @@ def embedded_server_child(server: NatsServer, *, shutdown: float) -> ChildSpec:
     """A child spec that runs the embedded `nats-server` as a supervised OS process."""
 
     def start() -> ChildHandle:
-        return ProcessChild(server.argv(), name="nats-server")
+        child = ProcessChild(server.argv(), name="nats-server")
+        try:
+            wait_listening(LOOPBACK, server.port, alive=lambda: child.alive)
+        except Unavailable:
+            child.kill()
+            raise
+        return child
 
     return ChildSpec(
         id="nats-server",
@@ -87,8 +95,9 @@ def _nats_child(
 ) -> ChildSpec:
     """A new bridge (a fresh connection) each start, drained when stopped.
 
-    The first connection is retried by the client itself (every
-    `nats.reconnect_wait`, the embedded server may still be starting),
+    The embedded server's child started before it returns only once the
+    server listens. The first connection is retried as the reconnect
+    settings say (`nats.reconnect_wait`, `nats.max_reconnect_attempts`),
     bounded by `nats.connect_timeout`; a failure is a failed start, as in OTP.
     """
     nats = settings.nats

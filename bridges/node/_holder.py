@@ -11,6 +11,7 @@ serve (readiness).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, TypeVar
 
@@ -58,6 +59,8 @@ class ResourceAgent(Agent):
         self.io = io
         self._detach = detach
         self._stop_timeout = stop_timeout
+        self._closing = False
+        self._close_lock = threading.Lock()
         self.exit_link.link(lambda _reason: self._close_later())
 
     def on_start(self) -> None:
@@ -70,14 +73,22 @@ class ResourceAgent(Agent):
 
     def on_stop(self) -> None:
         """Stop using the resource, then close it."""
-        self._detach()
-        if self.io.running:
-            self.io.run(self.resource.close(), timeout=self._stop_timeout)
+        if self._claim_close():
+            self._detach()
+            if self.io.running:
+                self.io.run(self.resource.close(), timeout=self._stop_timeout)
 
     def _close_later(self) -> None:
-        self._detach()
-        if self.io.running:
-            self.io.submit(self.resource.close())
+        if self._claim_close():
+            self._detach()
+            if self.io.running:
+                self.io.submit(self.resource.close())
+
+    def _claim_close(self) -> bool:
+        """True for the first caller only: detached and closed once, by a stop or an exit."""
+        with self._close_lock:
+            closing, self._closing = self._closing, True
+        return not closing
 
 
 def resource_child(

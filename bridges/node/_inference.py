@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from inference import InferencePool
     from supervisors import ChildSpec
 
-# Building a pool may load an in-process model.
-_POOL_START_TIMEOUT: Final = 60.0
+# Building a pool may load an in-process model (minutes for a large one).
+_POOL_START_TIMEOUT: Final = 300.0
 
 
 def inference_children(settings: Settings, services: NodeServices, url: str) -> list[ChildSpec]:

@@ -21,8 +21,17 @@ class PoolResource:
 
     @classmethod
     async def open(cls, make_pool: Callable[[], InferencePool], io: IoLoop) -> PoolResource:
-        """Build a fresh pool (and its backends) off the loop: a backend may load a model."""
-        pool = await asyncio.to_thread(make_pool)
+        """Build a fresh pool (and its backends) off the loop: a backend may load a model.
+
+        A thread cannot be cancelled: if the start gives up first, the pool
+        it goes on to build is closed as soon as it is built.
+        """
+        building = asyncio.ensure_future(asyncio.to_thread(make_pool))
+        try:
+            pool = await asyncio.shield(building)
+        except asyncio.CancelledError:
+            building.add_done_callback(_close_built)
+            raise
         return cls(PoolClient(pool, io))
 
     def describe(self) -> str:
@@ -46,3 +55,14 @@ class PoolResource:
 
     def on_lost(self, callback: Callable[[str], None]) -> None:
         """Never called: a pool on this loop is not lost, only its workers are."""
+
+
+def _close_built(building: asyncio.Future[InferencePool]) -> None:
+    if not building.cancelled() and building.exception() is None:
+        task = asyncio.ensure_future(building.result().aclose())
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
+
+
+# Closing tasks of pools built after their start gave up (kept from the GC).
+_CLOSING: set[asyncio.Task[None]] = set()
