@@ -58,6 +58,10 @@ if TYPE_CHECKING:
 
 logger: Final = logging.getLogger("actorfleet.nats")
 
+# Between first-connect attempts while a server is not up yet (seconds).
+_FIRST_RETRY_MIN: Final = 0.01
+_FIRST_RETRY_MAX: Final = 0.1
+
 
 class ConnectionState(enum.StrEnum):
     """Where the bridge's connection is."""
@@ -162,23 +166,8 @@ class NatsBridge:
         """
         self._set_state(ConnectionState.CONNECTING)
         s = self.settings
-        connecting = connect(
-            self.url.split(","),
-            name=self.runtime.node,
-            connect_timeout=max(1, math.ceil(s.connect_timeout)),
-            reconnect_time_wait=s.reconnect_wait,
-            # nats-py reads 0 as "forever"; here 0 means "never reconnect".
-            allow_reconnect=s.max_reconnect_attempts != 0,
-            max_reconnect_attempts=s.max_reconnect_attempts,
-            drain_timeout=max(1, math.ceil(s.drain_timeout)),
-            error_cb=self._on_error,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
-            closed_cb=self._on_connection_closed,
-        )
         try:
-            # nats-py retries the first connect as the reconnect settings say.
-            self._nc = await asyncio.wait_for(connecting, s.connect_timeout)
+            self._nc = await asyncio.wait_for(self._first_connection(), s.connect_timeout)
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             self._set_state(ConnectionState.CLOSED)
             reason = self._last_error or exc
@@ -196,6 +185,34 @@ class NatsBridge:
             raise
         self.runtime.prefer_local = s.prefer_local
         self.runtime.transport = self
+
+    async def _first_connection(self) -> Client:
+        """Connect, trying again until the caller's timeout, whatever the reconnect policy.
+
+        The reconnect settings are for a connection that was up; a server
+        that is not up yet at start (restarting, still booting) is waited
+        for, `nats.connect_timeout` at most.
+        """
+        s = self.settings
+        while True:
+            try:
+                return await connect(
+                    self.url.split(","),
+                    name=self.runtime.node,
+                    connect_timeout=max(1, math.ceil(s.connect_timeout)),
+                    reconnect_time_wait=s.reconnect_wait,
+                    # nats-py reads 0 as "forever"; here 0 means "never reconnect".
+                    allow_reconnect=s.max_reconnect_attempts != 0,
+                    max_reconnect_attempts=s.max_reconnect_attempts,
+                    drain_timeout=max(1, math.ceil(s.drain_timeout)),
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                    closed_cb=self._on_connection_closed,
+                )
+            except (OSError, nats.errors.Error) as exc:
+                self._last_error = exc
+                await asyncio.sleep(max(_FIRST_RETRY_MIN, min(s.reconnect_wait, _FIRST_RETRY_MAX)))
 
     async def close(self) -> None:
         """Stop serving, let in-flight work finish (bounded), drain, disconnect.
