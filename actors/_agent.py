@@ -1,4 +1,4 @@
-"""The Agent base: a pykka actor whose handlers are registered by type annotation."""
+"""The Agent base: an actor whose handlers are registered by type annotation."""
 
 from __future__ import annotations
 
@@ -11,14 +11,12 @@ import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
-import pykka
 from opentelemetry.trace import Span, StatusCode
-from pykka._envelope import Envelope
 
+from actors._actor import Actor
 from actors._call import Call
 from actors._context import Context
-from actors._lifecycle import NORMAL, ExitLink, ExitReason
-from actors._mailbox import Mailbox
+from actors._lifecycle import ExitReason
 from actors._ref import LocalAgentRef
 from actors._tracing import within
 from messages import (
@@ -33,8 +31,6 @@ from messages import (
 )
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from actors._runtime import Runtime
 
 logger: Final = logging.getLogger("actorfleet.agent")
@@ -86,7 +82,7 @@ def _default_type_name(cls: type) -> str:
     return (name.removesuffix("Agent") or name).lower()
 
 
-class Agent(pykka.ThreadingActor):
+class Agent(Actor):
     """Base class for agents: typed handlers, deadlines, supervision, kill.
 
     Subclasses declare handlers with `@handler`; requests whose type has no
@@ -127,11 +123,8 @@ class Agent(pykka.ThreadingActor):
         cls.handlers = found
 
     def __init__(self, runtime: Runtime, *, instance: str | None = None) -> None:
-        super().__init__()
+        super().__init__(f"{self.agent_type}/{instance or next(_instance_counter)}")
         self.runtime = runtime
-        self.name = f"{self.agent_type}/{instance or next(_instance_counter)}"
-        self.exit_link = ExitLink()
-        self.mailbox.reject = self._reject_late
         self.ref = LocalAgentRef(self)
         self._margin = runtime.defaults.hung_margin
         self._busy: tuple[Call, float] | None = None
@@ -139,17 +132,6 @@ class Agent(pykka.ThreadingActor):
         self.busy_since: float | None = None
         self._admission = runtime.admission(self.agent_type)
         self._watched = False
-        self._dead = itertools.count()
-
-    @staticmethod
-    def _create_actor_inbox() -> Mailbox:  # type: ignore[override]
-        # A Mailbox also hands out Calls, which quack like pykka Envelopes.
-        return Mailbox()
-
-    @property
-    def mailbox(self) -> Mailbox:
-        """The agent's inbox."""
-        return self.actor_inbox  # type: ignore[return-value]
 
     @property
     def exit_reason(self) -> ExitReason | None:
@@ -164,21 +146,11 @@ class Agent(pykka.ThreadingActor):
         to its type may reach it as soon as this returns.
         """
         agent = cls(runtime, *args, **kwargs)
-        pykka.ActorRegistry.register(agent.actor_ref)
         runtime.directory.register(agent)
-        agent._start_actor_loop()
+        agent.start()
         return agent.ref
 
-    def on_receive(self, message: Any) -> Any:
-        """Dispatch a request or tell; anything else is pykka's business."""
-        if type(message) is Call:
-            self._dispatch(message)
-            return None
-        if message is None:  # the mailbox's wake-up after close
-            return None
-        return super().on_receive(message)
-
-    def _dispatch(self, call: Call) -> None:
+    def _on_call(self, call: Call) -> None:
         call.taken = True
         now = time.time()
         handle = self._admit(call, now)
@@ -213,7 +185,7 @@ class Agent(pykka.ThreadingActor):
         except Exception as exc:  # noqa: BLE001 - a crash, reported to the supervisor
             if span is not None:
                 span.set_status(StatusCode.ERROR, type(exc).__name__)
-            self._crash(call, exc)
+            self._handler_crashed(call, exc)
         else:
             # Idle to admission before the caller hears, so that its next
             # request is not taken for one that has to wait.
@@ -240,7 +212,7 @@ class Agent(pykka.ThreadingActor):
             call.reply.fail(error)
         return None
 
-    def _crash(self, call: Call, exc: Exception) -> None:
+    def _handler_crashed(self, call: Call, exc: Exception) -> None:
         logger.error("agent %s crashed", self.name, exc_info=exc)
         self._busy = None
         self._die(ExitReason(ExitKind.CRASHED, f"{type(exc).__name__}: {exc}"))
@@ -290,56 +262,9 @@ class Agent(pykka.ThreadingActor):
         logger.error("agent %s failed: %s", self.name, reason)
         self._die(ExitReason(ExitKind.CRASHED, reason))
 
-    def request_stop(self) -> bool:
-        """Ask for a graceful stop after what is queued; False if already dead."""
-        try:
-            self.stop()
-        except pykka.ActorDeadError:
-            return False
-        return True
-
-    def _die(self, reason: ExitReason) -> None:
-        if next(self._dead):
-            return
-        self.actor_stopped.set()
-        pykka.ActorRegistry.unregister(self.actor_ref)
+    def _leave(self, reason: ExitReason) -> None:
+        """Leave the directory and fail the request in flight, if any, as the agent dies."""
         self.runtime.directory.unregister(self)
-        queued = self.mailbox.close()
-        error = AgentStopped(self.name, str(reason.kind))
         busy = self._busy
         if busy is not None and busy[0].reply is not None:
-            busy[0].reply.fail(error)
-        for envelope in queued:
-            _reject(envelope, error)
-        self.exit_link.exit(reason)
-
-    def _reject_late(self, envelope: Envelope[Any] | Call) -> None:
-        # A put that lost the race with close(): answer it now.
-        if type(envelope) is not Call and envelope.reply_to is None:
-            raise pykka.ActorDeadError(f"{self.name} is dead")
-        _reject(envelope, AgentStopped(self.name, str(self.exit_reason or "stopped")))
-
-    def _actor_loop_teardown(self) -> None:
-        self._die(NORMAL)
-
-    def _handle_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        super()._handle_failure(exception_type, exception_value, traceback)
-        self._die(ExitReason(ExitKind.CRASHED, f"{exception_type}: {exception_value}"))
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name}>"
-
-
-def _reject(envelope: Envelope[Any] | Call, error: AgentError) -> None:
-    if type(envelope) is Call:
-        if envelope.reply is not None:
-            envelope.reply.fail(error)
-    elif envelope.reply_to is not None:
-        envelope.reply_to.set_exception(
-            (pykka.ActorDeadError, pykka.ActorDeadError(str(error)), None)
-        )
+            busy[0].reply.fail(AgentStopped(self.name, str(reason.kind)))

@@ -31,7 +31,7 @@ class AgentDefaults(msgspec.Struct, frozen=True, kw_only=True):
 class Call:
     """One request or tell on its way to an agent's mailbox.
 
-    It doubles as its own pykka envelope (`message` is the call itself and
+    It doubles as its own mailbox envelope (`message` is the call itself and
     `reply_to` is None), so a request costs one allocation, not two.
     """
 

@@ -6,29 +6,50 @@ import collections
 import queue
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from pykka import ActorDeadError
-from pykka._envelope import Envelope
 
 from actors._call import Call
 from messages import Priority
 
 if TYPE_CHECKING:
-    Item = Envelope[Any] | Call
+    from pykka import Future
 
-# Queued by close(), so that an idle actor thread wakes up, sees that it was
-# stopped, and exits.
+
+@final
+class Envelope:
+    """A message for an actor that is not a request: a stop, a supervisor's own messages.
+
+    Args:
+        message: What the actor is told.
+        reply_to: Where it answers, if the sender waits for an answer.
+    """
+
+    __slots__ = ("message", "reply_to")
+
+    def __init__(self, message: Any, reply_to: Future[Any] | None = None) -> None:
+        self.message = message
+        self.reply_to = reply_to
+
+    def __repr__(self) -> str:
+        return f"Envelope({self.message!r}, reply_to={self.reply_to!r})"
+
+
+Item = Envelope | Call
+
+# Handed out by get() once closed, so that an idle actor thread wakes up, sees
+# that it was stopped, and exits.
 WAKE_UP: Final = Envelope(None)
-# Requests are served critical first, then default, then sheddable; pykka's
-# own envelopes (a graceful stop) come after the requests queued before them,
+# Requests are served critical first, then default, then sheddable; control
+# envelopes (a graceful stop) come after the requests queued before them,
 # never after those that keep arriving (a stop is not starved by load).
 RANK: Final = {Priority.CRITICAL: 0, Priority.DEFAULT: 1, Priority.SHEDDABLE: 2}
 CONTROL: Final = 3
 
 
 class Mailbox:
-    """Inbox for one actor, by priority, satisfying pykka's `ActorInbox` protocol.
+    """Inbox for one actor: requests by priority, control envelopes in their turn.
 
     `close()` atomically refuses further puts and hands back what was queued;
     a put that loses the race against close is handed to `reject`, so the
@@ -54,7 +75,7 @@ class Mailbox:
         self._ahead_of_control: int | None = None
         self.reject: Callable[[Item], None] = _raise_dead
 
-    def put(self, envelope: Envelope[Any], /) -> None:
+    def put(self, envelope: Item, /) -> None:
         """Queue an envelope, or reject it if the mailbox is closed."""
         if not self.offer(envelope):
             self.reject(envelope)

@@ -49,12 +49,12 @@ sys.path[:] = [str(_BENCH.parent), *(p for p in sys.path if Path(p or ".").resol
 
 import nats
 import nats.errors
-import pykka
 import uvloop
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from actors import Agent, Context, Runtime, handler, make_metadata
+from actors._actor import stop_all
 from bench._common import median, percentile, result, table
 from bridges import ConnectionState, IoLoop, NatsBridge, NatsServer
 from config import EventSettings, NatsSettings
@@ -189,7 +189,7 @@ def serve_agent(url: str) -> None:
         for b in (events_bridge, bridge):
             if b is not None:
                 io.run(b.close(), timeout=SETUP_TIMEOUT)
-        pykka.ActorRegistry.stop_all(timeout=5)
+        stop_all(timeout=5)
         requests_rt.close()
         events_rt.close()
         io.stop()

@@ -42,8 +42,7 @@ class Supervisor:
             StartFailed: If a child could not be started.
         """
         actor = SupervisorActor(spec, runtime)
-        pykka.ActorRegistry.register(actor.actor_ref)
-        actor._start_actor_loop()  # noqa: SLF001 - what pykka's start() does
+        actor.start()
         supervisor = cls(actor)
         supervisor._call(actor.init, timeout=timeout)
         return supervisor

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pykka
 
-from actors import ExitLink, ExitListener, ExitReason, Runtime
+from actors import ExitListener, ExitReason, Runtime
+from actors._actor import Actor
 from messages import (
     ChildAlreadyExists,
     ChildExited,
@@ -58,15 +59,16 @@ class Invoke:
     fn: Callable[[], Any]
 
 
-class SupervisorActor(pykka.ThreadingActor):
+class SupervisorActor(Actor):
     """The actor behind a `Supervisor`; use `Supervisor.start`, not this class."""
 
+    # A supervisor stopped from outside (`ActorRef.stop`, `stop_all`) shuts its tree down.
+    stop_reason = ExitReason(ExitKind.SHUTDOWN)
+
     def __init__(self, spec: SupervisorSpec, runtime: Runtime) -> None:
-        super().__init__()
+        super().__init__(spec.name)
         self.spec = spec
         self.runtime = runtime
-        self.exit_link = ExitLink()
-        self.exit_reason = ExitReason(ExitKind.SHUTDOWN)
         self.children: list[Child] = []
         self._restart_times: deque[float] = deque()
 
@@ -92,8 +94,7 @@ class SupervisorActor(pykka.ThreadingActor):
             try:
                 self.add_child(spec)
             except StartFailed:
-                self.exit_reason = ExitReason(ExitKind.SHUTDOWN, f"child {spec.id} failed")
-                self._stop()
+                self._finish(ExitReason(ExitKind.SHUTDOWN, f"child {spec.id} failed"))
                 raise
 
     def add_child(self, spec: ChildSpec) -> ChildHandle:
@@ -281,8 +282,7 @@ class SupervisorActor(pykka.ThreadingActor):
                 period=self.spec.period,
             )
         )
-        self.exit_reason = ESCALATION
-        self._stop()
+        self._finish(ESCALATION)
 
     # --- stopping -------------------------------------------------------------------
 
@@ -301,35 +301,29 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def shutdown(self, reason: ExitReason) -> None:
         """Stop all children, then this supervisor."""
-        self.exit_reason = reason
-        self._stop()
+        self._finish(reason)
 
     def kill_all(self) -> None:
         """Kill every child at once, then stop."""
+        self._kill_children()
+        self._finish(ExitReason(ExitKind.KILLED))
+
+    def _kill_children(self) -> None:
         for child in reversed(self.children):
             handle, child.handle = child.handle, None
             child.status = ChildStatus.STOPPED
             child.cancel_restart()
             if handle is not None:
                 handle.kill()
-        self.exit_reason = ExitReason(ExitKind.KILLED)
-        self._stop()
 
     def on_stop(self) -> None:
-        """Stop the children first, in reverse order, however the supervisor stops."""
+        """Stop the children first, in reverse order, when the supervisor stops."""
         self.terminate_all()
 
-    def _actor_loop_teardown(self) -> None:
-        super()._actor_loop_teardown()
-        self.exit_link.exit(self.exit_reason)
-
-    def _handle_failure(self, *exc_info: Any) -> None:
-        super()._handle_failure(*exc_info)
-        self.exit_reason = ExitReason(ExitKind.CRASHED, repr(exc_info[1]))
-        for child in reversed(self.children):
-            handle, child.handle = child.handle, None
-            if handle is not None:
-                handle.kill()
+    def _crash(self, error: BaseException) -> None:
+        """A supervisor that fails takes its children down at once, then exits crashed."""
+        self._kill_children()
+        super()._crash(error)
 
     # --- dynamic children -------------------------------------------------------------
 

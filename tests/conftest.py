@@ -7,11 +7,11 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 
-import pykka
 import pytest
 import redis
 
 from actors import AgentDefaults, Runtime
+from actors._actor import stop_all
 from bridges import IoLoop, NatsServer, free_port
 from messages import SupervisionEvent
 
@@ -86,7 +86,7 @@ def events(runtime: Runtime) -> Iterator[EventRecorder]:
 def _stop_all_actors() -> Iterator[None]:
     before = set(threading.enumerate())
     yield
-    pykka.ActorRegistry.stop_all(timeout=WAIT)
+    stop_all(timeout=WAIT)
     leaked = [t for t in threading.enumerate() if t not in before and not t.daemon and t.is_alive()]
     for thread in leaked:
         thread.join(WAIT)

@@ -119,6 +119,44 @@ def test_a_crashing_handler_fails_its_caller_with_internal_error_and_kills_the_a
         ref.ask(Echo(text="after"))
 
 
+class FailingStartAgent(WorkerAgent):
+    def on_start(self) -> None:
+        raise RuntimeError("no connection")
+
+
+def test_an_agent_whose_on_start_raises_exits_crashed_and_fails_its_queued_asks(
+    runtime: Runtime,
+) -> None:
+    agent = FailingStartAgent(runtime)
+    runtime.directory.register(agent)
+    queued = agent.ref.ask_async(Echo(text="before start"))
+    exits: list[ExitReason] = []
+    agent.ref.link(exits.append)
+    agent.start()
+    assert agent.exit_link.wait(timeout=5)
+    assert exits == [ExitReason(ExitKind.CRASHED, "RuntimeError: no connection")]
+    with pytest.raises(AgentStopped, match="crashed"):
+        queued.get(timeout=0)
+    assert runtime.directory.members(agent.agent_type) == ()
+
+
+class FailingStopAgent(WorkerAgent):
+    def on_stop(self) -> None:
+        raise RuntimeError("could not drain")
+
+
+def test_an_agent_whose_on_stop_raises_exits_crashed_after_serving_its_queue(
+    runtime: Runtime,
+) -> None:
+    ref = FailingStopAgent.spawn(runtime)
+    replies = [ref.ask_async(Echo(text=str(i))) for i in range(3)]
+    exits: list[ExitReason] = []
+    ref.link(exits.append)
+    ref.shutdown(timeout=5)
+    assert [r.get(timeout=0).text for r in replies] == ["0", "1", "2"]
+    assert exits == [ExitReason(ExitKind.CRASHED, "RuntimeError: could not drain")]
+
+
 def test_an_ask_whose_deadline_passed_in_the_queue_is_not_handled(runtime: Runtime) -> None:
     ref = WorkerAgent.spawn(runtime)
     entered, release = gate("deadline")

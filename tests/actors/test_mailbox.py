@@ -5,10 +5,9 @@ import threading
 
 import pykka
 import pytest
-from pykka._envelope import Envelope
 
 from actors import Call, Reply
-from actors._mailbox import WAKE_UP, Mailbox
+from actors._mailbox import WAKE_UP, Envelope, Mailbox
 from messages import Metadata, Priority
 
 
@@ -89,7 +88,7 @@ def test_calls_are_taken_most_important_first_and_in_order_within_a_priority() -
     assert [box.get().payload for _ in sent] == ["c1", "c2", "d1", "d2", "s1"]  # type: ignore[union-attr]
 
 
-def test_pykka_envelopes_come_after_the_calls_queued_before_them_so_a_stop_finishes_them() -> None:
+def test_envelopes_come_after_the_calls_queued_before_them_so_a_stop_finishes_them() -> None:
     box = Mailbox()
     box.offer(call("s0", Priority.SHEDDABLE))
     stop = Envelope("stop")

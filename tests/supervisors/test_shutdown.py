@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from actors import ExitReason, Runtime
+from actors._actor import stop_all
 from messages import ExitKind
 from supervisors import (
     ChildKind,
@@ -15,6 +16,7 @@ from supervisors import (
     agent_child,
     supervisor_child,
 )
+from supervisors._supervisor_actor import Invoke
 from tests.agents import STOPPED, Block, RecordingAgent, gate
 from tests.conftest import WAIT
 from tests.supervisors.helpers import HangingChild, agent, pool
@@ -75,6 +77,27 @@ def test_a_supervisor_stopped_any_other_way_still_stops_its_children(runtime: Ru
     sup._ref.stop(timeout=5)  # pykka's own stop, as ActorRegistry.stop_all does
     assert not any(c.alive for c in children)
     assert sup.wait(timeout=5) is not None
+
+
+def test_stop_all_takes_a_whole_tree_down_and_nothing_is_restarted(runtime: Runtime) -> None:
+    sup = pool(runtime, n=2)
+    children = list(sup.which_children().values())
+    stop_all(timeout=WAIT)
+    assert sup.wait(timeout=0) == ExitReason(ExitKind.SHUTDOWN)
+    assert not any(c.alive for c in children)
+    assert runtime.directory.types() == []
+
+
+def test_a_supervisor_that_crashes_kills_its_children_and_exits_crashed(runtime: Runtime) -> None:
+    sup = pool(runtime, n=2)
+    children = list(sup.which_children().values())
+    sup._ref.tell(Invoke(lambda: 1 / 0))  # a told message that raises, as a bug would
+    reason = sup.wait(timeout=WAIT)
+    assert reason == ExitReason(ExitKind.CRASHED, "ZeroDivisionError: division by zero")
+    exits: list[ExitReason] = []
+    for child in children:
+        child.link(exits.append)  # a link to an exited child hears its exit at once
+    assert exits == [ExitReason(ExitKind.KILLED)] * 2
 
 
 def test_a_worker_with_an_infinite_shutdown_is_waited_for_without_a_bound(
