@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, overload
 
 import msgspec
 
@@ -17,7 +17,9 @@ from messages import (
     GenerateRequest,
     GenerateResult,
     Unavailable,
+    decode_output,
     new_message_id,
+    output_schema,
     require_event,
 )
 
@@ -32,6 +34,7 @@ A = TypeVar("A")
 R = TypeVar("R")
 A_contra = TypeVar("A_contra", contravariant=True)
 R_co = TypeVar("R_co", covariant=True)
+OutputT = TypeVar("OutputT")
 
 # How long `publish_once` remembers a published event id (a week, like tool results).
 PUBLISHED_TTL: Final = 7 * 24 * 3600.0
@@ -251,19 +254,43 @@ class Context:
         self.state.put(marker, b"", ttl=PUBLISHED_TTL)
         return True
 
-    def generate(self, request: GenerateRequest | str, **fields: Any) -> GenerateResult:
+    @overload
+    def generate(
+        self, request: GenerateRequest | str, *, output: None = None, **fields: Any
+    ) -> GenerateResult: ...
+
+    @overload
+    def generate(
+        self, request: GenerateRequest | str, *, output: type[OutputT], **fields: Any
+    ) -> OutputT: ...
+
+    def generate(
+        self, request: GenerateRequest | str, *, output: type[OutputT] | None = None, **fields: Any
+    ) -> GenerateResult | OutputT:
         """Ask the inference pool for a completion and wait for it (within this deadline).
 
         `request` is a `GenerateRequest`, or a prompt string with the
         request's other fields as keywords. The generation inherits this
         message's deadline and priority.
 
+        With `output` (any msgspec-decodable type), the backend constrains
+        decoding to that type's JSON Schema and the text is returned decoded
+        into it.
+
         Raises:
+            messages.OutputInvalid: If `output` is given and the text is not a
+                valid one (cut by `max_tokens`, or a backend that could not
+                constrain it).
             messages.Unavailable: If the node runs no inference pool.
             messages.AgentError: Overloaded, timeout, bad request, ...
         """
+        full = _request(request, _with_output(fields, output))
+        result = self._generate(full)
+        return result if output is None else decode_output(result.text, output)
+
+    def _generate(self, full: GenerateRequest) -> GenerateResult:
         inference = self._inference()
-        full, meta = _request(request, fields), self._cause(new_message_id())
+        meta = self._cause(new_message_id())
         auditor = self._auditor()
         if auditor is None:
             return inference.generate(full, meta)
@@ -276,13 +303,18 @@ class Context:
         auditor.record(full, meta, started=started, result=result)
         return result
 
-    def generate_stream(self, request: GenerateRequest | str, **fields: Any) -> GenerationStream:
+    def generate_stream(
+        self, request: GenerateRequest | str, *, output: type[Any] | None = None, **fields: Any
+    ) -> GenerationStream:
         """Like `generate`, but iterate over the chunks as they are produced.
 
         The final `GenerateResult` is the stream's `result` once the
-        iteration ends; `close()` it to stop early and free the slot.
+        iteration ends; `close()` it to stop early and free the slot. With
+        `output`, decoding is constrained to that type's JSON Schema; decode
+        the result's text with `messages.decode_output`.
         """
-        full, meta = _request(request, fields), self._cause(new_message_id())
+        full = _request(request, _with_output(fields, output))
+        meta = self._cause(new_message_id())
         auditor = self._auditor()  # before the stream: it would hold a slot if this failed
         stream = self._inference().stream(full, meta)
         if auditor is None:
@@ -363,6 +395,15 @@ class Context:
         if isinstance(target, str):
             return self._agent.runtime.ref(target)
         return target
+
+
+def _with_output(fields: dict[str, Any], output: type[Any] | None) -> dict[str, Any]:
+    if output is None:
+        return fields
+    if "output" in fields:
+        msg = "bad generate() arguments: give output once"
+        raise BadRequest(msg)
+    return {**fields, "output": output_schema(output)}
 
 
 def _request(request: GenerateRequest | str, fields: dict[str, Any]) -> GenerateRequest:

@@ -15,6 +15,7 @@ from messages import ConfigError
 
 # An exllamav2 worker runs one generation at once until its engine says more.
 EXLLAMAV2_CAPACITY: Final = 1
+LLAMACPP_CAPACITY: Final = 1
 
 
 class ScriptedRule(Section, frozen=True, kw_only=True):
@@ -109,6 +110,10 @@ class OpenAIBackendSettings(
         capacity: Requests one worker sends at once.
         context_length: The model's context, in tokens.
         connect_timeout: Seconds to connect.
+        response_format: How an output schema is sent: `json_schema`
+            (OpenAI's own form; vLLM, TabbyAPI, llama.cpp's `llama-server`)
+            or `json_object` (`{"type": "json_object", "schema": ...}`, what
+            llama-cpp-python's server takes).
     """
 
     url: str
@@ -117,6 +122,7 @@ class OpenAIBackendSettings(
     capacity: Annotated[int, msgspec.Meta(ge=1)] = 8
     context_length: Annotated[int, msgspec.Meta(ge=1)] = 8192
     connect_timeout: Positive = 5.0
+    response_format: Literal["json_schema", "json_object"] = "json_schema"
 
 
 class ExLlamaV2BackendSettings(
@@ -152,6 +158,47 @@ class ExLlamaV2BackendSettings(
         return self.max_seq_len
 
 
+class LlamaCppBackendSettings(
+    BackendSection, frozen=True, kw_only=True, tag="llamacpp", tag_field="kind"
+):
+    """A quantized GGUF model on this node's CPU, through llama.cpp (the `cpu` extra).
+
+    Each worker process runs one generation at a time: a tier's slots are its
+    `workers`.
+
+    Attributes:
+        model_path: The `.gguf` file (Q4_0, Q8_0, K-quants, ...).
+        n_ctx: Context length in tokens; 0 takes the model's own.
+        n_threads: Threads each worker decodes with; 0 lets llama.cpp choose
+            (half the CPUs). Workers times threads should not exceed the cores.
+        n_batch: Prompt tokens evaluated per batch.
+        seed: The seed of a generation whose request names none.
+    """
+
+    process_default: ClassVar[bool] = True  # one model per process, its own crash domain
+
+    model_path: str
+    n_ctx: Count = 0
+    n_threads: Count = 0
+    n_batch: Annotated[int, msgspec.Meta(ge=1, le=1 << 16)] = 512
+    seed: Annotated[int, msgspec.Meta(ge=0, le=(1 << 32) - 1)] = 0
+
+    @property
+    def model(self) -> str:
+        """The file's name without `.gguf`, as results show it."""
+        return Path(self.model_path).stem
+
+    @property
+    def capacity(self) -> int:
+        """1: a worker decodes one sequence at a time."""
+        return LLAMACPP_CAPACITY
+
+    @property
+    def context_length(self) -> int:
+        """`n_ctx`; 0: the model's own, unknown until it is loaded."""
+        return self.n_ctx
+
+
 class RemoteBackendSettings(
     BackendSection, frozen=True, kw_only=True, tag="remote", tag_field="kind"
 ):
@@ -177,6 +224,7 @@ BackendSettings = (
     ScriptedBackendSettings
     | OpenAIBackendSettings
     | ExLlamaV2BackendSettings
+    | LlamaCppBackendSettings
     | RemoteBackendSettings
 )
 

@@ -57,6 +57,8 @@ class OpenAIBackend:
         capacity: Generations sent at once.
         context_length: The model's context, in tokens.
         connect_timeout: Seconds to connect.
+        response_format: `json_schema` (OpenAI's form) or `json_object`
+            (with a `schema`, as llama-cpp-python's server takes it).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class OpenAIBackend:
         capacity: int = 8,
         context_length: int = 8192,
         connect_timeout: float = 5.0,
+        response_format: str = "json_schema",
     ) -> None:
         self.url = url.rstrip("/")
         self.name = NAME
@@ -76,6 +79,7 @@ class OpenAIBackend:
         self.capacity = capacity
         self.context_length = context_length
         self._connect_timeout = connect_timeout
+        self.response_format = response_format
         self._client: httpx.AsyncClient | None = None
         self._closed = False
 
@@ -125,6 +129,16 @@ class OpenAIBackend:
             body["seed"] = request.seed
         if request.stop:
             body["stop"] = request.stop
+        if request.output is not None:
+            schema = request.output.document()
+            body["response_format"] = (
+                {"type": "json_object", "schema": schema}
+                if self.response_format == "json_object"
+                else {
+                    "type": "json_schema",
+                    "json_schema": {"name": request.output.name, "schema": schema},
+                }
+            )
         return body
 
     async def generate(self, request: GenerateRequest, emit: Emit, *, meta: Metadata) -> Generation:
@@ -285,4 +299,5 @@ def openai_from_settings(settings: OpenAIBackendSettings) -> OpenAIBackend:
         capacity=settings.capacity,
         context_length=settings.context_length,
         connect_timeout=settings.connect_timeout,
+        response_format=settings.response_format,
     )

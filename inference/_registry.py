@@ -18,6 +18,7 @@ import msgspec
 
 from config import (
     ExLlamaV2BackendSettings,
+    LlamaCppBackendSettings,
     OpenAIBackendSettings,
     RemoteBackendSettings,
     ScriptedBackendSettings,
@@ -45,6 +46,9 @@ class Kind(msgspec.Struct, Generic[S], frozen=True, kw_only=True):
         elsewhere: Why it cannot run in this process (when `build` is None).
         modules: Top-level modules it needs, looked for without importing them.
         extra: The package extra that installs `modules`.
+        check: Checks the settings cheaply in the node's own process, before
+            any worker starts (a model file that is missing or damaged),
+            raising `ConfigError` with the key it is given.
     """
 
     settings: type[S]
@@ -52,6 +56,7 @@ class Kind(msgspec.Struct, Generic[S], frozen=True, kw_only=True):
     elsewhere: str = ""
     modules: tuple[str, ...] = ()
     extra: str = ""
+    check: Callable[[S, str], None] | None = None
 
     @property
     def name(self) -> str:
@@ -71,6 +76,18 @@ def _exllamav2(settings: ExLlamaV2BackendSettings) -> Backend:
     return exllamav2_from_settings(settings)
 
 
+def _llamacpp(settings: LlamaCppBackendSettings) -> Backend:
+    from inference._llamacpp import llamacpp_from_settings  # noqa: PLC0415 - the cpu extra
+
+    return llamacpp_from_settings(settings)
+
+
+def _check_llamacpp(settings: LlamaCppBackendSettings, key: str) -> None:
+    from inference._llamacpp import check_model_file  # noqa: PLC0415 - no engine imported
+
+    check_model_file(settings.model_path, key=key)
+
+
 def _by_settings(*kinds: Kind[Any]) -> Mapping[type[msgspec.Struct], Kind[Any]]:
     return {kind.settings: kind for kind in kinds}
 
@@ -85,6 +102,13 @@ KINDS: Final = _by_settings(
         extra="gpu",
     ),
     Kind(
+        settings=LlamaCppBackendSettings,
+        build=_llamacpp,
+        modules=("llama_cpp",),
+        extra="cpu",
+        check=_check_llamacpp,
+    ),
+    Kind(
         settings=RemoteBackendSettings,
         build=None,
         elsewhere="a remote tier is served by workers on other nodes, not in this process",
@@ -96,15 +120,17 @@ def check_available(settings: BackendSettings, *, key: str = BACKEND_KEY) -> Non
     """Fail now, naming `key`, if this process cannot run the backend `settings` choose.
 
     Nothing is imported or loaded: a backend that passes may still fail to
-    start (no CUDA device visible, a model directory that is not one).
+    start (no CUDA device visible, a model directory that is not one). A
+    kind with a `check` runs it (the llamacpp kind reads its GGUF file's
+    header and tensor table).
 
     Args:
         settings: A tier's `[backend]` table.
         key: Its key path, e.g. `inference.tiers[0].backend`.
 
     Raises:
-        ConfigError: If its workers run elsewhere (`remote`), or the extra
-            that installs what it needs is missing.
+        ConfigError: If its workers run elsewhere (`remote`), the extra
+            that installs what it needs is missing, or its check fails.
     """
     _builder(settings, key)
 
@@ -136,4 +162,6 @@ def _builder(settings: BackendSettings, key: str) -> Callable[[Any], Backend]:
             f"(pip install '{DISTRIBUTION}[{kind.extra}]'): {' and '.join(missing)} not installed"
         )
         raise ConfigError(key, reason)
+    if kind.check is not None:
+        kind.check(settings, key)
     return kind.build

@@ -7,16 +7,29 @@ results, statistics and logs): nothing it says comes from a model.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import re
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
+import jsonschema
+import jsonschema.exceptions
+import jsonschema.protocols
+import jsonschema.validators
 import msgspec
 
 from config import read_rules_file
 from inference._backend import Emit, Generation, prompt_text
-from messages import FinishReason, GenerateRequest, Metadata
+from messages import (
+    BadRequest,
+    FinishReason,
+    GenerateRequest,
+    Metadata,
+    OutputInvalid,
+    OutputSchema,
+)
 
 if TYPE_CHECKING:
     from config import ScriptedBackendSettings
@@ -24,6 +37,7 @@ if TYPE_CHECKING:
 NAME: Final = "scripted"
 DEFAULT_REPLY: Final = "I do not have a scripted answer for that."
 _WORD: Final = re.compile(r"\S+\s*")
+_VALIDATORS: Final = 64  # output schemas whose validators are kept
 
 
 class Rule(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,12 +94,32 @@ class ScriptedBackend:
         return len(_WORD.findall(prompt_text(request)))
 
     def reply_for(self, request: GenerateRequest) -> str:
-        """The scripted reply: the first rule matching the prompt's last line."""
+        """The scripted reply: the first rule matching the prompt's last line.
+
+        With an output schema, a rule answers only if its reply is a valid
+        instance of it (what a constrained engine could have produced); the
+        default reply likewise.
+
+        Raises:
+            OutputInvalid: If no matching rule's reply, nor the default, is valid.
+        """
         last_line = prompt_text(request).rstrip().rsplit("\n", 1)[-1]
-        for pattern, reply in self._compiled:
-            if pattern.search(last_line):
+        replies = [reply for pattern, reply in self._compiled if pattern.search(last_line)]
+        replies.append(self.default)
+        if request.output is None:
+            return replies[0]
+        validator = _validator(request.output)
+        errors: list[str] = []
+        for reply in replies:
+            error = _invalid(validator, reply)
+            if error is None:
                 return reply
-        return self.default
+            errors.append(error)
+        raise OutputInvalid(
+            request.output.name,
+            f"no scripted rule answers with one ({len(replies)} tried; first: {errors[0]})",
+            text=replies[0],
+        )
 
     async def generate(
         self,
@@ -124,6 +158,33 @@ class ScriptedBackend:
 
     async def aclose(self) -> None:
         """Nothing to let go: it holds no model, connection or thread."""
+
+
+@functools.lru_cache(maxsize=_VALIDATORS)
+def _validator(output: OutputSchema) -> jsonschema.protocols.Validator:
+    """A validator of `output`'s schema, checked once.
+
+    Raises:
+        BadRequest: If the schema is not JSON, or not a valid JSON Schema.
+    """
+    schema = output.document()
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        msg = f"output schema {output.name} is not a valid JSON Schema: {exc.message[:200]}"
+        raise BadRequest(msg) from exc
+    return cls(schema)
+
+
+def _invalid(validator: jsonschema.protocols.Validator, reply: str) -> str | None:
+    """Why `reply` is not a valid instance, or None if it is."""
+    try:
+        value = json.loads(reply)
+    except ValueError as exc:
+        return f"not JSON ({exc})"
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    return None if error is None else error.message[:200]
 
 
 def scripted_from_settings(settings: ScriptedBackendSettings) -> ScriptedBackend:

@@ -14,7 +14,8 @@ as an instance of one of these classes; on the wire it travels as an
     │   ├── Overloaded              overloaded (retry_after)
     │   ├── RequestTimeout          timeout (also a TimeoutError)
     │   ├── Unavailable             unavailable
-    │   │   └── AgentStopped        the agent died with the request queued or running
+    │   │   ├── AgentStopped        the agent died with the request queued or running
+    │   │   └── OutputInvalid       a generation's text is not the JSON its schema asks for
     │   └── InternalError           internal
     ├── ConfigError                 bad configuration, with the key path
     ├── AgentDefinitionError        an Agent subclass is declared wrongly
@@ -148,6 +149,29 @@ class Unavailable(AgentError):
     """Raised when no agent could take the request (none running, none responding)."""
 
     code = ErrorCode.UNAVAILABLE
+
+
+class OutputInvalid(Unavailable):
+    """Raised when a generation's text is not the JSON value its output schema asks for.
+
+    A constrained engine produces only valid JSON, so this means the text was
+    cut (by `max_tokens` or a stop string), the server ignored the schema, or
+    no scripted rule answers with that type. It is `unavailable` (retryable):
+    the request itself was fine.
+
+    Attributes:
+        output: The name of the type asked for.
+        text: The text that was produced (possibly long; shown cut).
+    """
+
+    def __init__(self, output: str, error: str, *, text: str = "") -> None:
+        self.output = output
+        self.error = error
+        self.text = text
+        super().__init__(f"the generated text is not a valid {output}: {error}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.output, self.error), {"text": self.text})
 
 
 class AgentStopped(Unavailable):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Final
+import functools
+import re
+from typing import Annotated, Any, Final, TypeVar
 
 import msgspec
 
 from messages._base import Message
-from messages._errors import BadRequest
+from messages._errors import BadRequest, OutputInvalid
+
+T = TypeVar("T")
 
 MAX_SEED: Final = (1 << 63) - 1
 """The largest seed: a signed 64-bit integer, as OpenAI-compatible servers (vLLM) take."""
@@ -18,6 +22,10 @@ MAX_TOP_K: Final = (1 << 31) - 1
 MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=1 << 20)]
 Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Seed = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEED)]
+MAX_SCHEMA_LENGTH: Final = 64 * 1024
+"""The longest output schema (its JSON text) a generation may carry."""
+SCHEMA_NAME_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$(?!\n)"
+"""An output schema's name, as OpenAI's `json_schema.name` allows it."""
 
 
 class ChatMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +56,78 @@ class Sampling(msgspec.Struct, frozen=True, kw_only=True):
     repetition_penalty: Annotated[float, msgspec.Meta(ge=0.5, le=5)] = 1.0
 
 
+class OutputSchema(msgspec.Struct, frozen=True, kw_only=True):
+    """The JSON value a generation must produce, as a JSON Schema.
+
+    Backends constrain decoding to it (a llama.cpp grammar, OpenAI's
+    `response_format`, an exllamav2 token filter); `output_schema(T)` makes
+    one from any msgspec-decodable type.
+
+    Attributes:
+        name: What it is called (`SupportDecision`), for the backends that name it.
+        json: The JSON Schema, as JSON text (a bounded string, so that a
+            schema's size is checked before anything parses it).
+    """
+
+    name: Annotated[str, msgspec.Meta(pattern=SCHEMA_NAME_PATTERN)]
+    json: Annotated[str, msgspec.Meta(min_length=2, max_length=MAX_SCHEMA_LENGTH)]
+
+    def document(self) -> dict[str, Any]:
+        """The schema as a JSON object.
+
+        Raises:
+            BadRequest: If `json` is not JSON, or not an object.
+        """
+        try:
+            schema = msgspec.json.decode(self.json)
+        except msgspec.DecodeError as exc:
+            msg = f"output schema {self.name} is not JSON: {exc}"
+            raise BadRequest(msg) from exc
+        if not isinstance(schema, dict):
+            msg = f"output schema {self.name} is not a JSON object"
+            raise BadRequest(msg)
+        return schema
+
+
+def output_schema(output: object) -> OutputSchema:
+    """The `OutputSchema` of a msgspec-decodable type (a Struct, a list of them, ...).
+
+    The root is inlined (msgspec puts a Struct's schema under `$defs` and
+    refers to it), so the schema's top level is the object itself, as
+    OpenAI's `json_schema` and llama.cpp's grammar converter expect. Made
+    once per type.
+    """
+    return _output_schema(output)
+
+
+@functools.cache
+def _output_schema(output: Any) -> OutputSchema:
+    schema: dict[str, Any] = msgspec.json.schema(output)
+    root = schema.get("$ref", "")
+    defs: dict[str, Any] = schema.get("$defs", {})
+    prefix = "#/$defs/"
+    if isinstance(root, str) and root.startswith(prefix) and root[len(prefix) :] in defs:
+        schema = {**defs[root[len(prefix) :]], "$defs": defs}
+    name = output.__name__ if isinstance(output, type) else "output"
+    if not _NAME.match(name):
+        name = "output"
+    return OutputSchema(name=name, json=msgspec.json.encode(schema).decode())
+
+
+def decode_output(text: str, output: type[T]) -> T:
+    """`text` decoded as JSON into `output`, the type its generation was asked to produce.
+
+    Raises:
+        OutputInvalid: If it is not JSON, or not a valid `output` (e.g. cut
+            short by `max_tokens`).
+    """
+    try:
+        return msgspec.json.decode(text, type=output)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        name = getattr(output, "__name__", str(output))
+        raise OutputInvalid(name, str(exc)[:_MAX_ERROR], text=text) from exc
+
+
 class GenerateRequest(Message, frozen=True, kw_only=True):
     """Ask the inference pool for a completion.
 
@@ -65,6 +145,7 @@ class GenerateRequest(Message, frozen=True, kw_only=True):
         tier: Preferred model tier (`large`, `small`, ...); None: the pool's default.
         may_degrade: Whether a smaller tier may answer when the preferred one
             would miss the deadline, is full or is down.
+        output: The JSON the text must be; None: free text.
     """
 
     prompt: str | None = None
@@ -75,6 +156,11 @@ class GenerateRequest(Message, frozen=True, kw_only=True):
     stop: list[str] = msgspec.field(default_factory=list)
     tier: str | None = None
     may_degrade: bool = True
+    output: OutputSchema | None = None
+
+
+_NAME: Final = re.compile(SCHEMA_NAME_PATTERN)
+_MAX_ERROR: Final = 300
 
 
 def prompt_text(request: GenerateRequest) -> str:

@@ -146,8 +146,10 @@ class PricingAgent(Agent):
             discounts=discounts,
         )
 
-        def generate(text: str) -> str:
-            return ctx.generate(GenerateRequest(prompt=text, max_tokens=_EXPLAIN_TOKENS)).text
+        def generate(text: str, output: type[Notes]) -> Notes:
+            return ctx.generate(
+                GenerateRequest(prompt=text, max_tokens=_EXPLAIN_TOKENS), output=output
+            )
 
         allowed = _figures(base, final, PRICE_FLOOR_USD, months, CONTRACT_MONTHS, 10, 5, 2024)
         try:

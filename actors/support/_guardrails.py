@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import msgspec
 
 from actors.support._prompts import REPAIR, PromptTemplate
-from messages import Unavailable
+from messages import OutputInvalid, Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -39,33 +39,53 @@ def _json_object(text: str) -> str:
     return text[start : end + 1] if 0 <= start < end else text
 
 
-def _decode(text: str, output_type: type[T]) -> T:
-    return msgspec.json.decode(_json_object(text), type=output_type)
+def _salvaged(invalid: OutputInvalid, output_type: type[T]) -> T | None:
+    """The JSON object inside the prose of a model that did not keep to the schema, if any."""
+    inner = _json_object(invalid.text)
+    if inner == invalid.text:
+        return None
+    try:
+        return msgspec.json.decode(inner, type=output_type)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
 
 
 def decode_with_repair(
-    generate: Callable[[str], str], prompt: str, output_type: type[T], *, task: PromptTemplate
+    generate: Callable[[str, type[T]], T],
+    prompt: str,
+    output_type: type[T],
+    *,
+    task: PromptTemplate,
 ) -> T:
-    """Generate, decode and validate into `output_type`; on failure, ask once to repair.
+    """Generate `output_type` (decoding constrained to its schema); on failure, ask once to repair.
+
+    `generate(prompt, output_type)` returns the decoded value or raises
+    `OutputInvalid` (`Context.generate` with `output=` does). A constrained
+    backend fails only when its text was cut short; a server that ignored
+    the schema may have wrapped valid JSON in prose, which is taken as is.
 
     Raises:
         ModelOutputInvalid: If the repaired output is still invalid.
     """
-    text = generate(prompt)
     try:
-        return _decode(text, output_type)
-    except (msgspec.ValidationError, msgspec.DecodeError) as first:
+        return generate(prompt, output_type)
+    except OutputInvalid as first:
+        salvaged = _salvaged(first, output_type)
+        if salvaged is not None:
+            return salvaged
         repair = REPAIR.render(
-            error=str(first)[:_MAX_ERROR],
-            previous=text[: _MAX_ERROR * 4],
+            error=first.error[:_MAX_ERROR],
+            previous=first.text[: _MAX_ERROR * 4],
             schema=json.dumps(msgspec.json.schema(output_type)),
             task=task.id,
         )
-        again = generate(repair)
-        try:
-            return _decode(again, output_type)
-        except (msgspec.ValidationError, msgspec.DecodeError) as second:
-            raise ModelOutputInvalid(task.id, str(second)[:_MAX_ERROR]) from second
+    try:
+        return generate(repair, output_type)
+    except OutputInvalid as second:
+        salvaged = _salvaged(second, output_type)
+        if salvaged is not None:
+            return salvaged
+        raise ModelOutputInvalid(task.id, second.error[:_MAX_ERROR]) from second
 
 
 class Action(enum.StrEnum):

@@ -6,7 +6,7 @@ import hashlib
 import re
 import time
 import zlib
-from typing import TYPE_CHECKING, Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Final, TypeVar
 
 import msgspec
 
@@ -38,6 +38,8 @@ from messages import GenerateRequest, NotFound, Sampling, Unavailable
 
 if TYPE_CHECKING:
     from actors import Runtime
+
+T = TypeVar("T")
 
 _SEED_MASK: Final = 0x7FFFFFFF
 _MEMORY_ATTEMPTS: Final = 5
@@ -225,7 +227,7 @@ class _Generate:
         self.ctx = ctx
         self.options = options
 
-    def __call__(self, prompt: str) -> str:
+    def __call__(self, prompt: str, output: type[T]) -> T:
         request = GenerateRequest(
             prompt=prompt,
             max_tokens=self.options.max_tokens,
@@ -233,7 +235,7 @@ class _Generate:
             seed=zlib.crc32(self.ctx.metadata.id.encode()) & _SEED_MASK,
             tier=self.options.tier,
         )
-        return self.ctx.generate(request).text
+        return self.ctx.generate(request, output=output)
 
 
 class TicketsAgent(Agent):

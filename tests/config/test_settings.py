@@ -124,6 +124,7 @@ def test_every_key_of_the_settings_is_documented_in_default_toml() -> None:
         config.ScriptedBackendSettings,
         config.OpenAIBackendSettings,
         config.ExLlamaV2BackendSettings,
+        config.LlamaCppBackendSettings,
         config.RemoteBackendSettings,
         config.ScriptedRule,
     ):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import typing
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +32,9 @@ EXAMPLES: dict[type[object], config.BackendSettings] = {
     ),
     config.ExLlamaV2BackendSettings: config.ExLlamaV2BackendSettings(
         model_dir="/models/llama-exl2/", max_seq_len=4096
+    ),
+    config.LlamaCppBackendSettings: config.LlamaCppBackendSettings(
+        model_path="/models/tiny-q4_0.gguf", n_ctx=2048
     ),
     config.RemoteBackendSettings: config.RemoteBackendSettings(),
 }
@@ -98,11 +102,53 @@ def test_exllamav2_without_the_gpu_extra_is_a_config_error_naming_the_key() -> N
         assert "exllamav2 not installed" in caught.value.reason
 
 
+def test_llamacpp_without_the_cpu_extra_is_a_config_error_naming_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "llama_cpp" else found(name, *args),
+    )
+    key = "inference.tiers[1].backend"
+    for call in (check_available, backend_from_settings):
+        with pytest.raises(ConfigError) as caught:
+            call(EXAMPLES[config.LlamaCppBackendSettings], key=key)
+        assert caught.value.path == key
+        assert "pip install 'actorfleet[cpu]'" in caught.value.reason
+        assert "llama_cpp not installed" in caught.value.reason
+
+
+def test_a_missing_gguf_file_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
+    settings = config.LlamaCppBackendSettings(model_path=str(tmp_path / "absent.gguf"))
+    with pytest.raises(ConfigError, match="cannot read the model file") as caught:
+        check_available(settings, key="inference.tiers[0].backend")
+    assert caught.value.path == "inference.tiers[0].backend.model_path"
+
+
+def test_a_file_that_is_not_gguf_is_refused(tmp_path: Path) -> None:
+    bogus = tmp_path / "weights.gguf"
+    bogus.write_bytes(b"PK\x03\x04 a zip, not a model")
+    settings = config.LlamaCppBackendSettings(model_path=str(bogus))
+    with pytest.raises(ConfigError, match="is not a GGUF file"):
+        check_available(settings)
+
+
+def test_a_gguf_header_with_nothing_behind_it_is_refused(tmp_path: Path) -> None:
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(b"GGUF\x03\x00\x00\x00")  # magic and version, then the file ends
+    settings = config.LlamaCppBackendSettings(model_path=str(cut))
+    with pytest.raises(ConfigError, match="damaged GGUF file"):
+        check_available(settings)
+
+
 @pytest.mark.slow
-def test_importing_inference_imports_no_gpu_engine() -> None:
+def test_importing_inference_imports_no_engine() -> None:
     probe = (
         "import sys, inference\n"
-        "heavy = {'torch', 'exllamav2', 'inference._exllamav2'} & set(sys.modules)\n"
+        "heavy = {'torch', 'exllamav2', 'llama_cpp', 'inference._exllamav2',"
+        " 'inference._llamacpp'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", probe], check=True, timeout=60)

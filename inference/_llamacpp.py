@@ -1,0 +1,348 @@
+"""The llamacpp backend: quantized GGUF models on the CPU (or any llama.cpp build).
+
+`LlamaCppBackend` owns one `llama_cpp.Llama` and the one thread that may
+touch its context: a generation runs there, token by token, and each piece
+of text reaches the I/O loop through `call_soon_threadsafe`. Cancelling the
+generation's task (deadline passed, caller gone) sets a flag the engine
+reads before every token, so the slot is free at once and the engine stops
+at the next token.
+
+One backend runs one generation at a time (`capacity` 1): llama-cpp-python's
+`Llama` decodes a single sequence, so a tier's slots are its worker
+processes (`workers`), each its own OS process as exllamav2's are.
+
+Output schemas become llama.cpp grammars (llama-cpp-python's JSON-Schema
+converter), so the text is valid JSON of the requested type by
+construction; a schema the converter cannot express is a `BadRequest`.
+
+llama-cpp-python is imported only when a backend is built (the `cpu` extra).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from inference._backend import Emit, Generation, prompt_text
+from messages import BadRequest, ConfigError, FinishReason, GenerateRequest, Metadata, OutputSchema
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from config import LlamaCppBackendSettings
+
+logger: Final = logging.getLogger("actorfleet.inference.llamacpp")
+
+NAME: Final = "llamacpp"
+GGUF_MAGIC: Final = b"GGUF"
+CHAT_TEMPLATE_KEY: Final = "tokenizer.chat_template"
+_GRAMMARS: Final = 32  # output schemas whose grammars are kept per backend
+_CONFIG_KEY: Final = "inference.tiers.backend"
+
+_END: Final = object()  # the engine thread's last word on a generation
+
+
+class EngineFailed(Exception):
+    """Raised when llama.cpp fails during a generation (a decode error, a bad state)."""
+
+
+def check_model_file(path: str, *, key: str = _CONFIG_KEY) -> None:
+    """Fail now, naming `key`, unless `path` is a readable GGUF file whose parts are all there.
+
+    Reads the header and tensor table with the `gguf` package (memory-mapped,
+    nothing loaded), so a truncated or foreign file is refused before any
+    worker process starts, instead of crash-looping there.
+
+    Raises:
+        ConfigError: If the file is missing, unreadable, not GGUF, or cut short.
+    """
+    where = f"{key}.model_path"
+    file = Path(path)
+    try:
+        with file.open("rb") as handle:
+            magic = handle.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        raise ConfigError(where, f"cannot read the model file {path}: {exc.strerror}") from exc
+    if magic != GGUF_MAGIC:
+        raise ConfigError(where, f"{path} is not a GGUF file (it starts {magic!r})")
+    try:
+        import gguf  # noqa: PLC0415 - the cpu extra
+
+        reader = gguf.GGUFReader(file)
+        size = file.stat().st_size
+        end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
+    except ImportError:
+        return  # the magic is all that can be checked without the cpu extra
+    except (ValueError, IndexError, KeyError, OSError) as exc:
+        raise ConfigError(where, f"{path} is a damaged GGUF file: {exc}") from exc
+    if end > size:
+        raise ConfigError(
+            where, f"{path} is cut short: its tensors need {end} bytes, it has {size}"
+        )
+
+
+class LlamaCppBackend:
+    """One GGUF model in this process, generating one sequence at a time.
+
+    Args:
+        model_path: The `.gguf` file.
+        n_ctx: Context length; 0 takes the model's own.
+        n_threads: Threads for decoding; 0 lets llama.cpp choose.
+        n_batch: Prompt tokens evaluated per batch.
+        seed: The seed of a generation that names none.
+
+    Raises:
+        ConfigError: If llama-cpp-python is missing, or the model cannot be loaded.
+    """
+
+    capacity: Final = 1
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        n_ctx: int = 0,
+        n_threads: int = 0,
+        n_batch: int = 512,
+        seed: int = 0,
+    ) -> None:
+        check_model_file(model_path)
+        try:
+            import llama_cpp  # noqa: PLC0415 - the cpu extra
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: PLC0415
+            from llama_cpp.llama_grammar import LlamaGrammar  # noqa: PLC0415
+        except ImportError as exc:
+            msg = (
+                f"the llamacpp backend needs the 'cpu' extra (pip install 'actorfleet[cpu]'): {exc}"
+            )
+            raise ConfigError(_CONFIG_KEY, msg) from exc
+        self._stopping = llama_cpp.StoppingCriteriaList
+        self._grammar_from_schema = LlamaGrammar.from_json_schema
+        try:
+            self.llm = llama_cpp.Llama(
+                model_path=model_path,
+                n_ctx=n_ctx,
+                n_threads=n_threads or None,
+                n_batch=n_batch,
+                seed=seed,
+                verbose=False,
+            )
+        except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
+            raise ConfigError(f"{_CONFIG_KEY}.model_path", f"{model_path}: {exc}") from exc
+        self.name = NAME
+        self.model = Path(model_path).stem
+        self.context_length: int = self.llm.n_ctx()
+        self.eos_text = self._piece(self.llm.token_eos())
+        template = self.llm.metadata.get(CHAT_TEMPLATE_KEY)
+        self._chat = (
+            None
+            if template is None
+            else Jinja2ChatFormatter(
+                template=template,
+                eos_token=self.eos_text,
+                bos_token=self._piece(self.llm.token_bos()),
+            )
+        )
+        # llama.cpp's context is not thread-safe: every call that decodes runs here.
+        self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp-engine")
+        self.grammar = functools.lru_cache(maxsize=_GRAMMARS)(self._grammar)
+
+    def _piece(self, token: int) -> str:
+        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def prompt(self, request: GenerateRequest) -> tuple[list[int], list[str]]:
+        """The request's prompt as tokens, and the stop strings its chat template adds.
+
+        Chat turns are rendered with the model's own chat template (from the
+        GGUF file); without one, one `role: content` line per turn and `assistant:`.
+
+        Raises:
+            BadRequest: If the prompt is empty or the template refuses the turns.
+        """
+        text = prompt_text(request)  # validates: exactly one of prompt and messages, not empty
+        stops: list[str] = []
+        if request.messages is None:
+            rendered = text
+        elif self._chat is None:
+            rendered = "".join(f"{m.role}: {m.content}\n" for m in request.messages) + "assistant:"
+        else:
+            turns: Any = [{"role": m.role, "content": m.content} for m in request.messages]
+            try:
+                formatted = self._chat(messages=turns)
+            except ValueError as exc:  # the template's raise_exception
+                msg = f"the model's chat template refused the messages: {exc}"
+                raise BadRequest(msg) from exc
+            rendered = formatted.prompt
+            stops = [
+                s
+                for s in (
+                    [formatted.stop] if isinstance(formatted.stop, str) else formatted.stop or []
+                )
+                if s
+            ]
+        tokens = self.llm.tokenize(rendered.encode(), add_bos=True, special=True)
+        return tokens, stops
+
+    def count_tokens(self, request: GenerateRequest) -> int:
+        """Prompt tokens, by the model's own tokenizer (chat template applied)."""
+        return len(self.prompt(request)[0])
+
+    def _grammar(self, output: OutputSchema) -> Any:
+        """The llama.cpp grammar that admits exactly the JSON of `output`'s schema.
+
+        Raises:
+            BadRequest: If the schema is not JSON, or the converter cannot express it.
+        """
+        output.document()  # BadRequest for text that is not a JSON object
+        try:
+            return self._grammar_from_schema(output.json, verbose=False)
+        except (ValueError, KeyError, TypeError, NotImplementedError, RecursionError) as exc:
+            msg = f"output schema {output.name} cannot be expressed as a llama.cpp grammar: {exc}"
+            raise BadRequest(msg) from exc
+
+    async def generate(
+        self,
+        request: GenerateRequest,
+        emit: Emit,
+        *,
+        meta: Metadata,  # noqa: ARG002 - nothing to pass on in-process
+    ) -> Generation:
+        """Run one generation on the engine thread, streaming its text through `emit`."""
+        started = time.monotonic()
+        tokens, template_stops = self.prompt(request)
+        grammar = None if request.output is None else self.grammar(request.output)
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[Any] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def put(item: Any) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, item)
+
+        job = _Job(
+            tokens=tokens,
+            request=request,
+            stops=[*request.stop, *template_stops],
+            grammar=grammar,
+            cancelled=cancelled,
+            put=put,
+        )
+        self._engine.submit(self._run, job)
+        first_token_s: float | None = None
+        text: list[str] = []
+        try:
+            while (item := await pieces.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                if first_token_s is None:
+                    first_token_s = time.monotonic() - started
+                text.append(item)
+                emit(item)
+        finally:
+            cancelled.set()  # a no-op when it ended; else the engine stops at the next token
+        return Generation(
+            text="".join(text),
+            finish_reason=job.finish_reason,
+            prompt_tokens=len(tokens),
+            completion_tokens=job.completion_tokens,
+            first_token_s=time.monotonic() - started if first_token_s is None else first_token_s,
+        )
+
+    def _run(self, job: _Job) -> None:
+        """The engine thread's side of one generation."""
+        if job.cancelled.is_set():
+            job.put(_END)
+            return
+        sampling = job.request.sampling
+
+        def between_tokens(_ids: Any, _logits: Any) -> bool:
+            job.completion_tokens += 1
+            return job.cancelled.is_set()
+
+        try:
+            chunks: Iterator[Any] = self.llm.create_completion(  # type: ignore[assignment]
+                job.tokens,
+                max_tokens=job.request.max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                min_p=0.0,
+                repeat_penalty=sampling.repetition_penalty,
+                stop=job.stops,
+                seed=job.request.seed,
+                grammar=job.grammar,
+                stopping_criteria=self._stopping([between_tokens]),
+                stream=True,
+            )
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                if choice["text"]:
+                    job.put(choice["text"])
+                if choice["finish_reason"] is not None:
+                    job.finish_reason = (
+                        FinishReason.LENGTH
+                        if choice["finish_reason"] == "length"
+                        else FinishReason.STOP
+                    )
+                if job.cancelled.is_set():
+                    job.finish_reason = FinishReason.CANCELLED
+                    with contextlib.suppress(Exception):
+                        chunks.close()  # type: ignore[attr-defined]
+                    break
+        except ValueError as exc:  # e.g. the prompt does not fit the context
+            job.put(BadRequest(f"the llamacpp engine refused the request: {exc}"))
+            return
+        except Exception as exc:
+            logger.exception("the llamacpp engine failed")
+            job.put(EngineFailed(f"the llamacpp engine failed: {exc}"))
+            return
+        job.put(_END)
+
+    async def aclose(self) -> None:
+        """Wait for the engine thread to finish, then free the model."""
+        await asyncio.to_thread(self._engine.shutdown, wait=True, cancel_futures=True)
+        await asyncio.to_thread(self.llm.close)
+
+
+class _Job:
+    """One generation as the engine thread sees it."""
+
+    def __init__(
+        self,
+        *,
+        tokens: list[int],
+        request: GenerateRequest,
+        stops: list[str],
+        grammar: Any,
+        cancelled: threading.Event,
+        put: Callable[[Any], None],
+    ) -> None:
+        self.tokens = tokens
+        self.request = request
+        self.stops = stops
+        self.grammar = grammar
+        self.cancelled = cancelled
+        self.put = put
+        self.finish_reason = FinishReason.STOP
+        self.completion_tokens = 0
+
+
+def llamacpp_from_settings(settings: LlamaCppBackendSettings) -> LlamaCppBackend:
+    """A llamacpp backend with its model loaded, as a tier's `[backend]` table describes it.
+
+    Raises:
+        ConfigError: If llama-cpp-python is missing or the model cannot be loaded.
+    """
+    return LlamaCppBackend(
+        settings.model_path,
+        n_ctx=settings.n_ctx,
+        n_threads=settings.n_threads,
+        n_batch=settings.n_batch,
+        seed=settings.seed,
+    )
