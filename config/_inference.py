@@ -173,6 +173,10 @@ class LlamaCppBackendSettings(
             (half the CPUs). Workers times threads should not exceed the cores.
         n_batch: Prompt tokens evaluated per batch.
         seed: The seed of a generation whose request names none.
+        repack: Let llama.cpp repack the weights for the CPU's fastest
+            kernels (AVX2/AVX-512 repacking, AMX; llama.cpp's extra buffer
+            types). Off by default: its AMX kernels crashed the process on a
+            VM whose CPU reports AMX.
     """
 
     process_default: ClassVar[bool] = True  # one model per process, its own crash domain
@@ -182,6 +186,7 @@ class LlamaCppBackendSettings(
     n_threads: Count = 0
     n_batch: Annotated[int, msgspec.Meta(ge=1, le=1 << 16)] = 512
     seed: Annotated[int, msgspec.Meta(ge=0, le=(1 << 32) - 1)] = 0
+    repack: bool = False
 
     @property
     def model(self) -> str:

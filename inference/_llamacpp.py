@@ -23,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -34,7 +36,7 @@ from inference._backend import Emit, Generation, prompt_text
 from messages import BadRequest, ConfigError, FinishReason, GenerateRequest, Metadata, OutputSchema
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from config import LlamaCppBackendSettings
 
@@ -47,6 +49,64 @@ _GRAMMARS: Final = 32  # output schemas whose grammars are kept per backend
 _CONFIG_KEY: Final = "inference.tiers.backend"
 
 _END: Final = object()  # the engine thread's last word on a generation
+
+
+# What JSON allows unescaped in a string: llama.cpp's own converter excludes
+# control characters; llama-cpp-python's copy (0.3.x) lets them through, so a
+# random or weak model writes strings no JSON parser takes.
+_HEX: Final = "[0-9a-fA-F]"
+_JSON_CHAR: Final = rf'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" {_HEX} {_HEX} {_HEX} {_HEX})'
+_CONVERTER_LOCK: Final = threading.Lock()
+
+
+def _repetition(
+    item_rule: str,
+    min_items: int,
+    max_items: int | None,
+    separator_rule: str | None = None,
+    item_rule_is_literal: bool = False,  # noqa: ARG001 - the replaced signature
+) -> str:
+    """llama.cpp's own `_build_repetition`: bounded repeats as `x{m,n}`.
+
+    llama-cpp-python's copy nests one optional group per repeat, which
+    llama.cpp's grammar parser refuses past a few hundred (`maxLength =
+    2000` is "over sane defaults"); `x{m,n}` it expands itself.
+    """
+    if max_items == 0:
+        return ""
+    if min_items == 0 and max_items == 1:
+        return f"{item_rule}?"
+    if not separator_rule:
+        if max_items is None:
+            return f"{item_rule}+" if min_items == 1 else f"{item_rule}{{{min_items},}}"
+        return f"{item_rule}{{{min_items},{max_items}}}"
+    rest = _repetition(
+        f"({separator_rule} {item_rule})",
+        max(min_items - 1, 0),
+        None if max_items is None else max_items - 1,
+    )
+    result = f"{item_rule} {rest}"
+    return f"({result})?" if min_items == 0 else result
+
+
+def schema_to_gbnf(schema_json: str) -> str:
+    """The GBNF grammar of a JSON Schema, by llama-cpp-python's converter with llama.cpp's fixes.
+
+    Raises:
+        ValueError, KeyError, TypeError, NotImplementedError, RecursionError:
+            What the converter raises for a schema it cannot express.
+    """
+    from llama_cpp import llama_grammar  # noqa: PLC0415 - the cpu extra
+
+    with _CONVERTER_LOCK:
+        repetition, char = llama_grammar._build_repetition, llama_grammar.PRIMITIVE_RULES["char"]  # noqa: SLF001
+        llama_grammar._build_repetition = _repetition  # noqa: SLF001
+        llama_grammar.PRIMITIVE_RULES["char"] = llama_grammar.BuiltinRule(_JSON_CHAR, [])
+        try:
+            return str(llama_grammar.json_schema_to_gbnf(schema_json))
+        finally:
+            llama_grammar._build_repetition = repetition  # noqa: SLF001
+            llama_grammar.PRIMITIVE_RULES["char"] = char
 
 
 class EngineFailed(Exception):
@@ -88,6 +148,38 @@ def check_model_file(path: str, *, key: str = _CONFIG_KEY) -> None:
         )
 
 
+_PARAMS_LOCK: Final = threading.Lock()
+
+
+@contextlib.contextmanager
+def _extra_buffers(*, enabled: bool) -> Iterator[None]:
+    """Models loaded inside use llama.cpp's extra buffer types only if `enabled`.
+
+    `Llama` takes no argument for `use_extra_bufts` (llama.cpp's
+    `--no-repack`), so the default model parameters it starts from are
+    replaced while it loads. Without this, the AMX kernels of a native
+    build were seen to crash (SIGSEGV in `ggml_backend_amx_mul_mat`) on
+    CPUs that report AMX inside a VM.
+    """
+    if enabled:
+        yield
+        return
+    bindings: Any = importlib.import_module("llama_cpp.llama_cpp")  # what `Llama` reads
+    original = bindings.llama_model_default_params
+
+    def defaults() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    with _PARAMS_LOCK:
+        bindings.llama_model_default_params = defaults
+        try:
+            yield
+        finally:
+            bindings.llama_model_default_params = original
+
+
 class LlamaCppBackend:
     """One GGUF model in this process, generating one sequence at a time.
 
@@ -97,6 +189,8 @@ class LlamaCppBackend:
         n_threads: Threads for decoding; 0 lets llama.cpp choose.
         n_batch: Prompt tokens evaluated per batch.
         seed: The seed of a generation that names none.
+        repack: Let llama.cpp repack the weights for the CPU's own kernels
+            (its "extra buffer types": AVX2/AVX-512 repacking, AMX).
 
     Raises:
         ConfigError: If llama-cpp-python is missing, or the model cannot be loaded.
@@ -112,6 +206,7 @@ class LlamaCppBackend:
         n_threads: int = 0,
         n_batch: int = 512,
         seed: int = 0,
+        repack: bool = False,
     ) -> None:
         check_model_file(model_path)
         try:
@@ -124,16 +219,17 @@ class LlamaCppBackend:
             )
             raise ConfigError(_CONFIG_KEY, msg) from exc
         self._stopping = llama_cpp.StoppingCriteriaList
-        self._grammar_from_schema = LlamaGrammar.from_json_schema
+        self._grammar_from_gbnf = LlamaGrammar.from_string
         try:
-            self.llm = llama_cpp.Llama(
-                model_path=model_path,
-                n_ctx=n_ctx,
-                n_threads=n_threads or None,
-                n_batch=n_batch,
-                seed=seed,
-                verbose=False,
-            )
+            with _extra_buffers(enabled=repack):
+                self.llm = llama_cpp.Llama(
+                    model_path=model_path,
+                    n_ctx=n_ctx,
+                    n_threads=n_threads or None,
+                    n_batch=n_batch,
+                    seed=seed,
+                    verbose=False,
+                )
         except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
             raise ConfigError(f"{_CONFIG_KEY}.model_path", f"{model_path}: {exc}") from exc
         self.name = NAME
@@ -202,10 +298,11 @@ class LlamaCppBackend:
         """
         output.document()  # BadRequest for text that is not a JSON object
         try:
-            return self._grammar_from_schema(output.json, verbose=False)
+            gbnf = schema_to_gbnf(output.json)
         except (ValueError, KeyError, TypeError, NotImplementedError, RecursionError) as exc:
             msg = f"output schema {output.name} cannot be expressed as a llama.cpp grammar: {exc}"
             raise BadRequest(msg) from exc
+        return self._grammar_from_gbnf(gbnf, verbose=False)
 
     async def generate(
         self,
@@ -261,8 +358,11 @@ class LlamaCppBackend:
             return
         sampling = job.request.sampling
 
-        def between_tokens(_ids: Any, _logits: Any) -> bool:
-            job.completion_tokens += 1
+        def between_tokens(ids: Any, _logits: Any) -> bool:
+            # Called once per sampled token with the tokens evaluated so far
+            # (and once more, alike, when the length runs out): so the tokens
+            # generated, the last one (EOS, as vLLM counts it) included.
+            job.completion_tokens = len(ids) - len(job.tokens) + 1
             return job.cancelled.is_set()
 
         try:
@@ -345,4 +445,5 @@ def llamacpp_from_settings(settings: LlamaCppBackendSettings) -> LlamaCppBackend
         n_threads=settings.n_threads,
         n_batch=settings.n_batch,
         seed=settings.seed,
+        repack=settings.repack,
     )

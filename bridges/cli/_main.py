@@ -7,6 +7,7 @@ import logging
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Final
 
 import msgspec
@@ -17,10 +18,12 @@ from bridges._loop import run_async
 from bridges.cli._client import add_client_commands, audit, default_url, print_tree, send, status
 from bridges.node._build import build_node, import_agent
 from bridges.workers._worker import serve_worker
+from inference import check_available
 from messages import ActorfleetError, ConfigError, StartFailed, Unavailable
 from supervisors import Supervisor, SupervisorStatistics, pin_cpus
 
 EXIT_USAGE: Final = 2
+_MODEL_TIERS: Final = ("large", "small")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="stop by itself after this many seconds (for smoke tests)",
+    )
+    run.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="PATH.gguf",
+        help="answer with this GGUF model (llamacpp, the cpu extra) instead of the configured "
+        "tiers; give it twice, largest first, for a large and a small tier",
     )
     run.add_argument("--log-level", default="INFO")
     worker = commands.add_parser(
@@ -73,7 +84,7 @@ def _describe(settings: config.Settings, tree: SupervisorStatistics, types: list
     for tier in settings.inference.tiers:
         backend = tier.backend
         kind = backend.__struct_config__.tag
-        model = getattr(backend, "model", "") or getattr(backend, "model_dir", "")
+        model = getattr(backend, "model_path", "") or backend.model
         note = " (rule-driven replies, no model)" if kind == "scripted" else ""
         print(f"  backend  tier {tier.name}: {kind} {model}{note}")
 
@@ -89,11 +100,40 @@ def _child_detail(tree: SupervisorStatistics, child_id: str) -> str | None:
     return None
 
 
+def with_models(settings: config.Settings, paths: Sequence[str]) -> config.Settings:
+    """`settings` with its tiers replaced by one llamacpp tier per GGUF file, largest first.
+
+    The tiers are named `large` and `small` (then `tier3`, ...), so the
+    reference agents, which prefer `large`, degrade to the second model
+    under load. Each keeps the settings of the configured tier of its
+    name, if there is one, but for its backend.
+
+    Raises:
+        ConfigError: If a file is not a readable GGUF file.
+    """
+    configured = {tier.name: tier for tier in settings.inference.tiers}
+    tiers = []
+    for index, path in enumerate(paths):
+        name = _MODEL_TIERS[index] if index < len(_MODEL_TIERS) else f"tier{index + 1}"
+        backend = config.LlamaCppBackendSettings(model_path=str(Path(path).resolve()))
+        check_available(backend, key=f"--model {path}")
+        tier = configured.get(name)
+        tiers.append(
+            config.TierSettings(name=name, backend=backend)
+            if tier is None
+            else msgspec.structs.replace(tier, backend=backend, process=None, gpus=[])
+        )
+    inference = msgspec.structs.replace(settings.inference, tiers=tiers, default_tier="")
+    return msgspec.structs.replace(settings, inference=inference)
+
+
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = config.load(args.config)
+    if args.model:
+        settings = with_models(settings, args.model)
     if settings.node.cpus:
         print(f"pinned to CPUs {sorted(pin_cpus(settings.node.cpus))}")
     node = build_node(settings)
