@@ -25,10 +25,10 @@ import contextlib
 import functools
 import importlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -93,8 +93,8 @@ def schema_to_gbnf(schema_json: str) -> str:
     """The GBNF grammar of a JSON Schema, by llama-cpp-python's converter with llama.cpp's fixes.
 
     Raises:
-        ValueError, KeyError, TypeError, NotImplementedError, RecursionError:
-            What the converter raises for a schema it cannot express.
+        Exception: Whatever the converter raises for a schema it cannot
+            express (`AssertionError` for a remote `$ref`, `ValueError`, ...).
     """
     from llama_cpp import llama_grammar  # noqa: PLC0415 - the cpu extra
 
@@ -232,6 +232,8 @@ class LlamaCppBackend:
                 )
         except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
             raise ConfigError(f"{_CONFIG_KEY}.model_path", f"{model_path}: {exc}") from exc
+        self._bindings: Any = llama_cpp
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.name = NAME
         self.model = Path(model_path).stem
         self.context_length: int = self.llm.n_ctx()
@@ -246,8 +248,11 @@ class LlamaCppBackend:
                 bos_token=self._piece(self.llm.token_bos()),
             )
         )
-        # llama.cpp's context is not thread-safe: every call that decodes runs here.
-        self._engine = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp-engine")
+        # llama.cpp's context is not thread-safe: every call that decodes runs
+        # on this one thread. A daemon: a process that exits drops its work.
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._engine = threading.Thread(target=self._drive, name="llamacpp-engine", daemon=True)
+        self._engine.start()
         self.grammar = functools.lru_cache(maxsize=_GRAMMARS)(self._grammar)
 
     def _piece(self, token: int) -> str:
@@ -299,9 +304,16 @@ class LlamaCppBackend:
         output.document()  # BadRequest for text that is not a JSON object
         try:
             gbnf = schema_to_gbnf(output.json)
-        except (ValueError, KeyError, TypeError, NotImplementedError, RecursionError) as exc:
+        except Exception as exc:  # the converter asserts, raises anything
             msg = f"output schema {output.name} cannot be expressed as a llama.cpp grammar: {exc}"
             raise BadRequest(msg) from exc
+        # llama.cpp parses the grammar only when a generation starts, and a
+        # grammar it cannot parse then takes the process down: parse it here.
+        probe = self._bindings.llama_sampler_init_grammar(self._vocab, gbnf.encode(), b"root")
+        if not probe:
+            msg = f"output schema {output.name} gives a grammar llama.cpp cannot parse"
+            raise BadRequest(msg)
+        self._bindings.llama_sampler_free(probe)
         return self._grammar_from_gbnf(gbnf, verbose=False)
 
     async def generate(
@@ -320,7 +332,9 @@ class LlamaCppBackend:
         cancelled = threading.Event()
 
         def put(item: Any) -> None:
-            loop.call_soon_threadsafe(pieces.put_nowait, item)
+            if not cancelled.is_set():  # else nobody listens, and the loop may be gone
+                with contextlib.suppress(RuntimeError):  # closed while this ran
+                    loop.call_soon_threadsafe(pieces.put_nowait, item)
 
         job = _Job(
             tokens=tokens,
@@ -330,7 +344,7 @@ class LlamaCppBackend:
             cancelled=cancelled,
             put=put,
         )
-        self._engine.submit(self._run, job)
+        self._jobs.put(job)
         first_token_s: float | None = None
         text: list[str] = []
         try:
@@ -351,6 +365,13 @@ class LlamaCppBackend:
             first_token_s=time.monotonic() - started if first_token_s is None else first_token_s,
         )
 
+    def _drive(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                self._run(job)
+            except Exception:  # the engine thread outlives any one job's failure
+                logger.exception("a llamacpp job failed outside the engine")
+
     def _run(self, job: _Job) -> None:
         """The engine thread's side of one generation."""
         if job.cancelled.is_set():
@@ -360,9 +381,15 @@ class LlamaCppBackend:
 
         def between_tokens(ids: Any, _logits: Any) -> bool:
             # Called once per sampled token with the tokens evaluated so far
-            # (and once more, alike, when the length runs out): so the tokens
-            # generated, the last one (EOS, as vLLM counts it) included.
-            job.completion_tokens = len(ids) - len(job.tokens) + 1
+            # (and once more, alike, when the length runs out). The length is
+            # enforced here: llama-cpp-python's own check is skipped while a
+            # token ends inside a UTF-8 character, and overruns.
+            evaluated = len(ids) - len(job.tokens)
+            if evaluated >= job.request.max_tokens:
+                job.completion_tokens = job.request.max_tokens
+                job.cut = True
+                return True
+            job.completion_tokens = evaluated + 1  # EOS included, as vLLM counts it
             return job.cancelled.is_set()
 
         try:
@@ -385,11 +412,8 @@ class LlamaCppBackend:
                 if choice["text"]:
                     job.put(choice["text"])
                 if choice["finish_reason"] is not None:
-                    job.finish_reason = (
-                        FinishReason.LENGTH
-                        if choice["finish_reason"] == "length"
-                        else FinishReason.STOP
-                    )
+                    cut = job.cut or choice["finish_reason"] == "length"
+                    job.finish_reason = FinishReason.LENGTH if cut else FinishReason.STOP
                 if job.cancelled.is_set():
                     job.finish_reason = FinishReason.CANCELLED
                     with contextlib.suppress(Exception):
@@ -405,8 +429,9 @@ class LlamaCppBackend:
         job.put(_END)
 
     async def aclose(self) -> None:
-        """Wait for the engine thread to finish, then free the model."""
-        await asyncio.to_thread(self._engine.shutdown, wait=True, cancel_futures=True)
+        """Wait for the engine thread to finish its generation, then free the model."""
+        self._jobs.put(None)
+        await asyncio.to_thread(self._engine.join)
         await asyncio.to_thread(self.llm.close)
 
 
@@ -431,6 +456,7 @@ class _Job:
         self.put = put
         self.finish_reason = FinishReason.STOP
         self.completion_tokens = 0
+        self.cut = False
 
 
 def llamacpp_from_settings(settings: LlamaCppBackendSettings) -> LlamaCppBackend:
