@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -162,3 +163,25 @@ def stop_redis_server(proc: subprocess.Popen[str]) -> None:
     proc.wait(WAIT)
     if proc.stdout is not None:
         proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def gguf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where this test run's GGUF test models are built (each once, named by its parameters)."""
+    return tmp_path_factory.mktemp("gguf")
+
+
+@pytest.fixture(scope="session")
+def small_gguf(gguf_dir: Path) -> Path:
+    """The small random Llama, Q4_0 (the `small` tier's model in the model tests)."""
+    from tests.models import build_model  # noqa: PLC0415 - needs the cpu extra
+
+    return build_model(gguf_dir, size="small", quant="Q4_0")
+
+
+@pytest.fixture(scope="session")
+def large_gguf(gguf_dir: Path) -> Path:
+    """The large random Llama, Q8_0: several times the small one's cost per token."""
+    from tests.models import build_model  # noqa: PLC0415 - needs the cpu extra
+
+    return build_model(gguf_dir, size="large", quant="Q8_0")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Annotated, Final
 
 import msgspec
 
@@ -48,9 +48,9 @@ _EXPLAIN_TOKENS: Final = 120
 
 
 class Notes(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The model's explanation of a price."""
+    """The model's explanation of a price (bounded, so a constrained model always ends it)."""
 
-    notes: str
+    notes: Annotated[str, msgspec.Meta(max_length=300)]
 
 
 def price_contract(
