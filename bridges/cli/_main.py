@@ -116,7 +116,10 @@ def with_models(settings: config.Settings, paths: Sequence[str]) -> config.Setti
     for index, path in enumerate(paths):
         name = _MODEL_TIERS[index] if index < len(_MODEL_TIERS) else f"tier{index + 1}"
         backend = config.LlamaCppBackendSettings(model_path=str(Path(path).resolve()))
-        check_available(backend, key=f"--model {path}")
+        try:
+            check_available(backend)
+        except ConfigError as exc:
+            raise ConfigError("--model", exc.reason) from exc
         tier = configured.get(name)
         tiers.append(
             config.TierSettings(name=name, backend=backend)

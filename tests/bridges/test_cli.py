@@ -136,3 +136,33 @@ def test_a_bad_config_file_exits_with_status_2_and_the_key_path(tmp_path: Path) 
     _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 2
     assert "agents.hung_margin" in stderr
+
+
+@pytest.mark.model
+def test_model_flags_replace_the_tiers_with_llamacpp_tiers_largest_first(
+    large_gguf: Path, small_gguf: Path
+) -> None:
+    from bridges.cli._main import with_models  # noqa: PLC0415
+    from config import LlamaCppBackendSettings, load  # noqa: PLC0415
+
+    configured = load(None, env={})
+    settings = with_models(configured, [str(large_gguf), str(small_gguf)])
+    tiers = settings.inference.tiers
+    assert [t.name for t in tiers] == ["large", "small"]
+    assert [type(t.backend) for t in tiers] == [LlamaCppBackendSettings] * 2
+    assert [t.backend.model for t in tiers] == [large_gguf.stem, small_gguf.stem]
+    assert all(t.runs_processes for t in tiers)
+    assert tiers[0].queue_bound == configured.inference.tiers[0].queue_bound
+    assert settings.pools == configured.pools  # the same service, on other models
+
+
+def test_a_model_flag_naming_no_gguf_file_is_refused_with_the_flag(tmp_path: Path) -> None:
+    from bridges.cli._main import with_models  # noqa: PLC0415
+    from config import load  # noqa: PLC0415
+
+    missing = tmp_path / "nothing.gguf"
+    with pytest.raises(ConfigError) as caught:
+        with_models(load(None, env={}), [str(missing)])
+    assert caught.value.path == "--model"
+    assert str(missing) in caught.value.reason
+    assert main(["run", "--model", str(missing), "--duration", "0"]) != 0
