@@ -5,7 +5,9 @@ without downloading weights: every file is built locally in a few seconds from a
 seed. The weights are random, so the text they generate is noise, but the files
 are complete Llama models: a GPT-2-style byte-level BPE vocabulary whose merges are
 learnt from a small built-in corpus, ``<s>``/``</s>`` special tokens, a Jinja chat
-template and the metadata llama.cpp's loader asks for.
+template and the metadata llama.cpp's loader asks for. Byte tokens other than
+printable ASCII, tab and newline (and ``<s>``) are given hugely negative logits, so
+generated text is plain ASCII; any UTF-8 text still tokenizes and round-trips.
 
 The float model is written by the ``gguf`` package and then quantized by
 llama.cpp's own quantizer (``llama_cpp.llama_model_quantize``), so the quantized
@@ -26,6 +28,7 @@ import os
 import re
 import string
 import sys
+import types
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -82,14 +85,16 @@ class ModelShape:
         return self.hidden // self.heads
 
 
-SIZES: Final[Mapping[str, ModelShape]] = {
-    "small": ModelShape(
-        vocab=768, hidden=256, intermediate=768, layers=4, heads=4, kv_heads=2, context=2048
-    ),
-    "large": ModelShape(
-        vocab=768, hidden=512, intermediate=1536, layers=8, heads=8, kv_heads=4, context=2048
-    ),
-}
+SIZES: Final[Mapping[str, ModelShape]] = types.MappingProxyType(
+    {
+        "small": ModelShape(
+            vocab=768, hidden=256, intermediate=768, layers=4, heads=4, kv_heads=2, context=2048
+        ),
+        "large": ModelShape(
+            vocab=768, hidden=512, intermediate=1536, layers=8, heads=8, kv_heads=4, context=2048
+        ),
+    }
+)
 """The model sizes :func:`build_model` knows, by name."""
 
 QUANTS: Final[frozenset[str]] = frozenset({"F16", "Q8_0", "Q4_0", "Q4_K_M"})
@@ -448,7 +453,7 @@ def _quantize(src: Path, dst: Path, quant: str) -> None:
     params.ftype = ftypes[quant]
     params.nthread = os.cpu_count() or 1
     # llama-cpp-python forwards llama.cpp's log to stderr through this logger; the
-    # quantizer reports every tensor at INFO, so keep to errors unless asked.
+    # quantizer reports every tensor at INFO, so only let warnings through.
     log = logging.getLogger("llama-cpp-python")
     level = log.level
     if level < logging.ERROR:
