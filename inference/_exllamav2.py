@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import logging
 import queue
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from inference._backend import Emit, Generation, prompt_text
-from messages import ConfigError, FinishReason, GenerateRequest, Metadata
+from messages import BadRequest, ConfigError, FinishReason, GenerateRequest, Metadata, OutputSchema
 
 if TYPE_CHECKING:
     from config import ExLlamaV2BackendSettings
@@ -161,6 +162,7 @@ class Engine:
         self._thread = threading.Thread(target=self._drive, name="exllamav2-engine", daemon=True)
         self._stopped = False
         self.failure: BaseException | None = None
+        self._enforcer_data: Any = None
         self._thread.start()
 
     def encode(self, text: str) -> Any:
@@ -182,6 +184,7 @@ class Engine:
         settings.top_k = request.sampling.top_k
         settings.token_repetition_penalty = request.sampling.repetition_penalty
         stops: list[int | str] = [self.tokenizer.eos_token_id, *request.stop]
+        constrained = {} if request.output is None else self.schema_filters(request.output)
         with self._id_lock:
             job_id = self._next_id
             self._next_id += 1
@@ -192,9 +195,32 @@ class Engine:
             seed=request.seed,
             stop_conditions=stops,
             identifier=job_id,
+            **constrained,
         )
         self._commands.put(("enqueue", (job_id, job, on_event)))
         return job_id
+
+    def schema_filters(self, output: OutputSchema) -> dict[str, Any]:
+        """The job arguments that keep its text to `output`'s JSON Schema.
+
+        A token filter from lm-format-enforcer (the `gpu` extra): its
+        `JsonSchemaParser` allows, token by token, only what can still become
+        a valid instance, and EOS once one is complete (`filter_prefer_eos`).
+        The tokenizer's vocabulary table is built once per engine.
+
+        Raises:
+            BadRequest: If the schema is not JSON or the parser cannot take it.
+        """
+        schema = output.document()
+        filter_class = _schema_filter_class()
+        if self._enforcer_data is None:
+            self._enforcer_data = filter_class.tokenizer_data(self.tokenizer)
+        try:
+            token_filter = filter_class(self.model, self.tokenizer, self._enforcer_data, schema)
+        except Exception as exc:  # the parser raises what the schema makes it raise
+            msg = f"output schema {output.name} cannot be enforced on exllamav2: {exc}"
+            raise BadRequest(msg) from exc
+        return {"filters": [token_filter], "filter_prefer_eos": True}
 
     def cancel(self, job_id: int) -> None:
         """Stop a job (its slot and cache pages are freed on the engine thread)."""
@@ -281,6 +307,61 @@ class Engine:
         for callback in callbacks.values():
             with contextlib.suppress(Exception):
                 callback({"error": error})
+
+
+@functools.cache
+def _schema_filter_class() -> Any:
+    """`SchemaFilter`, an `ExLlamaV2Filter` over lm-format-enforcer, defined once imported.
+
+    lm-format-enforcer's own exllamav2 filter predates exllamav2 0.3's filter
+    protocol (`use_background_worker`, `can_mask_logits`, `get_next`), which
+    the dynamic generator calls; this one subclasses exllamav2's base class
+    and asks the enforcer for the allowed tokens, on the generator's
+    background worker (it is CPU work).
+
+    Raises:
+        ConfigError: If exllamav2 or lm-format-enforcer is not installed.
+    """
+    try:
+        from exllamav2.generator.filters import ExLlamaV2Filter  # noqa: PLC0415
+        from lmformatenforcer import JsonSchemaParser, TokenEnforcer  # noqa: PLC0415
+        from lmformatenforcer.integrations.exllamav2 import (  # noqa: PLC0415
+            build_token_enforcer_tokenizer_data,
+        )
+    except ImportError as exc:
+        msg = f"schema-constrained output on exllamav2 needs the 'gpu' extra: {exc}"
+        raise ConfigError(_CONFIG_KEY, msg) from exc
+
+    class SchemaFilter(ExLlamaV2Filter):  # type: ignore[misc]
+        """Allows only tokens that keep the text a prefix of a valid instance of a schema."""
+
+        tokenizer_data = staticmethod(build_token_enforcer_tokenizer_data)
+
+        def __init__(self, model: Any, tokenizer: Any, data: Any, schema: dict[str, Any]) -> None:
+            super().__init__(model, tokenizer)
+            self.enforcer = TokenEnforcer(data, JsonSchemaParser(schema))
+            self.tokens: list[int] = []
+
+        def clone(self, c: Any = None) -> Any:
+            c = SchemaFilter.__new__(SchemaFilter) if c is None else c
+            super().clone(c)
+            c.enforcer, c.tokens = self.enforcer, list(self.tokens)
+            return c
+
+        def begin(self, prefix_str: str) -> None:  # noqa: ARG002 - no healed prefix to keep
+            self.tokens = []
+
+        def feed(self, token: Any) -> None:
+            self.tokens.append(int(token.flatten()[0]))
+
+        def next(self) -> tuple[set[int], set[int]]:
+            allowed = self.enforcer.get_allowed_tokens(self.tokens).allowed_tokens
+            return set(allowed), set()
+
+        def use_background_worker(self) -> bool:
+            return True
+
+    return SchemaFilter
 
 
 class GeneratorFailed(Exception):

@@ -8,17 +8,26 @@ exllamav2's: text pieces, then an end-of-sequence event with token counts.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import queue
 import threading
 import time
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from inference import InferencePool, TierSpec
 from inference._exllamav2 import Engine, ExLlamaV2Backend, GeneratorFailed
-from messages import FinishReason, GenerateRequest, Metadata, Unavailable, new_message_id
+from messages import (
+    ConfigError,
+    FinishReason,
+    GenerateRequest,
+    Metadata,
+    Unavailable,
+    new_message_id,
+    output_schema,
+)
 
 
 class FakeJob:
@@ -30,6 +39,7 @@ class FakeJob:
 class FakeGenerator:
     def __init__(self) -> None:
         self.jobs: list[FakeJob] = []
+        self.finished: list[FakeJob] = []
         self.cancelled: list[FakeJob] = []
         self.cancel_fails = False
         self.enqueued = threading.Event()
@@ -67,6 +77,7 @@ class FakeGenerator:
                 events.append({"identifier": ident, "eos": False, "text": job.words.pop(0)})
             else:
                 self.jobs.remove(job)
+                self.finished.append(job)
                 reason = "max_new_tokens" if job.fields["max_new_tokens"] < 3 else "stop_token"
                 events.append(
                     {
@@ -101,6 +112,7 @@ def fake_engine(generator: FakeGenerator) -> Engine:
     engine._id_lock = threading.Lock()
     engine._stopped = False
     engine.failure = None
+    engine._enforcer_data = None
     engine._thread = threading.Thread(target=engine._drive, daemon=True)
     engine._thread.start()
     return engine
@@ -136,6 +148,51 @@ async def test_events_from_the_engine_thread_stream_through_the_pool(
     )
     assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (2, 3)
     assert short.finish_reason == FinishReason.LENGTH
+
+
+class FakeSchemaFilter:
+    built: ClassVar[list[dict[str, Any]]] = []
+
+    @staticmethod
+    def tokenizer_data(tokenizer: Any) -> str:
+        return f"vocabulary of {tokenizer.eos_token_id}"
+
+    def __init__(self, model: Any, tokenizer: Any, data: Any, schema: dict[str, Any]) -> None:
+        assert data == "vocabulary of 2"
+        FakeSchemaFilter.built.append(schema)
+
+
+async def test_an_output_schema_becomes_a_token_filter_on_the_job(
+    generator: FakeGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inference._exllamav2 as module  # noqa: PLC0415
+
+    monkeypatch.setattr(module, "_schema_filter_class", lambda: FakeSchemaFilter)
+    engine = fake_engine(generator)
+    backend = ExLlamaV2Backend(engine)
+    schema = output_schema(list[int])
+    try:
+        await backend.generate(
+            GenerateRequest(prompt="hi", output=schema), lambda _t: None, meta=meta()
+        )
+        await backend.generate(GenerateRequest(prompt="hi"), lambda _t: None, meta=meta())
+    finally:
+        await backend.aclose()
+    constrained, free = [job.fields for job in generator.finished]
+    assert isinstance(constrained["filters"][0], FakeSchemaFilter)
+    assert constrained["filter_prefer_eos"] is True
+    assert FakeSchemaFilter.built == [{"type": "array", "items": {"type": "integer"}}]
+    assert "filters" not in free
+
+
+def test_without_the_gpu_extra_a_schema_is_a_config_error_not_a_crash() -> None:
+    import inference._exllamav2 as module  # noqa: PLC0415
+
+    if importlib.util.find_spec("exllamav2") is not None:
+        pytest.skip("the gpu extra is installed here")
+    module._schema_filter_class.cache_clear()
+    with pytest.raises(ConfigError, match="needs the 'gpu' extra"):
+        module._schema_filter_class()
 
 
 async def test_a_cancelled_generation_cancels_the_engine_job(generator: FakeGenerator) -> None:

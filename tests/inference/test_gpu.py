@@ -88,6 +88,17 @@ async def test_a_generation_streams_through_the_pool(engine: object) -> None:
     assert result.finish_reason in {FinishReason.STOP, FinishReason.LENGTH}
 
 
+async def test_a_token_filter_keeps_random_weights_to_the_schema(engine: object) -> None:
+    from actors.support._messages import SupportDecision  # noqa: PLC0415
+    from messages import decode_output, output_schema  # noqa: PLC0415
+
+    request = GenerateRequest(
+        prompt="Customer: refund", max_tokens=1024, output=output_schema(SupportDecision)
+    )
+    result = await _pool(engine).submit(request, _meta(timeout=120.0))
+    assert isinstance(decode_output(result.text, SupportDecision), SupportDecision)
+
+
 async def test_the_same_seed_gives_the_same_text(engine: object) -> None:
     pool = _pool(engine)
     request = GenerateRequest(
