@@ -65,8 +65,9 @@ class OutputSchema(msgspec.Struct, frozen=True, kw_only=True):
 
     Attributes:
         name: What it is called (`SupportDecision`), for the backends that name it.
-        json: The JSON Schema, as JSON text (a bounded string, so that a
-            schema's size is checked before anything parses it).
+        json: The JSON Schema, as JSON text of an object (a bounded string,
+            so that a schema's size is checked before anything parses it);
+            other text is a `BadRequest` when a backend reads it.
     """
 
     name: Annotated[str, msgspec.Meta(pattern=SCHEMA_NAME_PATTERN)]
