@@ -114,6 +114,10 @@ class OpenAIBackendSettings(
             (OpenAI's own form; vLLM, TabbyAPI, llama.cpp's `llama-server`)
             or `json_object` (`{"type": "json_object", "schema": ...}`, what
             llama-cpp-python's server takes).
+        request_id_header: The header that carries each request's message id
+            (for the server's logs); empty: none. llama-cpp-python's server
+            answers 400 to an `X-Request-Id` that is not a UUID: set it empty
+            there.
     """
 
     url: str
@@ -123,6 +127,9 @@ class OpenAIBackendSettings(
     context_length: Annotated[int, msgspec.Meta(ge=1)] = 8192
     connect_timeout: Positive = 5.0
     response_format: Literal["json_schema", "json_object"] = "json_schema"
+    request_id_header: Annotated[
+        str, msgspec.Meta(max_length=64, pattern=r"^([A-Za-z0-9-]+)?$(?!\n)")
+    ] = "X-Request-Id"
 
 
 class ExLlamaV2BackendSettings(

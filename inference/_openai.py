@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from config import OpenAIBackendSettings
 
 NAME: Final = "openai"
+REQUEST_ID_HEADER: Final = "X-Request-Id"
 CHARS_PER_TOKEN: Final = 4
 _DATA: Final = "data:"
 _DONE: Final = "[DONE]"
@@ -59,6 +60,9 @@ class OpenAIBackend:
         connect_timeout: Seconds to connect.
         response_format: `json_schema` (OpenAI's form) or `json_object`
             (with a `schema`, as llama-cpp-python's server takes it).
+        request_id_header: The header that carries the message id; empty:
+            none (llama-cpp-python's server answers 400 to one that is not a
+            UUID).
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class OpenAIBackend:
         context_length: int = 8192,
         connect_timeout: float = 5.0,
         response_format: str = "json_schema",
+        request_id_header: str = REQUEST_ID_HEADER,
     ) -> None:
         self.url = url.rstrip("/")
         self.name = NAME
@@ -80,6 +85,7 @@ class OpenAIBackend:
         self.context_length = context_length
         self._connect_timeout = connect_timeout
         self.response_format = response_format
+        self.request_id_header = request_id_header
         self._client: httpx.AsyncClient | None = None
         self._closed = False
 
@@ -153,7 +159,7 @@ class OpenAIBackend:
                 "POST",
                 f"{self.url}/chat/completions",
                 json=self.body(request),
-                headers=request_headers(meta),
+                headers=request_headers(meta, request_id_header=self.request_id_header),
             ) as response:
                 await self._check(response)
                 async for line in response.aiter_lines():
@@ -177,9 +183,14 @@ class OpenAIBackend:
             raise UpstreamError(msg)
 
 
-def request_headers(meta: Metadata) -> dict[str, str]:
-    """The headers that tie an upstream call to the request it serves."""
-    headers = {"X-Request-Id": meta.id}
+def request_headers(
+    meta: Metadata, *, request_id_header: str = REQUEST_ID_HEADER
+) -> dict[str, str]:
+    """The headers that tie an upstream call to the request it serves.
+
+    The message id goes in `request_id_header` (none if it is empty).
+    """
+    headers = {request_id_header: meta.id} if request_id_header else {}
     if meta.traceparent:
         headers["traceparent"] = meta.traceparent
         if meta.tracestate:
@@ -200,9 +211,13 @@ class _Completion:
         self.ended = False
 
     def feed(self, line: str) -> bool:
-        """Take one line of the stream; True at its end marker."""
+        """Take one line of the stream; True at its end marker.
+
+        The end marker ends the generation only after a `finish_reason`: a
+        server that interrupts a stream (llama-cpp-python's, for a newer
+        request) sends `[DONE]` without one, and that is a failure.
+        """
         if line.startswith(_DATA) and line[len(_DATA) :].strip() == _DONE:
-            self.ended = True
             return True
         chunk = _event(line)
         if chunk is None:
@@ -300,4 +315,5 @@ def openai_from_settings(settings: OpenAIBackendSettings) -> OpenAIBackend:
         context_length=settings.context_length,
         connect_timeout=settings.connect_timeout,
         response_format=settings.response_format,
+        request_id_header=settings.request_id_header,
     )
