@@ -284,7 +284,7 @@ class Context:
             messages.Unavailable: If the node runs no inference pool.
             messages.AgentError: Overloaded, timeout, bad request, ...
         """
-        full = _request(request, _with_output(fields, output))
+        full = _request(request, _with_output(request, fields, output))
         result = self._generate(full)
         return result if output is None else decode_output(result.text, output)
 
@@ -313,7 +313,7 @@ class Context:
         `output`, decoding is constrained to that type's JSON Schema; decode
         the result's text with `messages.decode_output`.
         """
-        full = _request(request, _with_output(fields, output))
+        full = _request(request, _with_output(request, fields, output))
         meta = self._cause(new_message_id())
         auditor = self._auditor()  # before the stream: it would hold a slot if this failed
         stream = self._inference().stream(full, meta)
@@ -397,11 +397,13 @@ class Context:
         return target
 
 
-def _with_output(fields: dict[str, Any], output: type[Any] | None) -> dict[str, Any]:
+def _with_output(
+    request: GenerateRequest | str, fields: dict[str, Any], output: type[Any] | None
+) -> dict[str, Any]:
     if output is None:
         return fields
-    if "output" in fields:
-        msg = "bad generate() arguments: give output once"
+    if isinstance(request, GenerateRequest) and request.output is not None:
+        msg = "bad generate() arguments: the request names its output already; give it once"
         raise BadRequest(msg)
     return {**fields, "output": output_schema(output)}
 

@@ -256,7 +256,7 @@ class TierSettings(Section, frozen=True, kw_only=True):
         process: Run each worker in its own OS process, supervised and
             reached over NATS `af.inf.<tier>` (needs `[nats]`): a crash or a
             CUDA fault then takes down one worker, not the node. Unset: the
-            backend's `process_default` (on for `exllamav2`, off for the rest).
+            backend's `process_default` (on for `exllamav2` and `llamacpp`, off for the rest).
         gpus: The GPU of each worker process (`CUDA_VISIBLE_DEVICES`); empty:
             they all see what the node sees.
         heartbeat: Seconds between a worker process's signs of life while it

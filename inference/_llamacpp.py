@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from inference._backend import Emit, Generation, prompt_text
-from messages import BadRequest, ConfigError, FinishReason, GenerateRequest, Metadata, OutputSchema
+from messages import (
+    BadRequest,
+    ConfigError,
+    FinishReason,
+    GenerateRequest,
+    Metadata,
+    OutputSchema,
+    Unavailable,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -252,8 +260,14 @@ class LlamaCppBackend:
         # on this one thread. A daemon: a process that exits drops its work.
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._engine = threading.Thread(target=self._drive, name="llamacpp-engine", daemon=True)
+        self._closed = False
         self._engine.start()
         self.grammar = functools.lru_cache(maxsize=_GRAMMARS)(self._grammar)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            msg = f"the llamacpp backend for {self.model} is closed"
+            raise Unavailable(msg)
 
     def _piece(self, token: int) -> str:
         return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
@@ -292,7 +306,12 @@ class LlamaCppBackend:
         return tokens, stops
 
     def count_tokens(self, request: GenerateRequest) -> int:
-        """Prompt tokens, by the model's own tokenizer (chat template applied)."""
+        """Prompt tokens, by the model's own tokenizer (chat template applied).
+
+        Raises:
+            Unavailable: If the backend is closed (its model is freed).
+        """
+        self._check_open()
         return len(self.prompt(request)[0])
 
     def _grammar(self, output: OutputSchema) -> Any:
@@ -301,7 +320,7 @@ class LlamaCppBackend:
         Raises:
             BadRequest: If the schema is not JSON, or the converter cannot express it.
         """
-        output.document()  # BadRequest for text that is not a JSON object
+        output.document()  # BadRequest for text that is not a JSON object, or too deep
         try:
             gbnf = schema_to_gbnf(output.json)
         except Exception as exc:  # the converter asserts, raises anything
@@ -325,8 +344,15 @@ class LlamaCppBackend:
     ) -> Generation:
         """Run one generation on the engine thread, streaming its text through `emit`."""
         started = time.monotonic()
+        self._check_open()
         tokens, template_stops = self.prompt(request)
-        grammar = None if request.output is None else self.grammar(request.output)
+        # Converting and parsing a large schema takes a while: off the loop,
+        # so the worker's heartbeats and other requests go on meanwhile.
+        grammar = (
+            None
+            if request.output is None
+            else await asyncio.to_thread(self.grammar, request.output)
+        )
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[Any] = asyncio.Queue()
         cancelled = threading.Event()
@@ -344,6 +370,7 @@ class LlamaCppBackend:
             cancelled=cancelled,
             put=put,
         )
+        self._check_open()  # closed while the grammar was made: nothing would run it
         self._jobs.put(job)
         first_token_s: float | None = None
         text: list[str] = []
@@ -390,7 +417,7 @@ class LlamaCppBackend:
                 job.cut = True
                 return True
             job.completion_tokens = evaluated + 1  # EOS included, as vLLM counts it
-            return job.cancelled.is_set()
+            return job.cancelled.is_set() or self._closed
 
         try:
             chunks: Iterator[Any] = self.llm.create_completion(  # type: ignore[assignment]
@@ -429,7 +456,11 @@ class LlamaCppBackend:
         job.put(_END)
 
     async def aclose(self) -> None:
-        """Wait for the engine thread to finish its generation, then free the model."""
+        """Stop the running generation at its next token, then free the model.
+
+        Later calls to `generate` raise `Unavailable`.
+        """
+        self._closed = True
         self._jobs.put(None)
         await asyncio.to_thread(self._engine.join)
         await asyncio.to_thread(self.llm.close)

@@ -11,14 +11,17 @@ import functools
 import json
 import re
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 import jsonschema
 import jsonschema.exceptions
 import jsonschema.protocols
 import jsonschema.validators
 import msgspec
+import referencing
+import referencing.exceptions
+import regex
 
 from config import read_rules_file
 from inference._backend import Emit, Generation, prompt_text
@@ -38,6 +41,7 @@ NAME: Final = "scripted"
 DEFAULT_REPLY: Final = "I do not have a scripted answer for that."
 _WORD: Final = re.compile(r"\S+\s*")
 _VALIDATORS: Final = 64  # output schemas whose validators are kept
+_REGEX_SECONDS: Final = 0.05  # most one pattern of a caller's schema may take on one reply
 
 
 class Rule(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,7 +115,7 @@ class ScriptedBackend:
         validator = _validator(request.output)
         errors: list[str] = []
         for reply in replies:
-            error = _invalid(validator, reply)
+            error = _invalid(validator, reply, request.output)
             if error is None:
                 return reply
             errors.append(error)
@@ -160,30 +164,95 @@ class ScriptedBackend:
         """Nothing to let go: it holds no model, connection or thread."""
 
 
+def _no_remote(uri: str) -> referencing.Resource[Any]:
+    """Refuse every reference outside the schema (jsonschema would fetch `http` ones)."""
+    raise referencing.exceptions.NoSuchResource(uri)
+
+
+_LOCAL_ONLY: Final = referencing.Registry(retrieve=_no_remote)  # type: ignore[call-arg]
+
+
+def _search(pattern: str, text: str) -> bool:
+    """Whether `pattern` is found in `text`, given at most `_REGEX_SECONDS`.
+
+    A caller's schema carries the patterns: Python's `re` backtracks without
+    bound (`^(.|.)*X$` takes seconds on 25 characters, on the I/O loop), so
+    they run in `regex`, whose matching can be given a time limit.
+
+    Raises:
+        jsonschema.ValidationError: If the pattern is not valid, or takes too long.
+    """
+    try:
+        return regex.search(pattern, text, timeout=_REGEX_SECONDS) is not None
+    except regex.error as exc:
+        msg = f"pattern {pattern[:80]!r} is not valid: {exc}"
+        raise jsonschema.ValidationError(msg) from exc
+    except TimeoutError as exc:
+        msg = f"pattern {pattern[:80]!r} took over {_REGEX_SECONDS} s"
+        raise jsonschema.ValidationError(msg) from exc
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, _schema: Any
+) -> Iterator[jsonschema.ValidationError]:
+    if validator.is_type(instance, "string") and not _search(pattern, instance):
+        yield jsonschema.ValidationError(f"{instance[:80]!r} does not match {pattern[:80]!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: dict[str, Any], instance: Any, _schema: Any
+) -> Iterator[jsonschema.ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _search(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
 @functools.lru_cache(maxsize=_VALIDATORS)
 def _validator(output: OutputSchema) -> jsonschema.protocols.Validator:
-    """A validator of `output`'s schema, checked once.
+    """A validator of `output`'s schema, checked once: local references only, bounded patterns.
 
     Raises:
         BadRequest: If the schema is not JSON, or not a valid JSON Schema.
     """
     schema = output.document()
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    base = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
-        cls.check_schema(schema)
+        base.check_schema(schema)
     except jsonschema.SchemaError as exc:
         msg = f"output schema {output.name} is not a valid JSON Schema: {exc.message[:200]}"
         raise BadRequest(msg) from exc
-    return cls(schema)
+    except RecursionError as exc:
+        msg = f"output schema {output.name} is nested too deeply"
+        raise BadRequest(msg) from exc
+    extend: Any = jsonschema.validators.extend  # untyped in the stubs
+    cls = extend(base, {"pattern": _pattern, "patternProperties": _pattern_properties})
+    validator: jsonschema.protocols.Validator = cls(schema, registry=_LOCAL_ONLY)
+    return validator
 
 
-def _invalid(validator: jsonschema.protocols.Validator, reply: str) -> str | None:
-    """Why `reply` is not a valid instance, or None if it is."""
+def _invalid(
+    validator: jsonschema.protocols.Validator, reply: str, output: OutputSchema
+) -> str | None:
+    """Why `reply` is not a valid instance, or None if it is.
+
+    Raises:
+        BadRequest: If the schema refers outside itself, or recurses without end.
+    """
     try:
         value = json.loads(reply)
     except ValueError as exc:
         return f"not JSON ({exc})"
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    try:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    except (referencing.exceptions.Unresolvable, jsonschema.exceptions.SchemaError) as exc:
+        msg = f"output schema {output.name} has a reference that does not resolve in it: {exc}"
+        raise BadRequest(msg[:300]) from exc
+    except RecursionError as exc:
+        msg = f"output schema {output.name} refers to itself without end"
+        raise BadRequest(msg) from exc
     return None if error is None else error.message[:200]
 
 

@@ -84,6 +84,9 @@ class OutputSchema(msgspec.Struct, frozen=True, kw_only=True):
         except msgspec.DecodeError as exc:
             msg = f"output schema {self.name} is not JSON: {exc}"
             raise BadRequest(msg) from exc
+        except RecursionError as exc:
+            msg = f"output schema {self.name} is nested too deeply"
+            raise BadRequest(msg) from exc
         if not isinstance(schema, dict):
             msg = f"output schema {self.name} is not a JSON object"
             raise BadRequest(msg)
@@ -97,8 +100,15 @@ def output_schema(output: object) -> OutputSchema:
     refers to it), so the schema's top level is the object itself, as
     OpenAI's `json_schema` and llama.cpp's grammar converter expect. Made
     once per type.
+
+    Raises:
+        BadRequest: If msgspec cannot describe the type (a function, `object`).
     """
-    return _output_schema(output)
+    try:
+        return _output_schema(output)
+    except (TypeError, ValueError) as exc:  # msgspec cannot describe it
+        msg = f"no JSON Schema for output type {output!r}: {exc}"
+        raise BadRequest(msg) from exc
 
 
 @functools.cache

@@ -24,6 +24,7 @@ from messages import (
     Metadata,
     OutputSchema,
     Sampling,
+    Unavailable,
     decode_output,
     new_message_id,
     output_schema,
@@ -205,3 +206,28 @@ def test_a_grammar_llama_cpp_cannot_parse_is_refused_before_it_reaches_the_engin
             engine.grammar(OutputSchema(name="Unparsable", json='{"type": "string"}'))
     finally:
         engine.grammar.cache_clear()
+
+
+async def test_a_closed_backend_refuses_work_and_stops_its_generation(small_gguf: Path) -> None:
+    backend = LlamaCppBackend(str(small_gguf), n_ctx=CONTEXT, n_threads=1)
+    first = asyncio.Event()
+    long = GenerateRequest(prompt="tell me everything", max_tokens=1900)
+    running = asyncio.create_task(backend.generate(long, lambda _t: first.set(), meta=meta()))
+    await asyncio.wait_for(first.wait(), WAIT)
+    await asyncio.wait_for(backend.aclose(), WAIT)  # not the 1900 tokens' time
+    result = await asyncio.wait_for(running, WAIT)
+    assert result.completion_tokens < long.max_tokens
+    with pytest.raises(Unavailable, match="is closed"):
+        await backend.generate(GenerateRequest(prompt="hi"), lambda _t: None, meta=meta())
+    with pytest.raises(Unavailable, match="is closed"):
+        backend.count_tokens(GenerateRequest(prompt="hi"))
+
+
+async def test_a_schema_nested_too_deeply_is_a_bad_request_for_the_engine(
+    engine: LlamaCppBackend,
+) -> None:
+    deep = OutputSchema(name="Deep", json='{"items":' * 6000 + "{}" + "}" * 6000)
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        await engine.generate(
+            GenerateRequest(prompt="x", output=deep), lambda _t: None, meta=meta()
+        )

@@ -183,3 +183,62 @@ def test_an_agent_gets_the_generation_decoded_into_the_type_it_named(node: Node)
 def test_a_generation_cut_short_reaches_the_agent_as_output_invalid(node: Node) -> None:
     with pytest.raises(OutputInvalid, match="not a valid Verdict"):
         node.runtime.ref("judge").ask(Judge(complaint="broken", max_tokens=1), timeout=WAIT)
+
+
+async def test_a_backtracking_pattern_in_a_callers_schema_is_cut_short_not_run_for_seconds() -> (
+    None
+):
+    reply = json.dumps({"mood": "calm", "refund": False, "note": "a" * 30})
+    backend = ScriptedBackend([Rule(pattern="x", reply=reply)])
+    evil = {"type": "object", "properties": {"note": {"type": "string", "pattern": "^(.|.|.)*X$"}}}
+    request = GenerateRequest(prompt="x", output=OutputSchema(name="Evil", json=json.dumps(evil)))
+    started = time.monotonic()
+    with pytest.raises(OutputInvalid, match=r"took over|does not match"):
+        await backend.generate(request, lambda _t: None, meta=meta())
+    assert time.monotonic() - started < 1.0  # Python's re: 3**30 steps, minutes
+
+
+async def test_a_schema_never_makes_the_scripted_backend_fetch_a_remote_reference() -> None:
+    reply = json.dumps({"mood": "calm", "refund": False})
+    backend = ScriptedBackend([Rule(pattern="x", reply=reply)])
+    remote = OutputSchema(name="Remote", json='{"$ref": "http://127.0.0.1:9/internal"}')
+    with pytest.raises(BadRequest, match="does not resolve"):
+        await backend.generate(
+            GenerateRequest(prompt="x", output=remote), lambda _t: None, meta=meta()
+        )
+
+
+async def test_a_schema_nested_too_deeply_is_a_bad_request_not_a_worker_failure() -> None:
+    deep = OutputSchema(name="Deep", json='{"items":' * 6000 + "{}" + "}" * 6000)
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        deep.document()
+    with pytest.raises(BadRequest, match="nested too deeply"):
+        await ScriptedBackend().generate(
+            GenerateRequest(prompt="x", output=deep), lambda _t: None, meta=meta()
+        )
+    looping = OutputSchema(name="Loop", json='{"$ref": "#"}')
+    with pytest.raises(BadRequest, match="refers to itself"):
+        await ScriptedBackend([Rule(pattern="x", reply="{}")]).generate(
+            GenerateRequest(prompt="x", output=looping), lambda _t: None, meta=meta()
+        )
+
+
+def test_a_type_msgspec_cannot_describe_is_a_bad_request() -> None:
+    with pytest.raises(BadRequest, match="no JSON Schema for output type"):
+        output_schema(lambda: None)
+
+
+class Twice(Message, frozen=True, kw_only=True):
+    pass
+
+
+class TwiceAgent(Agent):
+    @handler
+    def twice(self, msg: Twice, ctx: Context) -> Judged:
+        request = GenerateRequest(prompt="broken", output=output_schema(Verdict))
+        return Judged(verdict=ctx.generate(request, output=Verdict))
+
+
+def test_an_output_given_in_the_request_and_as_output_is_a_bad_request(node: Node) -> None:
+    with pytest.raises(BadRequest, match="give it once"):
+        TwiceAgent.spawn(node.runtime).ask(Twice(), timeout=WAIT)
