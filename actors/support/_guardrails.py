@@ -67,25 +67,30 @@ def decode_with_repair(
     Raises:
         ModelOutputInvalid: If the repaired output is still invalid.
     """
+    first = _attempt(generate, prompt, output_type)
+    if not isinstance(first, OutputInvalid):
+        return first
+    repair = REPAIR.render(
+        error=first.error[:_MAX_ERROR],
+        previous=first.text[: _MAX_ERROR * 4],
+        schema=json.dumps(msgspec.json.schema(output_type)),
+        task=task.id,
+    )
+    second = _attempt(generate, repair, output_type)
+    if isinstance(second, OutputInvalid):
+        raise ModelOutputInvalid(task.id, second.error[:_MAX_ERROR]) from second
+    return second
+
+
+def _attempt(
+    generate: Callable[[str, type[T]], T], prompt: str, output_type: type[T]
+) -> T | OutputInvalid:
+    """The decoded value, the JSON inside the prose of a model that ignored the schema, or why not."""
     try:
         return generate(prompt, output_type)
-    except OutputInvalid as first:
-        salvaged = _salvaged(first, output_type)
-        if salvaged is not None:
-            return salvaged
-        repair = REPAIR.render(
-            error=first.error[:_MAX_ERROR],
-            previous=first.text[: _MAX_ERROR * 4],
-            schema=json.dumps(msgspec.json.schema(output_type)),
-            task=task.id,
-        )
-    try:
-        return generate(repair, output_type)
-    except OutputInvalid as second:
-        salvaged = _salvaged(second, output_type)
-        if salvaged is not None:
-            return salvaged
-        raise ModelOutputInvalid(task.id, second.error[:_MAX_ERROR]) from second
+    except OutputInvalid as invalid:
+        salvaged = _salvaged(invalid, output_type)
+        return invalid if salvaged is None else salvaged
 
 
 class Action(enum.StrEnum):
