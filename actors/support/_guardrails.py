@@ -85,7 +85,7 @@ def decode_with_repair(
 def _attempt(
     generate: Callable[[str, type[T]], T], prompt: str, output_type: type[T]
 ) -> T | OutputInvalid:
-    """The decoded value, the JSON inside the prose of a model that ignored the schema, or why not."""
+    """The decoded value; else the JSON inside a schema-ignoring model's prose; else why not."""
     try:
         return generate(prompt, output_type)
     except OutputInvalid as invalid:
