@@ -234,6 +234,8 @@ class LlamaCppBackend:
                     model_path=model_path,
                     n_ctx=n_ctx,
                     n_threads=n_threads or None,
+                    # Else prompts are evaluated on every CPU, whatever n_threads says.
+                    n_threads_batch=n_threads or None,
                     n_batch=n_batch,
                     seed=seed,
                     verbose=False,
