@@ -12,6 +12,7 @@ from config._inference import (
     TierSettings,
     read_rules_file,
 )
+from config._secrets import redact_url
 from config._settings import (
     ENV_OVERRIDES,
     AgentSettings,
@@ -56,4 +57,5 @@ __all__ = [
     "default_toml",
     "load",
     "read_rules_file",
+    "redact_url",
 ]

@@ -175,6 +175,10 @@ def _tag_of(schema: Schema | Reference | None) -> str:
     return const if isinstance(const, str) else ""
 
 
+CHALLENGE: Final = 'Bearer realm="actorfleet"'
+"""What a 401 asks for (RFC 9110 `WWW-Authenticate`): a bearer token."""
+
+
 def check_api_key(connection: ASGIConnection[Any, Any, Any, Any], keys: list[str]) -> None:
     """Raise unless the connection presents one of `keys`."""
     presented = connection.headers.get(API_KEY_HEADER)
@@ -183,7 +187,7 @@ def check_api_key(connection: ASGIConnection[Any, Any, Any, Any], keys: list[str
         presented = token.strip() if scheme.lower() == "bearer" else None
     if not presented:
         msg = "an API key is needed (Authorization: Bearer <key> or X-API-Key)"
-        raise NotAuthorizedException(msg)
+        raise NotAuthorizedException(msg, headers={"WWW-Authenticate": CHALLENGE})
     if not any(hmac.compare_digest(presented.encode(), k.encode()) for k in keys):
         msg = "the API key is not valid"
         raise PermissionDeniedException(msg)

@@ -37,6 +37,7 @@ from bridges.nats._wire import (
     encode_request,
     event_headers,
 )
+from config import redact_url
 from messages import (
     AgentError,
     BadRequest,
@@ -138,7 +139,7 @@ class NatsBridge:
     def describe(self) -> str:
         """One line for the supervision tree: state, since when, where."""
         age = time.time() - self.state_since
-        return f"{self.state} {self.url} for {age:.1f} s, {self.reconnects} reconnects"
+        return f"{self.state} {redact_url(self.url)} for {age:.1f} s, {self.reconnects} reconnects"
 
     def on_state_change(self, callback: typing.Callable[[ConnectionState], None]) -> None:
         """Call `callback(state)` (on the loop) whenever the connection state changes."""
@@ -171,7 +172,8 @@ class NatsBridge:
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             self._set_state(ConnectionState.CLOSED)
             reason = self._last_error or exc
-            msg = f"cannot connect to NATS at {self.url}: {str(reason) or type(reason).__name__}"
+            why = str(reason) or type(reason).__name__
+            msg = f"cannot connect to NATS at {redact_url(self.url)}: {why}"
             raise Unavailable(msg) from None
         self._max_payload = self._nc.max_payload
         self._set_state(ConnectionState.CONNECTED)
@@ -300,7 +302,7 @@ class NatsBridge:
 
     async def _on_reconnected(self) -> None:
         self.reconnects += 1
-        logger.info("NATS reconnected to %s", self.url)
+        logger.info("NATS reconnected to %s", redact_url(self.url))
         self._set_state(ConnectionState.CONNECTED)
 
     async def _on_connection_closed(self) -> None:

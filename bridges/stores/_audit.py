@@ -18,6 +18,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
 
 from bridges.nats._connect import ClosedWatch, connection_problem, open_connection
 from bridges.stores._loop_store import run_or_unavailable
+from config import redact_url
 from messages import AuditRecord, GenerationAudited, Unavailable, decode, encode
 
 if TYPE_CHECKING:
@@ -90,7 +91,8 @@ class JetStreamAudit:
                 await log._js.stream_info(settings.audit_stream)
         except (TimeoutError, nats.errors.Error) as exc:
             await nc.close()
-            msg = f"cannot open the audit stream {settings.audit_stream} at {url}: {exc!r}"
+            where = f"{settings.audit_stream} at {redact_url(url)}"
+            msg = f"cannot open the audit stream {where}: {exc!r}"
             raise Unavailable(msg) from exc
         except BaseException:  # cancelled: do not leave a client reconnecting forever
             await asyncio.shield(nc.close())
@@ -153,7 +155,7 @@ class JetStreamAudit:
     def describe(self) -> str:
         """The stream and its connection."""
         state = "connected" if self._nc.is_connected else "disconnected"
-        return f"audit stream {self.stream} at {self.url}, {state}"
+        return f"audit stream {self.stream} at {redact_url(self.url)}, {state}"
 
     async def probe(self) -> str | None:
         """Why records cannot be stored now (the connection), or None."""

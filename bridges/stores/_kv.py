@@ -21,6 +21,7 @@ from bridges.nats._connect import (
     open_connection,
     supports_message_ttl,
 )
+from config import redact_url
 from messages import Unavailable
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ class KvStore:
             kv = await asyncio.wait_for(_bucket(nc, settings), settings.timeout)
         except (TimeoutError, nats.errors.Error) as exc:
             await nc.close()
-            msg = f"cannot open the KV bucket {settings.bucket} at {url}: {exc!r}"
+            msg = f"cannot open the KV bucket {settings.bucket} at {redact_url(url)}: {exc!r}"
             raise Unavailable(msg) from exc
         except BaseException:  # cancelled: do not leave a client reconnecting forever
             await asyncio.shield(nc.close())
@@ -185,7 +186,7 @@ class KvStore:
     def describe(self) -> str:
         """The bucket and where it lives."""
         state = "connected" if self._nc.is_connected else "disconnected"
-        return f"JetStream KV {self.bucket} at {self.url}, {state}"
+        return f"JetStream KV {self.bucket} at {redact_url(self.url)}, {state}"
 
     async def probe(self) -> str | None:
         """Why the bucket cannot serve now (its connection), or None."""

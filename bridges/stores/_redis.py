@@ -11,6 +11,7 @@ import redis.asyncio
 import redis.exceptions
 
 from actors import check_key
+from config import redact_url
 from messages import Unavailable
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class RedisStore:
             await asyncio.wait_for(client.ping(), settings.timeout)
         except (TimeoutError, OSError, redis.exceptions.RedisError) as exc:
             await client.aclose()
-            msg = f"cannot reach Redis at {settings.redis_url}: {exc!r}"
+            msg = f"cannot reach Redis at {redact_url(settings.redis_url)}: {exc!r}"
             raise Unavailable(msg) from exc
         except BaseException:
             await asyncio.shield(client.aclose())
@@ -103,14 +104,16 @@ class RedisStore:
 
     def describe(self) -> str:
         """Where the server is."""
-        return f"Redis at {self.url}"
+        return f"Redis at {redact_url(self.url)}"
 
     async def probe(self) -> str | None:
         """Why Redis cannot serve now (it does not answer a PING in time), or None."""
         try:
             await asyncio.wait_for(self._redis.ping(), _PROBE_TIMEOUT)
         except (TimeoutError, OSError, redis.exceptions.RedisError) as exc:
-            return f"Redis at {self.url} does not answer: {str(exc) or type(exc).__name__}"
+            return (
+                f"Redis at {redact_url(self.url)} does not answer: {str(exc) or type(exc).__name__}"
+            )
         return None
 
     def on_lost(self, callback: Callable[[str], None]) -> None:

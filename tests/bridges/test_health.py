@@ -188,3 +188,17 @@ def test_requests_served_over_nats_are_counted_by_status(
         if s.name.endswith("_count")
     }
     assert counts == {("nats", "ping", "ok"): 1}
+
+
+def test_healthz_never_shows_the_password_in_a_nats_url(nats_server: NatsServer) -> None:
+    with_password = nats_server.url.replace("nats://", "nats://alice:s3cret-pw@")
+    node = ping_node(with_password)
+    node.start()
+    try:
+        report = httpx.get(f"{base_url(node)}/healthz", timeout=WAIT)
+        assert report.status_code == 200
+        assert "s3cret-pw" not in report.text
+        assert "alice:***@" in report.text  # the server is still named
+    finally:
+        node.stop()
+        assert node.run(handle_signals=False) == 0

@@ -139,6 +139,7 @@ def test_api_keys_are_required_when_configured(serve: Callable[..., Any]) -> Non
     header = client.post("/v1/agents/ping", json=ping, headers={"X-API-Key": "k-1"})
     assert (missing.status_code, wrong.status_code) == (401, 403)
     assert missing.headers["content-type"] == PROBLEM
+    assert missing.headers["www-authenticate"] == 'Bearer realm="actorfleet"'
     assert (bearer.status_code, header.status_code) == (200, 200)
     assert client.get("/livez").status_code == 200  # probes need no key
 
