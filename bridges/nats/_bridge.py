@@ -297,7 +297,7 @@ class NatsBridge:
 
     async def _on_disconnected(self) -> None:
         if self._nc is not None:
-            logger.warning("NATS disconnected from %s", self.url)
+            logger.warning("NATS disconnected from %s", redact_url(self.url))
             self._set_state(ConnectionState.DISCONNECTED)
 
     async def _on_reconnected(self) -> None:
