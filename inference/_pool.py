@@ -353,28 +353,18 @@ class InferencePool:
     async def _run(self, job: Job, tier: Tier, worker: int) -> None:
         backend = tier.workers[worker]
         queue_s = time.monotonic() - job.queued_at
-        index = 0
-
-        def emit(text: str) -> None:
-            nonlocal index
-            if job.on_chunk is not None:
-                try:
-                    job.on_chunk(TokenChunk(index=index, text=text))
-                except Exception as exc:
-                    raise _CallerFailed from exc
-            index += 1
-
+        chunks = _Chunks(job.on_chunk)
         started = time.monotonic()
         verdict = False
         try:
             async with asyncio.timeout(job.meta.deadline - time.time()):
-                generation = await backend.generate(job.request, emit, meta=job.meta)
+                generation = await backend.generate(job.request, chunks.emit, meta=job.meta)
         except _CallerFailed as failed:
             # The caller's own chunk callback raised: its problem, not the worker's.
             job.fail(InternalError(f"the chunk callback failed: {failed.__cause__!r}"))
         except TimeoutError:
             tier.timeouts += 1
-            tier.learn_cut(index, started, time.monotonic())
+            tier.learn_cut(chunks.index, started, time.monotonic(), first_at=chunks.first_at)
             job.fail(RequestTimeout(f"the {tier.name} tier did not finish before the deadline"))
         except asyncio.CancelledError:
             tier.cancelled += 1
@@ -502,3 +492,22 @@ class InferencePool:
             degrades=self.degrades,
             rejections=self.rejections,
         )
+
+
+class _Chunks:
+    """A running generation's text as chunks to its caller: how many, and when the first came."""
+
+    def __init__(self, on_chunk: OnChunk | None) -> None:
+        self.on_chunk = on_chunk
+        self.index = 0
+        self.first_at: float | None = None
+
+    def emit(self, text: str) -> None:
+        if self.first_at is None:
+            self.first_at = time.monotonic()
+        if self.on_chunk is not None:
+            try:
+                self.on_chunk(TokenChunk(index=self.index, text=text))
+            except Exception as exc:
+                raise _CallerFailed from exc
+        self.index += 1

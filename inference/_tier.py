@@ -234,11 +234,27 @@ class Tier:
             can_shed=any(self.queues[p] for p in PRIORITIES[RANK[job.meta.priority] + 1 :]),
         )
 
-    def learn_cut(self, tokens: int, started: float, finished: float) -> None:
-        """Learn from a generation cut short: its pace so far bounds the per-token time."""
-        # A lower bound on the true pace, so the estimate jumps to at least it.
+    def learn_cut(
+        self, tokens: int, started: float, finished: float, *, first_at: float | None = None
+    ) -> None:
+        """Learn from a generation cut short: its pace so far bounds the per-token time.
+
+        With two tokens or more, the pace is taken after the first one and the
+        time before it bounds the prefill: a slow prefill charged to the few
+        tokens that followed made the pace hundreds of times too slow, and a
+        tier thought that slow is never chosen again to correct it. With
+        fewer, prefill and pace cannot be told apart, and the whole time is
+        charged to the tokens.
+        """
+        # Lower bounds on the true times, so the estimates jump to at least them.
         self.tokens += tokens
-        sample = (finished - started) / max(tokens, 1)
+        if first_at is not None and tokens > 1:
+            sample = (finished - first_at) / (tokens - 1)
+            prefill = first_at - started
+            if self.ewma_prefill is None or prefill > self.ewma_prefill:
+                self.ewma_prefill = prefill
+        else:
+            sample = (finished - started) / max(tokens, 1)
         if self.ewma_token is None or sample > self.ewma_token:
             self.ewma_token = sample
         if self.ewma_tokens is None:

@@ -329,6 +329,20 @@ async def test_a_tier_that_slows_down_is_measured_again_from_the_runs_it_cut() -
     assert moved.tier == "small"
 
 
+async def test_a_slow_prefill_in_a_cut_run_is_not_charged_to_its_tokens() -> None:
+    words = [Rule(pattern="refund", reply="word " * 400)]
+    large = ScriptedBackend(words, model="big", prefill_delay=0.2, token_delay=0.002, capacity=1)
+    p = pool(large=large)
+    with pytest.raises(RequestTimeout):
+        await p.submit(ask(may_degrade=False), meta(timeout=0.3))
+    stats = p.statistics().tiers[0]
+    assert stats.ewma_prefill_ms is not None
+    assert stats.ewma_prefill_ms >= 190  # the prefill, learnt as such
+    assert stats.ewma_token_ms is not None
+    # ~2 ms a token, not the 0.3 s run over its ~40 tokens (7.5 ms).
+    assert stats.ewma_token_ms < 5
+
+
 async def test_a_failing_chunk_callback_fails_its_request_not_the_tier() -> None:
     p = pool()
 
