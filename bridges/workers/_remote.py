@@ -30,6 +30,7 @@ from bridges.nats._inbox import Inbox, no_responders
 from bridges.nats._wire import decode_reply_envelope, encode_request
 from inference import Emit, Generation
 from messages import (
+    AgentError,
     CancelGeneration,
     GenerateRequest,
     GenerateResult,
@@ -100,6 +101,7 @@ class RemoteBackend:
         self._context_length = context_length or UNKNOWN_CONTEXT
         self._heartbeat = heartbeat
         self._inbox: Inbox | None = None
+        self._cancelling: set[asyncio.Future[None]] = set()
 
     @property
     def name(self) -> str:
@@ -173,9 +175,14 @@ class RemoteBackend:
         except asyncio.CancelledError:
             if control is not None:
                 await self._cancel(nc, control, meta.id)
+            else:
+                # Sent, but not yet taken: cancel it once its worker says where.
+                self._cancel_once_started(nc, inbox, reply, frames, meta.id)
+                reply = ""
             raise
         finally:
-            inbox.done(reply)
+            if reply:
+                inbox.done(reply)
 
     async def _next(self, frames: asyncio.Queue[Msg]) -> Msg:
         silence = SILENT_BEATS * self._heartbeat
@@ -206,6 +213,41 @@ class RemoteBackend:
         with contextlib.suppress(nats.errors.Error):
             await nc.publish(control, encode(CancelGeneration(id=request_id)))
 
+    def _cancel_once_started(
+        self,
+        nc: Client,
+        inbox: Inbox,
+        reply: str,
+        frames: asyncio.Queue[Msg],
+        request_id: str,
+    ) -> None:
+        """Cancel a generation whose `GenerationStarted` has not arrived yet.
+
+        The request went to the queue group, so only the worker's first
+        frame says where to cancel it; without this, a caller gone that
+        early would leave the worker generating until `max_tokens`.
+        Waits no longer than a lost worker would take to notice.
+        """
+
+        async def cancel() -> None:
+            try:
+                async with asyncio.timeout(SILENT_BEATS * self._heartbeat):
+                    while True:
+                        frame = self._decode(await frames.get())
+                        if isinstance(frame, GenerationStarted):
+                            await self._cancel(nc, frame.control, request_id)
+                            return
+                        if not isinstance(frame, TokenChunk | GenerationAlive):
+                            return  # it has ended already
+            except (TimeoutError, ConnectionError, RuntimeError, AgentError):
+                return  # no worker took it, it has failed, or it is gone
+            finally:
+                inbox.done(reply)
+
+        task = asyncio.ensure_future(cancel())
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelling.discard)
+
     async def _inbox_for(self, nc: Client) -> Inbox:
         # A new bridge brings a new connection: its inbox goes with it.
         if self._inbox is None or self._inbox.nc is not nc:
@@ -215,7 +257,9 @@ class RemoteBackend:
         return self._inbox
 
     async def aclose(self) -> None:
-        """Stop listening for frames."""
+        """Stop listening for frames (and waiting to cancel what was not yet taken)."""
+        for task in list(self._cancelling):
+            task.cancel()
         if self._inbox is not None:
             await self._inbox.close()
             self._inbox = None

@@ -28,6 +28,7 @@ from messages import (
     GenerateRequest,
     GenerationStarted,
     Metadata,
+    RequestTimeout,
     TokenChunk,
     Unavailable,
     new_message_id,
@@ -164,6 +165,49 @@ async def test_cancelling_the_call_stops_the_generation_on_the_worker(
         await backend.aclose()
     assert worker.running == 0
     assert worker.pool.statistics().tiers[0].cancelled == 1
+
+
+class _CancelsOnceSent:
+    """The caller's connection; the call is cancelled the moment its request is out.
+
+    So the cancellation always comes before the worker's first frame.
+    """
+
+    def __init__(self, nc: Client, subject: str) -> None:
+        self._nc = nc
+        self._subject = subject
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._nc, name)
+
+    async def publish(self, subject: str, payload: bytes = b"", **kwargs: Any) -> None:
+        await self._nc.publish(subject, payload, **kwargs)
+        if subject == self._subject:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+
+
+async def test_a_call_cancelled_before_the_worker_took_it_is_cancelled_there_too(
+    nc: Client, start_worker: Callable[..., Any]
+) -> None:
+    worker = await start_worker(token_delay=0.25)  # eight tokens: 2 s if nobody stops it
+    subject = SUBJECTS.inference("large")
+    sending = _CancelsOnceSent(nc, subject)
+    backend = RemoteBackend(lambda: sending, subject, heartbeat=0.25)  # type: ignore[arg-type,return-value]
+    pool = InferencePool([TierSpec(name="large", workers=[backend])])
+    try:
+        with pytest.raises(RequestTimeout, match="cancelled"):
+            await pool.submit(GenerateRequest(prompt="hi"), meta())
+        started = time.monotonic()
+        while worker.pool.statistics().tiers[0].cancelled == 0:
+            assert time.monotonic() - started < 1.0, "the worker generated on"
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(worker.pool.join(), WAIT)
+    finally:
+        await backend.aclose()
+    assert worker.running == 0
+    assert pool.statistics().tiers[0].cancelled == 1
 
 
 async def test_no_worker_counts_against_the_breaker_and_then_work_degrades(nc: Client) -> None:
