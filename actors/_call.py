@@ -68,7 +68,8 @@ def make_metadata(
     The deadline is the earliest of `deadline`, now + `timeout` and the
     cause's deadline (the runtime default when none is given). A request
     made while handling `cause` inherits its priority and trace context and
-    names it as its correlation id, unless told otherwise.
+    names it as its correlation id, unless told otherwise, and acts for
+    the cause's principal.
     """
     if cause is not None:
         deadline = cause.deadline if deadline is None else min(deadline, cause.deadline)
@@ -87,4 +88,5 @@ def make_metadata(
         sender=sender,
         traceparent=None if cause is None else cause.traceparent,
         tracestate=None if cause is None else cause.tracestate,
+        principal=None if cause is None else cause.principal,
     )

@@ -17,6 +17,7 @@ from messages import (
     GenerateRequest,
     GenerateResult,
     Unavailable,
+    check_acts_for,
     decode_output,
     new_message_id,
     output_schema,
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from actors._ref import AgentRef
     from actors._reply import Reply
     from actors._runtime import Runtime
-    from messages import Message, Metadata
+    from messages import Message, Metadata, Principal
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -113,12 +114,31 @@ class Context:
         the user's: it reads the user's erasure fence (one state read).
 
         Raises:
+            Forbidden: If the request's principal may not act for `user_id`.
             Unavailable: If there is no state store to read the fence from,
                 or the user's data is being erased (with `retry_after`).
         """
+        self.check_acts_for(user_id, what="act")
         self.user_id = user_id
         self.conversation_id = conversation_id
         self.erasure_fence(user_id).check_not_running()
+
+    @property
+    def principal(self) -> Principal | None:
+        """Who the request acts for, as its edge authenticated it (`messages.Principal`).
+
+        None for a request from inside the trust boundary: another node over
+        NATS without one, an event, an open loopback edge.
+        """
+        return self.metadata.principal
+
+    def check_acts_for(self, user_id: str, *, what: str = "do that") -> None:
+        """Raise unless the request's principal may read or change `user_id`'s data.
+
+        Raises:
+            Forbidden: It may not (a user acting for another user).
+        """
+        check_acts_for(self.metadata.principal, user_id, what=what)
 
     def erasure_fence(self, subject: str) -> ErasureFence:
         """The subject's erasure mark as this message first saw it (read on first use).

@@ -36,6 +36,7 @@ from messages import (
     BadRequest,
     Forbidden,
     InternalError,
+    check_acts_for,
 )
 
 if TYPE_CHECKING:
@@ -84,6 +85,9 @@ class Tool(Generic[A, R]):
             idempotent by the message being handled).
         fn: The implementation, `(args, call) -> result`.
         description: What it does, for prompts and docs.
+        owner: The argument naming the user whose data a call touches;
+            the runtime refuses a call for another user than the request's
+            principal acts for (`messages.check_acts_for`). None: no user's.
     """
 
     name: str
@@ -93,12 +97,14 @@ class Tool(Generic[A, R]):
     side_effect: bool
     fn: Callable[[A, ToolCall], R]
     description: str = ""
+    owner: str | None = None
 
     def invoke(self, ctx: Context, args: A | dict[str, Any], ordinal: int) -> R:
         """Make the `ordinal`-th tool call of the message `ctx` handles (`ctx.use`).
 
         Raises:
-            Forbidden: If the calling agent's type lacks the tool's permission.
+            Forbidden: If the calling agent's type lacks the tool's permission,
+                or the request's principal may not act for its owner.
             BadRequest: If the arguments do not fit the tool's argument type.
             InternalError: If the tool returns something not of its result type.
         """
@@ -106,15 +112,23 @@ class Tool(Generic[A, R]):
 
 
 def tool(
-    name: str, *, permission: str, side_effect: bool = False
+    name: str, *, permission: str, side_effect: bool = False, owner: str | None = None
 ) -> Callable[[Callable[[A, ToolCall], R]], Tool[A, R]]:
-    """Make a `Tool` of a function `(args: A, call: ToolCall) -> R`; types from its annotations."""
+    """Make a `Tool` of a function `(args: A, call: ToolCall) -> R`; types from its annotations.
+
+    `owner` names the argument holding the user whose data the tool reads
+    or changes (`user_id`); calls are then checked against the principal.
+    """
 
     def wrap(fn: Callable[[A, ToolCall], R]) -> Tool[A, R]:
         params = list(inspect.signature(fn).parameters)
         hints = typing.get_type_hints(fn)
         if len(params) != _PARAMETERS or params[0] not in hints or "return" not in hints:
             msg = f"tool {name}: annotate (args: A, call: ToolCall) -> R"
+            raise AgentDefinitionError(msg)
+        fields = getattr(hints[params[0]], "__struct_fields__", ())
+        if owner is not None and owner not in fields:
+            msg = f"tool {name}: owner {owner!r} is not a field of its arguments"
             raise AgentDefinitionError(msg)
         return Tool(
             name=name,
@@ -124,6 +138,7 @@ def tool(
             side_effect=side_effect,
             fn=fn,
             description=inspect.getdoc(fn) or "",
+            owner=owner,
         )
 
     return wrap
@@ -163,6 +178,8 @@ def _checked_call(ctx: Context, used: Tool[A, R], args: A | dict[str, Any], ordi
     except msgspec.ValidationError as exc:
         msg = f"bad arguments to tool {used.name}: {exc}"
         raise BadRequest(msg) from exc
+    if used.owner is not None:
+        check_acts_for(ctx.principal, getattr(valid_args, used.owner), what=f"call {used.name}")
     # The arguments are part of the key: a message id is chosen by the caller
     # (X-Request-Id), and two callers' ids may collide; their calls may not.
     digest = hashlib.sha256(msgspec.msgpack.encode(valid_args)).hexdigest()[:_DIGEST]

@@ -83,10 +83,18 @@ from messages._limits import (
     valid_traceparent,
     valid_tracestate,
 )
+from messages._principal import (
+    MAX_USER_LENGTH,
+    Principal,
+    Scope,
+    UserRef,
+    check_acts_for,
+)
 
 __all__ = [
     "ID_PATTERN",
     "MAX_ID_LENGTH",
+    "MAX_USER_LENGTH",
     "SENDER_PATTERN",
     "ActorfleetError",
     "AgentDefinitionError",
@@ -130,9 +138,11 @@ __all__ = [
     "PayloadTooLarge",
     "Ping",
     "Pong",
+    "Principal",
     "Priority",
     "RequestTimeout",
     "Sampling",
+    "Scope",
     "SealedExchange",
     "Sender",
     "StartFailed",
@@ -146,7 +156,9 @@ __all__ = [
     "Unavailable",
     "Usage",
     "UserDataErased",
+    "UserRef",
     "WorkerReady",
+    "check_acts_for",
     "check_identifier",
     "check_optional_identifier",
     "check_sender",

@@ -6,6 +6,7 @@ import msgspec
 
 from messages._base import Message, Priority
 from messages._errors import ERRORS_BY_CODE, AgentError, ErrorCode, InternalError
+from messages._principal import Principal
 
 
 class Metadata(msgspec.Struct, frozen=True, kw_only=True):
@@ -21,6 +22,8 @@ class Metadata(msgspec.Struct, frozen=True, kw_only=True):
         tracestate: W3C trace state, if any.
         delivery: How many times this message has been delivered (1 for
             requests; JetStream's delivery count for events).
+        principal: Who the request acts for, as an edge authenticated it;
+            None inside the trust boundary (`messages.Principal`).
     """
 
     id: str
@@ -31,6 +34,7 @@ class Metadata(msgspec.Struct, frozen=True, kw_only=True):
     traceparent: str | None = None
     tracestate: str | None = None
     delivery: int = 1
+    principal: Principal | None = None
 
 
 class ErrorReply(Message, frozen=True, kw_only=True):

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from actors import Agent, Context, handler
-from messages import Event, Message, NotFound, Overloaded, Ping, Pong
+from messages import Event, Message, NotFound, Overloaded, Ping, Pong, Principal
 
 
 class Echo(Message, frozen=True, kw_only=True):
@@ -45,6 +45,7 @@ class Budget(Message, frozen=True, kw_only=True):
     sender: str | None
     priority: str
     traceparent: str | None
+    principal: Principal | None = None
 
 
 class Inspect(Message, frozen=True, kw_only=True):
@@ -113,6 +114,7 @@ class WorkerAgent(Agent):
             sender=ctx.metadata.sender,
             priority=ctx.metadata.priority,
             traceparent=ctx.metadata.traceparent,
+            principal=ctx.principal,
         )
 
 

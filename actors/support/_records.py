@@ -1,15 +1,20 @@
 """Tools that write the service's records: tickets, orders, shipments, erasure.
 
 Every record is created with compare-and-set under an id derived from the
-request's message id and the record's owner, so a retried request (same
-message id), or two attempts of it at once, find the one record instead of
-making a second. Ticket creation and erasure also honour the erasure fence
-(`actors.ErasureFence`).
+request's message id and the record's owner, keyed with a secret kept in
+the state store (`record_id`), so a retried request (same message id), or
+two attempts of it at once, find the one record instead of making a
+second, and no caller can compute another's record id. The tools that read
+or change a user's records name their owner argument, so the runtime
+refuses a principal acting for someone else; ticket creation and erasure
+also honour the erasure fence (`actors.ErasureFence`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import secrets
 import time
 from typing import Final, TypeVar
 
@@ -27,19 +32,39 @@ from actors.support._messages import (
 from messages import BadRequest, Unavailable, UserDataErased, new_message_id
 
 ERASED: Final = "[erased]"
-_ID_DIGITS: Final = 12
+# 80 bits of an HMAC: ids nobody can compute without the service's secret.
+_ID_DIGITS: Final = 20
+_SECRET_BYTES: Final = 32
 _CREATE_ATTEMPTS: Final = 3
 T = TypeVar("T")
 
 
+def record_secret(state: StateStore) -> bytes:
+    """The service's secret for record ids: made once, in the state store every node shares.
+
+    Raises:
+        Unavailable: If the store cannot settle one.
+    """
+    key = state_key("secret", "records")
+    for _ in range(_CREATE_ATTEMPTS):
+        held = state.get(key)
+        if held is not None:
+            return held
+        state.compare_and_set(key, None, secrets.token_bytes(_SECRET_BYTES))
+    msg = "could not settle the record-id secret"
+    raise Unavailable(msg)
+
+
 def record_id(prefix: str, call: ToolCall, owner: str) -> str:
-    """A short id that is the same for every retry of the request, per owner.
+    """An id that is the same for every retry of the request, per owner, and unguessable.
 
     The owner is part of it because request ids are chosen by callers and
-    may collide between them.
+    may collide between them; the secret, because a caller that knows a
+    request id and a user id must not be able to compute the record's id.
     """
     seed = f"{call.context.metadata.id}|{owner}".encode()
-    return f"{prefix}-{hashlib.sha256(seed).hexdigest()[:_ID_DIGITS].upper()}"
+    digest = hmac.new(record_secret(call.state), seed, hashlib.sha256).hexdigest()
+    return f"{prefix}-{digest[:_ID_DIGITS].upper()}"
 
 
 def ticket_key(ticket_id: str) -> str:
@@ -94,9 +119,16 @@ class MaybeTicket(msgspec.Struct, frozen=True, kw_only=True):
     ticket: Ticket | None
 
 
-@tool("tickets.create", permission="tickets:write", side_effect=True)
+@tool("tickets.create", permission="tickets:write", side_effect=True, owner="user_id")
 def create_ticket(args: NewTicket, call: ToolCall) -> TicketRef:
-    """Open a ticket for a user (once per request, however often it is retried)."""
+    """Open a ticket for a user (once per request, however often it is retried).
+
+    Raises:
+        BadRequest: If the user id is the mark of erased records.
+    """
+    if args.user_id == ERASED:
+        msg = f"{ERASED} is not a user id"
+        raise BadRequest(msg)
     # By request and user, not by every argument: a retry whose model wrote
     # another summary must still find the ticket it opened.
     ticket_id = record_id("T", call, args.user_id)
@@ -118,12 +150,12 @@ def create_ticket(args: NewTicket, call: ToolCall) -> TicketRef:
     return TicketRef(ticket_id=ticket_id, created=created)
 
 
-@tool("tickets.get", permission="tickets:read")
+@tool("tickets.get", permission="tickets:read", owner="user_id")
 def get_ticket(args: TicketLookup, call: ToolCall) -> MaybeTicket:
-    """A user's own ticket by id."""
+    """A user's own ticket by id (a redacted one is nobody's)."""
     raw = call.state.get(ticket_key(args.ticket_id))
     ticket = None if raw is None else msgspec.msgpack.decode(raw, type=Ticket)
-    if ticket is not None and ticket.user_id != args.user_id:
+    if ticket is not None and (ticket.user_id != args.user_id or ticket.redacted_at is not None):
         ticket = None  # someone else's ticket is as good as absent
     return MaybeTicket(ticket=ticket)
 
@@ -140,7 +172,7 @@ class NewOrder(msgspec.Struct, frozen=True, kw_only=True):
     destination: Destination
 
 
-@tool("orders.create", permission="orders:write", side_effect=True)
+@tool("orders.create", permission="orders:write", side_effect=True, owner="customer_id")
 def create_order(args: NewOrder, call: ToolCall) -> Order:
     """Record an order at a price the pricing rules produced."""
     order = Order(
@@ -195,7 +227,12 @@ def plan_shipment(args: ShipmentPlan, call: ToolCall) -> Shipment:
 
 @tool("shipments.get", permission="shipments:read")
 def get_shipment(args: OrderLookup, call: ToolCall) -> MaybeShipment:
-    """An order's shipment, if one is planned."""
+    """An order's shipment, if one is planned (only for whoever may act for its customer)."""
+    order = call.state.get(state_key("order", args.order_id))
+    if order is None:
+        return MaybeShipment(shipment=None)
+    customer = msgspec.msgpack.decode(order, type=Order).customer_id
+    call.context.check_acts_for(customer, what="read the shipment of an order")
     raw = call.state.get(shipment_key(args.order_id))
     return MaybeShipment(
         shipment=None if raw is None else msgspec.msgpack.decode(raw, type=Shipment)
@@ -236,7 +273,7 @@ class Erased(msgspec.Struct, frozen=True, kw_only=True):
     key_ids: list[str]
 
 
-@tool("privacy.erase", permission="privacy:erase")
+@tool("privacy.erase", permission="privacy:erase", owner="user_id")
 def erase_user(args: Erase, call: ToolCall) -> Erased:
     """Delete a user's conversation memory, redact their tickets, destroy their data keys.
 
@@ -291,7 +328,13 @@ def _redact_ticket(state: StateStore, ticket_id: str) -> None:
     if raw is None:
         return
     ticket = msgspec.msgpack.decode(raw, type=Ticket)
+    # Nothing the caller chose stays: the conversation id may hold PII too.
     redacted = msgspec.structs.replace(
-        ticket, user_id=ERASED, summary=ERASED, description=ERASED, redacted_at=time.time()
+        ticket,
+        user_id=ERASED,
+        summary=ERASED,
+        description=ERASED,
+        conversation_id=ERASED,
+        redacted_at=time.time(),
     )
     state.put(key, msgspec.msgpack.encode(redacted))

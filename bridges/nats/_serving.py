@@ -23,6 +23,7 @@ from nats.micro.service import EndpointStats
 from actors import Call, Reply
 from bridges.nats._wire import (
     STREAM_HEADER,
+    EnvelopeDecoder,
     encode_chunk_frame,
     encode_error,
     encode_error_envelope,
@@ -61,7 +62,7 @@ _MICRO_NAME_MAX: Final = 64
 _HEADER_OVERHEAD: Final = 12  # "NATS/1.0\r\n" and the closing "\r\n"
 _LAST_ERROR_MAX: Final = 256
 
-Decoders = tuple[msgspec.msgpack.Decoder[Any], msgspec.msgpack.Decoder[Any]]
+Decoders = tuple[msgspec.msgpack.Decoder[Any], EnvelopeDecoder]
 
 
 class _Untyped(Message, frozen=True, kw_only=True, tag="actorfleet.untyped"):

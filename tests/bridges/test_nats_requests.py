@@ -29,8 +29,10 @@ from messages import (
     Metadata,
     NotFound,
     PayloadTooLarge,
+    Principal,
     Priority,
     RequestTimeout,
+    Scope,
     Unavailable,
     encode,
 )
@@ -469,3 +471,26 @@ async def test_typed_error_replies_are_counted_in_the_micro_stats(
     assert endpoint["num_errors"] == 1
     assert endpoint["last_error"].startswith("not_found")
     assert endpoint["processing_time"] > 0
+
+
+def test_the_principal_travels_to_an_agent_on_another_node(
+    served: Runtime, caller: Runtime
+) -> None:
+    jane = Principal(name="web", scope=Scope.SERVICE, user="jane")
+    cause = Metadata(id="edge-1", deadline=time.time() + 5, principal=jane)
+    seen = caller.ref("worker").ask(Inspect(), cause=cause, timeout=2)
+    assert seen.principal == jane
+    assert caller.ref("worker").ask(Inspect(), timeout=2).principal is None
+
+
+async def test_a_version_1_envelope_from_an_older_node_is_served_without_a_principal(
+    served: Runtime, nats_server: NatsServer
+) -> None:
+    older = encode([1, "old-1", time.time() + 5, None, "default", "old", None, None, Inspect()])
+    nc = await nats.connect(nats_server.url)
+    try:
+        msg = await nc.request("af.agent.worker", older, 2)
+    finally:
+        await nc.close()
+    seen = decode_reply(msg.data, msg.headers)
+    assert (seen.sender, seen.principal) == ("old", None)

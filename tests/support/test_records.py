@@ -1,13 +1,17 @@
-"""The record tools on their own: idempotent creation and the erasure fence."""
+"""The record tools on their own: idempotent creation, unguessable ids, owners, erasure."""
 
 from __future__ import annotations
 
+import hashlib
+import time
+
+import msgspec
 import pytest
 
 from actors import Agent, Context, MemoryStore, Runtime, begin_erasure, handler, state_key
-from actors.support import Intent, create_ticket, erase_user
-from actors.support._records import Erase, NewTicket
-from messages import Message, Unavailable
+from actors.support import Intent, Ticket, create_ticket, erase_user, get_ticket
+from actors.support._records import ERASED, Erase, NewTicket, TicketLookup, ticket_key
+from messages import Forbidden, Message, Metadata, Principal, Scope, Unavailable
 
 TICKET = NewTicket(
     user_id="jane",
@@ -20,6 +24,16 @@ TICKET = NewTicket(
 
 class OpenTicket(Message, frozen=True, kw_only=True):
     erase_first: bool = False
+    user_id: str = "jane"
+
+
+class ReadTicket(Message, frozen=True, kw_only=True):
+    user_id: str
+    ticket_id: str
+
+
+class Found(Message, frozen=True, kw_only=True):
+    summary: str | None
 
 
 class Opened(Message, frozen=True, kw_only=True):
@@ -29,14 +43,29 @@ class Opened(Message, frozen=True, kw_only=True):
 
 class ClerkAgent(Agent):
     agent_type = "clerk"
-    permissions = frozenset({"tickets:write", "privacy:erase"})
+    permissions = frozenset({"tickets:write", "tickets:read", "privacy:erase"})
 
     @handler
     def open(self, msg: OpenTicket, ctx: Context) -> Opened:
         if msg.erase_first:  # an erasure landing while this handler runs
             begin_erasure(ctx.state, "jane")
-        ref = ctx.use(create_ticket, TICKET)
+        ref = ctx.use(create_ticket, msgspec.structs.replace(TICKET, user_id=msg.user_id))
         return Opened(ticket_id=ref.ticket_id, created=ref.created)
+
+    @handler
+    def read(self, msg: ReadTicket, ctx: Context) -> Found:
+        found = ctx.use(get_ticket, TicketLookup(user_id=msg.user_id, ticket_id=msg.ticket_id))
+        return Found(summary=None if found.ticket is None else found.ticket.summary)
+
+    @handler
+    def erase(self, msg: Erase, ctx: Context) -> Opened:
+        ctx.use(erase_user, msg)
+        return Opened(ticket_id="", created=False)
+
+
+def acting_as(name: str, scope: Scope, user: str | None = None) -> Metadata:
+    principal = Principal(name=name, scope=scope, user=user)
+    return Metadata(id="m1", deadline=time.time() + 5, principal=principal)
 
 
 @pytest.fixture
@@ -82,3 +111,52 @@ def test_erasure_needs_an_audit_log_when_one_is_required(clerk: Agent, runtime: 
         Eraser.spawn(runtime).ask(OpenTicket(), timeout=2)
     assert runtime.state is not None
     assert len(runtime.state.scan(state_key("tickets", "jane"))) == 1  # nothing erased
+
+
+def test_a_ticket_id_cannot_be_computed_from_the_request_and_the_user(
+    clerk: Agent, runtime: Runtime
+) -> None:
+    opened = clerk.ask(OpenTicket(), message_id="r1", timeout=2)  # type: ignore[attr-defined]
+    # What the id was before: anyone knowing "r1" and "jane" could compute it.
+    guessable = hashlib.sha256(b"r1|jane").hexdigest()[:12].upper()
+    assert opened.ticket_id != f"T-{guessable}"
+    assert guessable not in opened.ticket_id
+    runtime.state = MemoryStore()  # another deployment: another secret
+    elsewhere = clerk.ask(OpenTicket(), message_id="r1", timeout=2)  # type: ignore[attr-defined]
+    assert elsewhere.ticket_id != opened.ticket_id
+
+
+def test_a_user_principal_can_neither_open_nor_read_another_users_ticket(
+    clerk: Agent,
+) -> None:
+    opened = clerk.ask(OpenTicket(), timeout=2)  # type: ignore[attr-defined]
+    mallory = acting_as("mallory-key", Scope.USER, "mallory")
+    with pytest.raises(Forbidden, match=r"mallory-key may not call tickets\.get"):
+        clerk.ask(ReadTicket(user_id="jane", ticket_id=opened.ticket_id), cause=mallory, timeout=2)  # type: ignore[attr-defined]
+    with pytest.raises(Forbidden, match=r"tickets\.create"):
+        clerk.ask(OpenTicket(), cause=mallory, timeout=2)  # type: ignore[attr-defined]
+    with pytest.raises(Forbidden, match=r"privacy\.erase"):
+        clerk.ask(Erase(user_id="jane"), cause=mallory, timeout=2)  # type: ignore[attr-defined]
+    jane = acting_as("jane-key", Scope.USER, "jane")
+    own = clerk.ask(ReadTicket(user_id="jane", ticket_id=opened.ticket_id), cause=jane, timeout=2)  # type: ignore[attr-defined]
+    assert own.summary == "s"
+    admin = acting_as("ops", Scope.ADMIN)
+    seen = clerk.ask(ReadTicket(user_id="jane", ticket_id=opened.ticket_id), cause=admin, timeout=2)  # type: ignore[attr-defined]
+    assert seen.summary == "s"
+
+
+def test_a_redacted_ticket_keeps_nothing_the_caller_chose_and_is_nobodys(
+    clerk: Agent, runtime: Runtime
+) -> None:
+    opened = clerk.ask(OpenTicket(), timeout=2)  # type: ignore[attr-defined]
+    clerk.ask(Erase(user_id="jane"), timeout=2)  # type: ignore[attr-defined]
+    assert runtime.state is not None
+    raw = runtime.state.get(ticket_key(opened.ticket_id))
+    assert raw is not None
+    stored = msgspec.msgpack.decode(raw, type=Ticket)
+    assert (stored.user_id, stored.description, stored.conversation_id) == (ERASED,) * 3
+    # The mark of erased records is no user: it reads nothing, and opens nothing.
+    lookup = ReadTicket(user_id=ERASED, ticket_id=opened.ticket_id)
+    assert clerk.ask(lookup, timeout=2).summary is None  # type: ignore[attr-defined]
+    with pytest.raises(Exception, match="not a user id"):
+        clerk.ask(OpenTicket(user_id=ERASED), timeout=2)  # type: ignore[attr-defined]
