@@ -13,6 +13,7 @@ from config._inference import (
     read_rules_file,
 )
 from config._secrets import redact_url
+from config._security import Credential, TokenSettings
 from config._settings import (
     ENV_OVERRIDES,
     AgentSettings,
@@ -36,6 +37,7 @@ __all__ = [
     "AgentSettings",
     "BackendSettings",
     "BackoffSettings",
+    "Credential",
     "EventSettings",
     "ExLlamaV2BackendSettings",
     "HttpSettings",
@@ -53,6 +55,7 @@ __all__ = [
     "SupervisionSettings",
     "TelemetrySettings",
     "TierSettings",
+    "TokenSettings",
     "decode",
     "default_toml",
     "load",

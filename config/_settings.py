@@ -15,6 +15,7 @@ import msgspec
 
 from config._base import Count, ImportPath, NonNegative, Positive, Section, Token
 from config._inference import InferenceSettings
+from config._security import Credential, TokenSettings
 from messages import ConfigError
 
 
@@ -133,8 +134,13 @@ class HttpSettings(Section, frozen=True, kw_only=True):
         port: TCP port; 0 picks a free one (the tree line shows it).
         health_port: Serve `/livez`, `/readyz`, `/healthz` and `/metrics`
             on this port instead; 0: on `port` with the API.
-        api_keys: Keys a caller of `/v1/...` must present (`Authorization:
-            Bearer <key>` or `X-API-Key`); empty: none needed (loopback only).
+        api_keys: Keys a caller of `/v1/...` may present (`Authorization:
+            Bearer <key>` or `X-API-Key`), each a `service` principal; kept
+            for small setups: `credentials` name keys and scope them.
+        credentials: Static keys, each mapped to a principal (`user`,
+            `service` or `admin`). With none of `api_keys`, `credentials`
+            and `tokens.issuer`, nothing is needed (loopback only).
+        tokens: Signed bearer tokens (JWT) accepted beside the keys.
         max_body: Largest request body, in bytes (413 beyond).
         default_timeout: A request's deadline, in seconds, unless its
             `X-Request-Timeout` header says otherwise.
@@ -157,6 +163,8 @@ class HttpSettings(Section, frozen=True, kw_only=True):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     health_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     api_keys: list[str] = msgspec.field(default_factory=list)
+    credentials: list[Credential] = msgspec.field(default_factory=list)
+    tokens: TokenSettings = msgspec.field(default_factory=TokenSettings)
     max_body: Annotated[int, msgspec.Meta(ge=1)] = 1 << 20
     default_timeout: Positive = 30.0
     max_timeout: Positive = 300.0
@@ -164,12 +172,23 @@ class HttpSettings(Section, frozen=True, kw_only=True):
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 512
     agents: list[ImportPath] = msgspec.field(default_factory=list)
 
+    @property
+    def authenticated(self) -> bool:
+        """Whether callers must present a key or token."""
+        return bool(self.api_keys or self.credentials or self.tokens.issuer)
+
     def __post_init__(self) -> None:
-        if self.enabled and not self.api_keys and not _is_loopback_host(self.host):
-            reason = f"binding {self.host!r} (not loopback) needs http.api_keys"
-            raise ConfigError("http.api_keys", reason)
+        if self.enabled and not self.authenticated and not _is_loopback_host(self.host):
+            reason = (
+                f"binding {self.host!r} (not loopback) needs http.credentials,"
+                " http.tokens or http.api_keys"
+            )
+            raise ConfigError("http.credentials", reason)
         if any(not key.strip() for key in self.api_keys):
             raise ConfigError("http.api_keys", "an API key is empty")
+        names = [c.name for c in self.credentials]
+        if len(set(names)) != len(names):
+            raise ConfigError("http.credentials", "two credentials have the same name")
 
 
 def _is_loopback_host(host: str) -> bool:

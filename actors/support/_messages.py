@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import msgspec
 
@@ -152,6 +152,7 @@ class TicketView(Message, frozen=True, kw_only=True):
 class PriceRequest(Message, frozen=True, kw_only=True):
     """Price a contract (the founding article's pricing inputs)."""
 
+    owner_field: ClassVar[str] = "customer_id"  # whose request it is, for the HTTP edge
     customer_id: Id
     base_price_usd: Money
     contract_length_months: Months
@@ -176,6 +177,7 @@ class Destination(msgspec.Struct, frozen=True, kw_only=True):
 class OrderRequest(Message, frozen=True, kw_only=True):
     """Place an order at the quoted price; shipping follows by event."""
 
+    owner_field: ClassVar[str] = "customer_id"
     customer_id: Id
     base_price_usd: Money
     contract_length_months: Months

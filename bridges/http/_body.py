@@ -24,6 +24,8 @@ import msgspec
 from litestar import Request
 from litestar.exceptions import SerializationException, ValidationException
 
+from bridges.http._auth import fill_owner, grant_of
+
 BODY_TYPE: Final = "actorfleet.body_type"
 """The route option naming the type a body is converted into."""
 NESTED_TOO_DEEPLY: Final = "JSON is malformed: nested too deeply"
@@ -61,6 +63,8 @@ class JsonBodyRequest(Request[Any, Any, Any]):
         value = decode_json(body)
         if target is None:
             return value
+        # A user's key or token may leave its own user out of the body.
+        value = fill_owner(value, target, grant_of(self))
         try:
             return msgspec.convert(value, target, strict=True)
         except msgspec.ValidationError as wrong:

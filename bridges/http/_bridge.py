@@ -34,6 +34,7 @@ from opentelemetry.trace import SpanKind
 
 from actors import within
 from bridges._seam import Cancelled, PoolClient
+from bridges.http._auth import Authenticator, grant_of, remember
 from bridges.http._body import JsonBodyRequest, body_type
 from bridges.http._erasure import erasure_route
 from bridges.http._generate import generate_routes
@@ -47,7 +48,7 @@ from bridges.http._problems import (
     status_of,
     unless_gone,
 )
-from bridges.http._schema import check_api_key, document_rules, reply_types, union_of
+from bridges.http._schema import document_rules, reply_types, union_of
 from bridges.http._server import bounded_protocol
 from bridges.http._streams import (
     SSE_MEDIA_TYPE,
@@ -97,6 +98,7 @@ class HttpBridge:
         self.agents = list(agents)
         self.health = health
         self.metrics = metrics
+        self.auth = Authenticator(settings)
         separate = settings.health_port != 0
         self.app = self._app(api=True, health=not separate)
         self.health_app = self._app(api=False, health=True) if separate else None
@@ -245,15 +247,25 @@ class HttpBridge:
     def guards(
         self,
     ) -> list[Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]]:
-        """The API-key check, when keys are configured (a closure: Litestar copies guards)."""
-        keys = list(self.settings.api_keys)
-        if not keys:
+        """Authentication, unless the edge is open (a closure: Litestar copies guards)."""
+        auth = self.auth
+        if auth.open:
             return []
 
         def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-            check_api_key(connection, keys)
+            remember(connection, auth.authenticate(connection.headers))
 
         return [guard]
+
+    def acting(
+        self, request: Request[Any, Any, Any], agent_type: str, message: Any, meta: Metadata
+    ) -> Metadata:
+        """`meta` with the principal `message` is asked for by this request's caller.
+
+        Raises:
+            Forbidden: The caller may not ask `agent_type` this.
+        """
+        return self.auth.acting(grant_of(request), agent_type, message, meta)
 
     def metadata(self, request: Request[Any, Any, Any]) -> Metadata:
         """A request's metadata from its headers.
@@ -274,7 +286,11 @@ class HttpBridge:
 
         async def ask(request: Request[Any, Any, Any], data: Any) -> Any:
             return await self.observed(
-                agent_type, request, lambda meta: self.ask(request, agent_type, data, meta)
+                agent_type,
+                request,
+                lambda meta: self.ask(
+                    request, agent_type, data, self.acting(request, agent_type, data, meta)
+                ),
             )
 
         ask.__annotations__ = {
@@ -300,7 +316,7 @@ class HttpBridge:
         record = self.metrics.recorder("http-stream", agent_type)
 
         async def ask_stream(request: Request[Any, Any, Any], data: Any) -> ServerSentEvent:
-            meta = self.metadata(request)
+            meta = self.acting(request, agent_type, data, self.metadata(request))
             started = time.perf_counter()
             return ServerSentEvent(
                 relay_agent_stream(

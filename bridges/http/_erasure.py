@@ -42,7 +42,11 @@ def _route(bridge: Edge, agent_type: str, request_type: type[Message]) -> Any:
             msg = f"bad user id: {exc}"
             raise BadRequest(msg) from exc
         return await bridge.observed(
-            agent_type, request, lambda meta: bridge.ask(request, agent_type, message, meta)
+            agent_type,
+            request,
+            lambda meta: bridge.ask(
+                request, agent_type, message, bridge.acting(request, agent_type, message, meta)
+            ),
         )
 
     erase.__doc__ = (

@@ -26,7 +26,13 @@ class Edge(Protocol):
         ...
 
     def guards(self) -> list[Guard]:
-        """The checks every route runs first (the API key)."""
+        """The checks every route runs first (authentication)."""
+        ...
+
+    def acting(
+        self, request: Request[Any, Any, Any], agent_type: str, message: Any, meta: Metadata
+    ) -> Metadata:
+        """`meta` with the principal the request's caller acts as (raises `Forbidden`)."""
         ...
 
     def metadata(self, request: Request[Any, Any, Any]) -> Metadata:

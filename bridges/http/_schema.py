@@ -1,4 +1,4 @@
-"""What the HTTP edge declares: agent request/reply types, their OpenAPI, API keys.
+"""What the HTTP edge declares: agent request/reply types and their OpenAPI.
 
 Litestar builds the document from the msgspec types; `document_rules` adds
 what the server checks beyond them, so that a body the document calls valid
@@ -7,7 +7,6 @@ is one the server takes.
 
 from __future__ import annotations
 
-import hmac
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -15,8 +14,6 @@ from typing import TYPE_CHECKING, Any, Final, Union
 
 import msgspec
 from litestar import Litestar
-from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.openapi.spec import Discriminator, OpenAPIType, Reference, RequestBody, Schema
 
 from messages import GenerateRequest
@@ -24,7 +21,6 @@ from messages import GenerateRequest
 if TYPE_CHECKING:
     from actors import Agent
 
-API_KEY_HEADER: Final = "x-api-key"
 TAG: Final = "type"
 _COMPONENTS: Final = "#/components/schemas/"
 # Not blank by Python's `str.isspace` (what the pool checks), written so that
@@ -173,24 +169,6 @@ def _tag_of(schema: Schema | Reference | None) -> str:
     tag = (schema.properties or {}).get(TAG)
     const = tag.const if isinstance(tag, Schema) else None
     return const if isinstance(const, str) else ""
-
-
-CHALLENGE: Final = 'Bearer realm="actorfleet"'
-"""What a 401 asks for (RFC 9110 `WWW-Authenticate`): a bearer token."""
-
-
-def check_api_key(connection: ASGIConnection[Any, Any, Any, Any], keys: list[str]) -> None:
-    """Raise unless the connection presents one of `keys`."""
-    presented = connection.headers.get(API_KEY_HEADER)
-    if presented is None:
-        scheme, _, token = connection.headers.get("authorization", "").partition(" ")
-        presented = token.strip() if scheme.lower() == "bearer" else None
-    if not presented:
-        msg = "an API key is needed (Authorization: Bearer <key> or X-API-Key)"
-        raise NotAuthorizedException(msg, headers={"WWW-Authenticate": CHALLENGE})
-    if not any(hmac.compare_digest(presented.encode(), k.encode()) for k in keys):
-        msg = "the API key is not valid"
-        raise PermissionDeniedException(msg)
 
 
 def union_of(options: Sequence[type]) -> Any:

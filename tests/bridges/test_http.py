@@ -137,9 +137,11 @@ def test_api_keys_are_required_when_configured(serve: Callable[..., Any]) -> Non
     wrong = client.post("/v1/agents/ping", json=ping, headers={"X-API-Key": "nope"})
     bearer = client.post("/v1/agents/ping", json=ping, headers={"Authorization": "Bearer k-2"})
     header = client.post("/v1/agents/ping", json=ping, headers={"X-API-Key": "k-1"})
-    assert (missing.status_code, wrong.status_code) == (401, 403)
+    # RFC 6750: a missing or a wrong credential is 401; 403 is for a valid one.
+    assert (missing.status_code, wrong.status_code) == (401, 401)
     assert missing.headers["content-type"] == PROBLEM
     assert missing.headers["www-authenticate"] == 'Bearer realm="actorfleet"'
+    assert wrong.headers["www-authenticate"] == 'Bearer realm="actorfleet", error="invalid_token"'
     assert (bearer.status_code, header.status_code) == (200, 200)
     assert client.get("/livez").status_code == 200  # probes need no key
 
@@ -147,7 +149,7 @@ def test_api_keys_are_required_when_configured(serve: Callable[..., Any]) -> Non
 def test_a_non_loopback_address_without_api_keys_is_refused_at_load() -> None:
     from messages import ConfigError  # noqa: PLC0415
 
-    with pytest.raises(ConfigError, match=r"http\.api_keys"):
+    with pytest.raises(ConfigError, match=r"http\.credentials"):
         decode({"http": {"enabled": True, "host": "0.0.0.0"}})  # noqa: S104
 
 

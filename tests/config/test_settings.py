@@ -118,6 +118,8 @@ def test_every_key_of_the_settings_is_documented_in_default_toml() -> None:
         config.NatsSettings,
         config.EventSettings,
         config.HttpSettings,
+        config.Credential,
+        config.TokenSettings,
         config.TelemetrySettings,
         config.InferenceSettings,
         config.TierSettings,

@@ -1,0 +1,218 @@
+"""The reference service against a caller with someone else's key: principals at the edge.
+
+Each attack here worked when a key only proved "some caller": with key B
+one read the ticket opened under key A, wrote into A's conversations and
+erased A's data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from actors import state_key
+from tests.conftest import WAIT
+from tests.support.conftest import Service
+
+KEYS = {"AF_KEY_JANE": "jane-secret", "AF_KEY_BOB": "bob-secret", "AF_KEY_WEB": "web-secret"}
+KEYS |= {"AF_KEY_OPS": "ops-secret", "AF_TOKEN_SECRET": "a-shared-secret-of-32-bytes-or-more"}
+CREDENTIALS = [
+    {"name": "jane-app", "key_env": "AF_KEY_JANE", "scope": "user", "user": "jane"},
+    {"name": "bob-app", "key_env": "AF_KEY_BOB", "scope": "user", "user": "bob"},
+    {"name": "web", "key_env": "AF_KEY_WEB", "scope": "service", "agents": ["support", "tickets"]},
+    {"name": "ops", "key_env": "AF_KEY_OPS", "scope": "admin"},
+]
+ISSUER = "https://login.example.test"
+BILLING = "I was charged twice for my March invoice"
+
+
+def as_key(name: str) -> dict[str, str]:
+    return {"X-API-Key": KEYS[name]}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def secured(start_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch) -> Service:
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
+    tokens = {"issuer": ISSUER, "secret_env": "AF_TOKEN_SECRET", "algorithms": ["HS256"]}
+    return start_service(state="memory", http={"credentials": CREDENTIALS, "tokens": tokens})
+
+
+def open_ticket(client: httpx.Client, headers: dict[str, str], **body: Any) -> str:
+    response = client.post("/v1/agents/support", json={"message": BILLING, **body}, headers=headers)
+    assert response.status_code == 200, response.text
+    ticket_id = response.json()["ticket_id"]
+    assert isinstance(ticket_id, str)
+    return ticket_id
+
+
+def test_key_b_cannot_read_the_ticket_opened_under_key_a(secured: Service) -> None:
+    _node, client = secured
+    ticket = open_ticket(client, as_key("AF_KEY_JANE"), user_id="jane")
+    as_jane = {"user_id": "jane", "ticket_id": ticket}
+    naming_jane = client.post("/v1/agents/tickets", json=as_jane, headers=as_key("AF_KEY_BOB"))
+    assert naming_jane.status_code == 403
+    assert naming_jane.json()["detail"] == "bob-app acts as its own user only"
+    as_bob = {"user_id": "bob", "ticket_id": ticket}
+    naming_bob = client.post("/v1/agents/tickets", json=as_bob, headers=as_key("AF_KEY_BOB"))
+    assert naming_bob.status_code == 404
+    own = client.post("/v1/agents/tickets", json=as_jane, headers=as_key("AF_KEY_JANE"))
+    assert own.status_code == 200
+    assert own.json()["description"] == BILLING
+
+
+def test_key_b_can_neither_write_into_nor_erase_user_as_data(secured: Service) -> None:
+    node, client = secured
+    open_ticket(client, as_key("AF_KEY_JANE"), user_id="jane")
+    bob = as_key("AF_KEY_BOB")
+    hijack = {"user_id": "jane", "message": "please change my email address"}
+    assert client.post("/v1/agents/support", json=hijack, headers=bob).status_code == 403
+    assert client.delete("/v1/users/jane/data", headers=bob).status_code == 403
+    state = node.runtime.state
+    assert state is not None
+    assert len(state.scan(state_key("mem", "jane"))) == 1  # jane's conversation, untouched
+    assert len(state.scan(state_key("tickets", "jane"))) == 1
+    # Her own key may erase her data; an admin may erase anyone's.
+    assert client.delete("/v1/users/jane/data", headers=as_key("AF_KEY_JANE")).status_code == 200
+    open_ticket(client, bob)
+    assert client.delete("/v1/users/bob/data", headers=as_key("AF_KEY_OPS")).status_code == 200
+    assert state.scan(state_key("tickets", "bob")) == []
+
+
+def test_a_user_key_that_names_no_user_acts_as_its_own(secured: Service) -> None:
+    node, client = secured
+    ticket = open_ticket(client, as_key("AF_KEY_BOB"))
+    state = node.runtime.state
+    assert state is not None
+    assert state.scan(state_key("tickets", "bob")) == [state_key("tickets", "bob", ticket)]
+    lookup = {"ticket_id": ticket}
+    found = client.post("/v1/agents/tickets", json=lookup, headers=as_key("AF_KEY_BOB"))
+    assert found.status_code == 200
+
+
+def test_a_service_key_acts_for_the_users_it_names_on_its_agent_types_only(
+    secured: Service,
+) -> None:
+    _node, client = secured
+    web = as_key("AF_KEY_WEB")
+    ticket = open_ticket(client, web, user_id="jane")
+    lookup = {"user_id": "jane", "ticket_id": ticket}
+    assert client.post("/v1/agents/tickets", json=lookup, headers=web).status_code == 200
+    # It names the user: with none, the request is malformed, not filled in.
+    missing = client.post("/v1/agents/support", json={"message": BILLING}, headers=web)
+    assert missing.status_code == 422
+    refused = client.delete("/v1/users/jane/data", headers=web)
+    assert refused.status_code == 403
+    assert refused.json()["detail"] == "web may not call privacy"
+
+
+def token(*, secret: str = KEYS["AF_TOKEN_SECRET"], **claims: Any) -> str:
+    now = int(time.time())
+    body = {"iss": ISSUER, "aud": "actorfleet", "sub": "jane", "iat": now, "exp": now + 60}
+    return jwt.encode(body | claims, secret, algorithm="HS256")
+
+
+def test_a_signed_token_acts_as_its_subject(secured: Service) -> None:
+    _node, client = secured
+    ticket = open_ticket(client, bearer(token()))
+    as_jane = {"user_id": "jane", "ticket_id": ticket}
+    assert (
+        client.post("/v1/agents/tickets", json=as_jane, headers=bearer(token())).status_code == 200
+    )
+    as_bob = bearer(token(sub="bob"))
+    assert client.post("/v1/agents/tickets", json=as_jane, headers=as_bob).status_code == 403
+    admin = bearer(token(sub="ops-console", scope="support admin"))
+    assert client.delete("/v1/users/jane/data", headers=admin).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"exp": int(time.time()) - 120}, "the token has expired"),
+        ({"aud": "another-service"}, "the token is not valid: Audience doesn't match"),
+        ({"iss": "https://evil.example"}, "the token is not valid: Invalid issuer"),
+        ({"secret": "not-the-issuers-secret-but-long-enough!"}, "Signature verification failed"),
+        ({"sub": "a/b"}, "the token's sub is not a user id"),
+    ],
+)
+def test_a_token_that_is_not_valid_is_401_and_says_why(
+    secured: Service, claims: dict[str, Any], reason: str
+) -> None:
+    _node, client = secured
+    response = client.post(
+        "/v1/agents/support", json={"message": BILLING}, headers=bearer(token(**claims))
+    )
+    assert response.status_code == 401
+    assert reason in response.json()["detail"]
+    assert (
+        response.headers["www-authenticate"] == 'Bearer realm="actorfleet", error="invalid_token"'
+    )
+
+
+def test_an_unsigned_token_is_refused(secured: Service) -> None:
+    _node, client = secured
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": "actorfleet", "sub": "jane", "exp": now + 60}
+    unsigned = jwt.encode(claims, key=None, algorithm="none")
+    response = client.post(
+        "/v1/agents/support", json={"message": BILLING}, headers=bearer(unsigned)
+    )
+    assert response.status_code == 401
+
+
+def test_tokens_signed_with_a_public_key_pair_are_verified_with_the_public_half(
+    start_service: Callable[..., Service], tmp_path: Path
+) -> None:
+    issuer_key = Ed25519PrivateKey.generate()
+    public = tmp_path / "issuer.pem"
+    public.write_bytes(
+        issuer_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    tokens = {"issuer": ISSUER, "public_key_file": str(public), "algorithms": ["EdDSA"]}
+    _node, client = start_service(state="memory", http={"tokens": tokens})
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": "actorfleet", "sub": "jane", "exp": now + 60}
+    good = jwt.encode(claims, issuer_key, algorithm="EdDSA")
+    forged = jwt.encode(claims, Ed25519PrivateKey.generate(), algorithm="EdDSA")
+    body = {"message": BILLING}
+    assert client.post("/v1/agents/support", json=body, headers=bearer(good)).status_code == 200
+    assert client.post("/v1/agents/support", json=body, headers=bearer(forged)).status_code == 401
+
+
+def test_a_user_key_orders_and_reads_shipments_for_its_own_customer_only(
+    secured: Service,
+) -> None:
+    _node, client = secured
+    order = {
+        "type": "OrderRequest",
+        "customer_id": "bob",
+        "base_price_usd": 100.0,
+        "contract_length_months": 12,
+        "destination": {"country": "DE"},
+    }
+    bob, jane = as_key("AF_KEY_BOB"), as_key("AF_KEY_JANE")
+    assert client.post("/v1/agents/pricing", json=order, headers=jane).status_code == 403
+    placed = client.post("/v1/agents/pricing", json=order, headers=bob)
+    assert placed.status_code == 200, placed.text
+    query = {"order_id": placed.json()["order_id"]}
+    # The shipment follows by event: wait (bounded) until bob sees it planned.
+    deadline = time.monotonic() + WAIT
+    while client.post("/v1/agents/shipping", json=query, headers=bob).status_code != 200:
+        assert time.monotonic() < deadline, "no shipment was planned"
+        time.sleep(0.02)
+    refused = client.post("/v1/agents/shipping", json=query, headers=jane)
+    assert refused.status_code == 403
