@@ -12,6 +12,7 @@ from actors._ports import AuditLog, GenerationStream, Inference, StateStore, Tra
 from actors._ref import AgentRef, LocalAgentRef, TypeRef
 from actors._reply import Reply
 from actors._runtime import EventBus, Runtime
+from actors._sealed import SealedValue, open_value, seal_value
 from actors._state import MAX_KEY_LENGTH, MemoryStore, check_key, state_key
 from actors._timers import TimerHandle, Timers
 from actors._tools import Tool, ToolCall, tool
@@ -41,6 +42,7 @@ __all__ = [
     "PingAgent",
     "Reply",
     "Runtime",
+    "SealedValue",
     "StateStore",
     "TimerHandle",
     "Timers",
@@ -54,7 +56,9 @@ __all__ = [
     "end_erasure",
     "handler",
     "make_metadata",
+    "open_value",
     "seal",
+    "seal_value",
     "state_key",
     "tool",
     "tracing_from_settings",

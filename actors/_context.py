@@ -349,6 +349,18 @@ class Context:
 
         return AuditedStream(stream, done)
 
+    @property
+    def data_keys(self) -> DataKeys:
+        """The users' data keys, for sealing what is kept about them (`seal_value`).
+
+        Keys read are remembered for this message only, and no key is made
+        for a user whose erasure began since the message did.
+
+        Raises:
+            Unavailable: If there is no state store.
+        """
+        return DataKeys(self.state, memo=self._memo(), fence=self.erasure_fence)
+
     def _memo(self) -> dict[str, tuple[str, bytes]]:
         if self._data_keys is None:
             self._data_keys = {}
@@ -363,7 +375,7 @@ class Context:
             return None
         return Auditor(
             runtime.audit,
-            DataKeys(self.state, memo=self._memo(), fence=self.erasure_fence),
+            self.data_keys,
             node=runtime.node,
             agent=self._agent.name,
             subject=self.user_id if self.user_id is not None else SERVICE_SUBJECT,

@@ -7,6 +7,7 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
+from actors import SealedValue
 from messages import Event, Identifier, Message
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
@@ -108,14 +109,21 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
 
 
 class Memory(msgspec.Struct, kw_only=True):
-    """A conversation's memory in the state store (expires after the memory TTL)."""
+    """A conversation's memory, opened (expires after the memory TTL)."""
 
     user_id: str
     turns: list[Turn] = msgspec.field(default_factory=list)
 
 
+class StoredMemory(msgspec.Struct, frozen=True, kw_only=True):
+    """A conversation's memory as the state store keeps it: its turns sealed for the user."""
+
+    user_id: str
+    turns: SealedValue
+
+
 class Ticket(msgspec.Struct, frozen=True, kw_only=True):
-    """A support ticket as the state store keeps it."""
+    """A support ticket, opened."""
 
     id: str
     user_id: str
@@ -124,6 +132,31 @@ class Ticket(msgspec.Struct, frozen=True, kw_only=True):
     intent: Intent
     conversation_id: str
     created_at: float
+    status: str = "open"
+    redacted_at: float | None = None
+
+
+class TicketText(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """What a ticket says, the part sealed with its user's data key."""
+
+    summary: str
+    description: str
+    conversation_id: str
+
+
+class StoredTicket(msgspec.Struct, frozen=True, kw_only=True):
+    """A ticket as the state store keeps it.
+
+    Attributes:
+        text: Its `TicketText`, sealed with the user's data key; None once
+            the ticket is redacted (then `user_id` is `[erased]`).
+    """
+
+    id: str
+    user_id: str
+    intent: Intent
+    created_at: float
+    text: SealedValue | None
     status: str = "open"
     redacted_at: float | None = None
 

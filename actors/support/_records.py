@@ -20,14 +20,26 @@ from typing import Final, TypeVar
 
 import msgspec
 
-from actors import DataKeys, StateStore, ToolCall, begin_erasure, end_erasure, state_key, tool
+from actors import (
+    DataKeys,
+    StateStore,
+    ToolCall,
+    begin_erasure,
+    end_erasure,
+    open_value,
+    seal_value,
+    state_key,
+    tool,
+)
 from actors.support._messages import (
     Destination,
     ErasureReport,
     Intent,
     Order,
     Shipment,
+    StoredTicket,
     Ticket,
+    TicketText,
 )
 from messages import BadRequest, Unavailable, UserDataErased, new_message_id
 
@@ -37,6 +49,8 @@ _ID_DIGITS: Final = 20
 _SECRET_BYTES: Final = 32
 _CREATE_ATTEMPTS: Final = 3
 T = TypeVar("T")
+_stored_ticket: Final = msgspec.msgpack.Decoder(StoredTicket)
+_ticket_text: Final = msgspec.msgpack.Decoder(TicketText)
 
 
 def record_secret(state: StateStore) -> bytes:
@@ -133,18 +147,20 @@ def create_ticket(args: NewTicket, call: ToolCall) -> TicketRef:
     # another summary must still find the ticket it opened.
     ticket_id = record_id("T", call, args.user_id)
     call.context.erasure_fence(args.user_id).check()
-    ticket = Ticket(
+    key = ticket_key(ticket_id)
+    text = TicketText(
+        summary=args.summary, description=args.description, conversation_id=args.conversation_id
+    )
+    ticket = StoredTicket(
         id=ticket_id,
         user_id=args.user_id,
-        summary=args.summary,
-        description=args.description,
         intent=args.intent,
-        conversation_id=args.conversation_id,
         created_at=time.time(),
+        text=seal_value(
+            call.context.data_keys, args.user_id, msgspec.msgpack.encode(text), where=key
+        ),
     )
-    created = call.state.compare_and_set(
-        ticket_key(ticket_id), None, msgspec.msgpack.encode(ticket)
-    )
+    created = call.state.compare_and_set(key, None, msgspec.msgpack.encode(ticket))
     # The user's index lets erasure find the ticket without a scan of them all.
     call.state.put(state_key("tickets", args.user_id, ticket_id), b"")
     return TicketRef(ticket_id=ticket_id, created=created)
@@ -153,10 +169,26 @@ def create_ticket(args: NewTicket, call: ToolCall) -> TicketRef:
 @tool("tickets.get", permission="tickets:read", owner="user_id")
 def get_ticket(args: TicketLookup, call: ToolCall) -> MaybeTicket:
     """A user's own ticket by id (a redacted one is nobody's)."""
-    raw = call.state.get(ticket_key(args.ticket_id))
-    ticket = None if raw is None else msgspec.msgpack.decode(raw, type=Ticket)
-    if ticket is not None and (ticket.user_id != args.user_id or ticket.redacted_at is not None):
-        ticket = None  # someone else's ticket is as good as absent
+    key = ticket_key(args.ticket_id)
+    raw = call.state.get(key)
+    stored = None if raw is None else _stored_ticket.decode(raw)
+    if stored is None or stored.user_id != args.user_id or stored.text is None:
+        return MaybeTicket(ticket=None)  # someone else's ticket is as good as absent
+    opened = open_value(call.context.data_keys, stored.text, where=key)
+    if opened is None:
+        return MaybeTicket(ticket=None)  # its user's key is destroyed: erased
+    text = _ticket_text.decode(opened)
+    ticket = Ticket(
+        id=stored.id,
+        user_id=stored.user_id,
+        summary=text.summary,
+        description=text.description,
+        intent=stored.intent,
+        conversation_id=text.conversation_id,
+        created_at=stored.created_at,
+        status=stored.status,
+        redacted_at=stored.redacted_at,
+    )
     return MaybeTicket(ticket=ticket)
 
 
@@ -327,14 +359,9 @@ def _redact_ticket(state: StateStore, ticket_id: str) -> None:
     raw = state.get(key)
     if raw is None:
         return
-    ticket = msgspec.msgpack.decode(raw, type=Ticket)
-    # Nothing the caller chose stays: the conversation id may hold PII too.
+    # Its text is unreadable once the key is destroyed; drop it all the same,
+    # with the owner: nothing the caller chose stays.
     redacted = msgspec.structs.replace(
-        ticket,
-        user_id=ERASED,
-        summary=ERASED,
-        description=ERASED,
-        conversation_id=ERASED,
-        redacted_at=time.time(),
+        _stored_ticket.decode(raw), user_id=ERASED, text=None, redacted_at=time.time()
     )
     state.put(key, msgspec.msgpack.encode(redacted))

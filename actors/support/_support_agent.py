@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Annotated, Final, TypeVar
 
 import msgspec
 
-from actors import Agent, Context, handler
+from actors import Agent, Context, handler, open_value, seal_value
 from actors.support._guardrails import OutputPolicy, PolicyRule, decode_with_repair
 from actors.support._kb import Search, search_kb
 from actors.support._messages import (
     KBLookupPerformed,
     Memory,
+    StoredMemory,
     SupportAnswer,
     SupportDecision,
     SupportRequest,
@@ -44,7 +45,9 @@ T = TypeVar("T")
 _SEED_MASK: Final = 0x7FFFFFFF
 _MEMORY_ATTEMPTS: Final = 5
 _EVENT_DIGITS: Final = 24
-_memory_decoder: Final = msgspec.msgpack.Decoder(Memory)
+_memory_decoder: Final = msgspec.msgpack.Decoder(StoredMemory)
+_turns_decoder: Final = msgspec.msgpack.Decoder(list[Turn])
+_turns_encoder: Final = msgspec.msgpack.Encoder().encode
 _TURN_CHARS: Final = 300
 
 
@@ -110,7 +113,7 @@ class SupportAgent(Agent):
         ctx.on_behalf_of(msg.user_id, conversation)
         remembered = memory_key(msg.user_id, conversation)
         raw_memory = ctx.state.get(remembered)
-        memory = _memory_of(raw_memory, msg.user_id)
+        memory = _memory_of(ctx, remembered, raw_memory, msg.user_id)
         decision = decode_with_repair(
             self._generator(ctx),
             SUPPORT_DECIDE.render(
@@ -202,12 +205,12 @@ class SupportAgent(Agent):
         for attempt in range(_MEMORY_ATTEMPTS):
             if attempt:
                 raw = ctx.state.get(key)
-            memory = _memory_of(raw, user_id)
+            memory = _memory_of(ctx, key, raw, user_id)
             if any(t.id == turn.id for t in memory.turns):
                 return  # a retry of a message already remembered
             memory.turns.append(turn)
             del memory.turns[: -self.options.memory_turns or None]
-            encoded = msgspec.msgpack.encode(memory)
+            encoded = _stored_memory(ctx, key, memory)
             if ctx.state.compare_and_set(key, raw, encoded, ttl=self.options.memory_ttl):
                 if ctx.erasure_fence(user_id).broken():
                     # Forgotten while this ran: the answer goes out, nothing is kept.
@@ -285,5 +288,16 @@ def history_of(memory: Memory, message_id: str, turns: int) -> str:
     )
 
 
-def _memory_of(raw: bytes | None, user_id: str) -> Memory:
-    return Memory(user_id=user_id) if raw is None else _memory_decoder.decode(raw)
+def _memory_of(ctx: Context, key: str, raw: bytes | None, user_id: str) -> Memory:
+    """The memory stored as `raw` under `key`, opened (empty if none, or erased)."""
+    if raw is None:
+        return Memory(user_id=user_id)
+    stored = _memory_decoder.decode(raw)
+    opened = open_value(ctx.data_keys, stored.turns, where=key)
+    turns = [] if opened is None else _turns_decoder.decode(opened)
+    return Memory(user_id=stored.user_id, turns=turns)
+
+
+def _stored_memory(ctx: Context, key: str, memory: Memory) -> bytes:
+    turns = seal_value(ctx.data_keys, memory.user_id, _turns_encoder(memory.turns), where=key)
+    return msgspec.msgpack.encode(StoredMemory(user_id=memory.user_id, turns=turns))

@@ -8,8 +8,18 @@ import time
 import msgspec
 import pytest
 
-from actors import Agent, Context, MemoryStore, Runtime, begin_erasure, handler, state_key
-from actors.support import Intent, Ticket, create_ticket, erase_user, get_ticket
+from actors import (
+    Agent,
+    Context,
+    DataKeys,
+    MemoryStore,
+    Runtime,
+    begin_erasure,
+    handler,
+    open_value,
+    state_key,
+)
+from actors.support import Intent, StoredTicket, create_ticket, erase_user, get_ticket
 from actors.support._records import ERASED, Erase, NewTicket, TicketLookup, ticket_key
 from messages import Forbidden, Message, Metadata, Principal, Scope, Unavailable
 
@@ -153,10 +163,28 @@ def test_a_redacted_ticket_keeps_nothing_the_caller_chose_and_is_nobodys(
     assert runtime.state is not None
     raw = runtime.state.get(ticket_key(opened.ticket_id))
     assert raw is not None
-    stored = msgspec.msgpack.decode(raw, type=Ticket)
-    assert (stored.user_id, stored.description, stored.conversation_id) == (ERASED,) * 3
+    stored = msgspec.msgpack.decode(raw, type=StoredTicket)
+    assert (stored.user_id, stored.text) == (ERASED, None)
     # The mark of erased records is no user: it reads nothing, and opens nothing.
     lookup = ReadTicket(user_id=ERASED, ticket_id=opened.ticket_id)
     assert clerk.ask(lookup, timeout=2).summary is None  # type: ignore[attr-defined]
     with pytest.raises(Exception, match="not a user id"):
         clerk.ask(OpenTicket(user_id=ERASED), timeout=2)  # type: ignore[attr-defined]
+
+
+def test_a_copy_of_a_ticket_taken_before_erasure_cannot_be_read_after_it(
+    clerk: Agent, runtime: Runtime
+) -> None:
+    opened = clerk.ask(OpenTicket(), timeout=2)  # type: ignore[attr-defined]
+    assert runtime.state is not None
+    key = ticket_key(opened.ticket_id)
+    backup = runtime.state.get(key)  # a replica, a backup, the bucket's history
+    assert backup is not None
+    assert b"4111" not in backup  # sealed at rest with jane's data key
+    sealed = msgspec.msgpack.decode(backup, type=StoredTicket).text
+    assert sealed is not None
+    assert open_value(DataKeys(runtime.state), sealed, where=key) is not None
+    # Bound to where it is kept: it does not open as another record.
+    assert open_value(DataKeys(runtime.state), sealed, where=ticket_key("T-OTHER")) is None
+    clerk.ask(Erase(user_id="jane"), timeout=2)  # type: ignore[attr-defined]
+    assert open_value(DataKeys(runtime.state), sealed, where=key) is None

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
@@ -15,18 +16,19 @@ import nats.js.errors
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors import Context, DataKeys, handler, state_key, unseal
+from actors import Context, DataKeys, StateStore, handler, open_value, state_key, unseal
 from actors.support import (
     Destination,
     InvoiceValidated,
     KBLookupPerformed,
     OrderCreated,
     ShipmentPlanned,
+    StoredTicket,
     SupportAgent,
-    Ticket,
     TicketCreated,
     create_order,
 )
+from actors.support._messages import StoredMemory
 from actors.support._records import NewOrder, memory_key
 from bridges import IoLoop, NatsServer
 from bridges._loop import run_async
@@ -95,10 +97,24 @@ def test_a_conversation_is_remembered_between_messages(service: Service) -> None
     assert isinstance(conversation, str)
     support(service, {"user_id": "jane", "message": "thanks", "conversation_id": conversation})
     assert node.runtime.state is not None
-    raw = node.runtime.state.get(memory_key("jane", conversation))
+    key = memory_key("jane", conversation)
+    raw = node.runtime.state.get(key)
     assert raw is not None
-    turns = msgspec.msgpack.decode(raw)["turns"]
-    assert [t[0] for t in turns] == ["hello", "thanks"]
+    # At rest the turns are sealed with jane's data key.
+    assert b"hello" not in raw
+    assert b"thanks" not in raw
+    assert [t[0] for t in remembered(node.runtime.state, key)] == ["hello", "thanks"]
+
+
+def remembered(state: StateStore, key: str) -> list[Any]:
+    """The turns of the conversation memory under `key`, opened with its user's key."""
+    raw = state.get(key)
+    assert raw is not None
+    sealed = msgspec.msgpack.decode(raw, type=StoredMemory).turns
+    opened = open_value(DataKeys(state), sealed, where=key)
+    assert opened is not None
+    turns: list[Any] = msgspec.msgpack.decode(opened)
+    return turns
 
 
 @pytest.mark.parametrize(
@@ -245,12 +261,8 @@ def test_erasure_scrubs_memory_redacts_tickets_and_makes_audit_records_unreadabl
     assert len(state.scan(state_key("mem", "joe"))) == 1  # others keep theirs
     raw = state.get(state_key("ticket", ticket_id))
     assert raw is not None
-    ticket = msgspec.msgpack.decode(raw, type=Ticket)
-    assert (ticket.user_id, ticket.description, ticket.intent) == (
-        "[erased]",
-        "[erased]",
-        "billing",
-    )
+    ticket = msgspec.msgpack.decode(raw, type=StoredTicket)
+    assert (ticket.user_id, ticket.text, ticket.intent) == ("[erased]", None, "billing")
     assert ticket.redacted_at is not None
     assert (
         client.post(
@@ -392,9 +404,7 @@ def test_a_retry_after_the_duplicate_window_publishes_and_remembers_nothing_twic
     assert len(stored(nats_server.url, "af.evt.TicketCreated", TicketCreated)) == 1
     assert len(stored(nats_server.url, "af.evt.KBLookupPerformed", KBLookupPerformed)) == 1
     assert node.runtime.state is not None
-    raw = node.runtime.state.get(memory_key("jane", "late-retry"))
-    assert raw is not None
-    assert len(msgspec.msgpack.decode(raw)["turns"]) == 1
+    assert len(remembered(node.runtime.state, memory_key("jane", "late-retry"))) == 1
 
 
 def test_concurrent_attempts_of_one_request_open_one_ticket(
