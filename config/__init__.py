@@ -12,7 +12,7 @@ from config._inference import (
     TierSettings,
     read_rules_file,
 )
-from config._secrets import redact_url
+from config._secrets import redact_url, shown
 from config._security import Credential, TokenSettings
 from config._settings import (
     ENV_OVERRIDES,
@@ -61,4 +61,5 @@ __all__ = [
     "load",
     "read_rules_file",
     "redact_url",
+    "shown",
 ]

@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
     try:
         if args.command == "config":
             settings = config.load(args.config)
-            print(msgspec.json.format(msgspec.json.encode(settings).decode()))
+            print(msgspec.json.format(msgspec.json.encode(config.shown(settings)).decode()))
             return 0
         if args.command == "worker":
             return _worker(args)
