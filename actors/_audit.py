@@ -149,19 +149,37 @@ class DataKeys:
 ERASURE_FENCE_TTL: Final = 24 * 3600.0
 ERASURE_RETRY_AFTER: Final = 1.0
 """Seconds a request refused by an erasure in progress is told to wait."""
-_mark_decoder: Final = msgspec.msgpack.Decoder(tuple[int, bool])
+ERASURE_RUNNING_LIMIT: Final = 60.0
+"""Seconds after which an erasure still marked running counts as abandoned.
+
+An erasure that crashed between its begin and its end would otherwise turn
+the user's requests away until the mark expires (a day); its retry opens a
+new epoch anyway. Far longer than an erasure takes, and than clocks differ.
+"""
+_mark_decoder: Final = msgspec.msgpack.Decoder(list[int | bool | float])
 _MARK_ATTEMPTS: Final = 8
 _LEGACY_MARK: Final = (1, False)
+_MARK_FIELDS: Final = 3
 
 
 def _decode_mark(raw: bytes | None) -> tuple[int, bool]:
-    """An erasure mark; one from before epochs (a timestamp) reads as one erasure, done."""
+    """An erasure mark: its epoch, and whether that erasure runs (and is not abandoned).
+
+    A mark from before epochs (a timestamp) reads as one erasure, done.
+    """
     if raw is None:
         return (0, False)
     try:
-        return _mark_decoder.decode(raw)
+        mark = _mark_decoder.decode(raw)
     except msgspec.DecodeError:
         return _LEGACY_MARK
+    if len(mark) == _MARK_FIELDS:
+        epoch, running, began = mark
+        return int(epoch), bool(running) and time.time() - began < ERASURE_RUNNING_LIMIT
+    if len(mark) != _MARK_FIELDS - 1:
+        return _LEGACY_MARK
+    epoch, running = mark
+    return int(epoch), bool(running)
 
 
 def _erasure_mark(store: StateStore, subject: str) -> tuple[int, bool]:
@@ -174,7 +192,8 @@ def begin_erasure(store: StateStore, subject: str) -> int:
 
     From now on every message that began under an earlier epoch writes
     nothing back for the subject (`ErasureFence`), and one that begins
-    while the erasure runs is refused with a `retry_after`.
+    while the erasure runs (for at most `ERASURE_RUNNING_LIMIT`) is
+    refused with a `retry_after`.
 
     Raises:
         messages.Unavailable: If the mark keeps changing under it.
@@ -183,7 +202,7 @@ def begin_erasure(store: StateStore, subject: str) -> int:
     for _ in range(_MARK_ATTEMPTS):
         raw = store.get(key)
         epoch = _decode_mark(raw)[0]
-        marked = msgspec.msgpack.encode((epoch + 1, True))
+        marked = msgspec.msgpack.encode((epoch + 1, True, time.time()))
         if store.compare_and_set(key, raw, marked, ttl=ERASURE_FENCE_TTL):
             return epoch + 1
     msg = f"could not mark {subject!r} erased: the mark kept changing"
@@ -196,10 +215,10 @@ def end_erasure(store: StateStore, subject: str, epoch: int) -> None:
     A later erasure that began meanwhile keeps its own mark.
     """
     key = state_key("erased", subject)
-    running = msgspec.msgpack.encode((epoch, True))
-    store.compare_and_set(
-        key, running, msgspec.msgpack.encode((epoch, False)), ttl=ERASURE_FENCE_TTL
-    )
+    raw = store.get(key)
+    if raw is None or _decode_mark(raw)[0] != epoch:
+        return
+    store.compare_and_set(key, raw, msgspec.msgpack.encode((epoch, False)), ttl=ERASURE_FENCE_TTL)
 
 
 class ErasureFence:

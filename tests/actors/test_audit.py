@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 import pytest
 
 from actors import (
@@ -16,7 +17,7 @@ from actors import (
     state_key,
     unseal,
 )
-from actors._audit import ERASURE_RETRY_AFTER
+from actors._audit import ERASURE_RETRY_AFTER, ERASURE_RUNNING_LIMIT
 from messages import SealedExchange, Unavailable
 
 
@@ -94,3 +95,20 @@ def test_a_message_that_begins_while_an_erasure_runs_is_refused_with_retry_after
     assert refused.value.retry_after == ERASURE_RETRY_AFTER
     end_erasure(store, "jane", epoch)
     ErasureFence(store, "jane").check_not_running()
+
+
+def test_an_erasure_that_died_before_its_end_does_not_lock_the_user_out() -> None:
+    store = MemoryStore()
+    begin_erasure(store, "jane")  # ... and its node crashed before end_erasure
+    with pytest.raises(Unavailable, match="being erased"):
+        ErasureFence(store, "jane").check_not_running()
+    # As it stands a little over the limit later: abandoned, not running.
+    started = time.time() - ERASURE_RUNNING_LIMIT - 1
+    store.put(state_key("erased", "jane"), msgspec.msgpack.encode((1, True, started)))
+    fence = ErasureFence(store, "jane")
+    fence.check_not_running()
+    fence.check()  # nothing began since, and nothing runs
+    # Its retry opens a new epoch and ends it: requests that began before it are fenced.
+    end_erasure(store, "jane", begin_erasure(store, "jane"))
+    assert fence.broken()
+    ErasureFence(store, "jane").check()
