@@ -171,7 +171,10 @@ def get_ticket(args: TicketLookup, call: ToolCall) -> MaybeTicket:
     """A user's own ticket by id (a redacted one is nobody's)."""
     key = ticket_key(args.ticket_id)
     raw = call.state.get(key)
-    stored = None if raw is None else _stored_ticket.decode(raw)
+    stored = None if raw is None else _decode_ticket(raw)
+    if isinstance(stored, Ticket):  # written before tickets were sealed
+        mine = stored.user_id == args.user_id and stored.redacted_at is None
+        return MaybeTicket(ticket=stored if mine else None)
     if stored is None or stored.user_id != args.user_id or stored.text is None:
         return MaybeTicket(ticket=None)  # someone else's ticket is as good as absent
     opened = open_value(call.context.data_keys, stored.text, where=key)
@@ -354,6 +357,14 @@ def erase_user(args: Erase, call: ToolCall) -> Erased:
     return Erased(report=report, key_ids=key_ids)
 
 
+def _decode_ticket(raw: bytes) -> StoredTicket | Ticket:
+    """A stored ticket, or one stored in the clear by a version before sealing."""
+    try:
+        return _stored_ticket.decode(raw)
+    except msgspec.ValidationError:
+        return msgspec.msgpack.decode(raw, type=Ticket)
+
+
 def _redact_ticket(state: StateStore, ticket_id: str) -> None:
     key = ticket_key(ticket_id)
     raw = state.get(key)
@@ -361,7 +372,14 @@ def _redact_ticket(state: StateStore, ticket_id: str) -> None:
         return
     # Its text is unreadable once the key is destroyed; drop it all the same,
     # with the owner: nothing the caller chose stays.
-    redacted = msgspec.structs.replace(
-        _stored_ticket.decode(raw), user_id=ERASED, text=None, redacted_at=time.time()
+    ticket = _decode_ticket(raw)
+    redacted = StoredTicket(
+        id=ticket.id,
+        user_id=ERASED,
+        intent=ticket.intent,
+        created_at=ticket.created_at,
+        text=None,
+        status=ticket.status,
+        redacted_at=time.time(),
     )
     state.put(key, msgspec.msgpack.encode(redacted))

@@ -292,7 +292,10 @@ def _memory_of(ctx: Context, key: str, raw: bytes | None, user_id: str) -> Memor
     """The memory stored as `raw` under `key`, opened (empty if none, or erased)."""
     if raw is None:
         return Memory(user_id=user_id)
-    stored = _memory_decoder.decode(raw)
+    try:
+        stored = _memory_decoder.decode(raw)
+    except msgspec.ValidationError:  # kept in the clear by a version before sealing
+        return msgspec.msgpack.decode(raw, type=Memory)
     opened = open_value(ctx.data_keys, stored.turns, where=key)
     turns = [] if opened is None else _turns_decoder.decode(opened)
     return Memory(user_id=stored.user_id, turns=turns)

@@ -19,7 +19,7 @@ from actors import (
     open_value,
     state_key,
 )
-from actors.support import Intent, StoredTicket, create_ticket, erase_user, get_ticket
+from actors.support import Intent, StoredTicket, Ticket, create_ticket, erase_user, get_ticket
 from actors.support._records import ERASED, Erase, NewTicket, TicketLookup, ticket_key
 from messages import Forbidden, Message, Metadata, Principal, Scope, Unavailable
 
@@ -188,3 +188,26 @@ def test_a_copy_of_a_ticket_taken_before_erasure_cannot_be_read_after_it(
     assert open_value(DataKeys(runtime.state), sealed, where=ticket_key("T-OTHER")) is None
     clerk.ask(Erase(user_id="jane"), timeout=2)  # type: ignore[attr-defined]
     assert open_value(DataKeys(runtime.state), sealed, where=key) is None
+
+
+def test_a_ticket_kept_in_the_clear_by_an_earlier_version_is_still_read_and_redacted(
+    clerk: Agent, runtime: Runtime
+) -> None:
+    assert runtime.state is not None
+    legacy = Ticket(
+        id="T-OLD",
+        user_id="jane",
+        summary="old",
+        description="my card 4111",
+        intent=Intent.BILLING,
+        conversation_id="c0",
+        created_at=1.0,
+    )
+    runtime.state.put(ticket_key("T-OLD"), msgspec.msgpack.encode(legacy))
+    runtime.state.put(state_key("tickets", "jane", "T-OLD"), b"")
+    assert clerk.ask(ReadTicket(user_id="jane", ticket_id="T-OLD"), timeout=2).summary == "old"  # type: ignore[attr-defined]
+    clerk.ask(Erase(user_id="jane"), timeout=2)  # type: ignore[attr-defined]
+    raw = runtime.state.get(ticket_key("T-OLD"))
+    assert raw is not None
+    assert b"4111" not in raw
+    assert msgspec.msgpack.decode(raw, type=StoredTicket).user_id == ERASED
