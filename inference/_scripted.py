@@ -48,12 +48,22 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True):
     """Answer `reply` when `pattern` (a regular expression) is found in the prompt.
 
     Attributes:
-        pattern: Searched case-insensitively in the prompt's last line.
+        pattern: Searched case-insensitively in the prompt's last line (in
+            a chat, the last user message's).
         reply: The text to answer, streamed word by word.
     """
 
     pattern: str
     reply: str
+
+
+def _last_line(request: GenerateRequest) -> str:
+    """What rules are matched against: the prompt's last line, or the last user message's."""
+    text = prompt_text(request)  # checks the request
+    if request.messages:
+        said = [m.content for m in request.messages if m.role == "user"]
+        text = said[-1] if said else request.messages[-1].content
+    return text.rstrip().rsplit("\n", 1)[-1]
 
 
 class ScriptedBackend:
@@ -100,6 +110,9 @@ class ScriptedBackend:
     def reply_for(self, request: GenerateRequest) -> str:
         """The scripted reply: the first rule matching the prompt's last line.
 
+        For chat `messages`, that is the last line of the last user message
+        (without its role), so one rule answers a prompt and a chat alike.
+
         With an output schema, a rule answers only if its reply is a valid
         instance of it (what a constrained engine could have produced); the
         default reply likewise.
@@ -107,7 +120,7 @@ class ScriptedBackend:
         Raises:
             OutputInvalid: If no matching rule's reply, nor the default, is valid.
         """
-        last_line = prompt_text(request).rstrip().rsplit("\n", 1)[-1]
+        last_line = _last_line(request)
         replies = [reply for pattern, reply in self._compiled if pattern.search(last_line)]
         replies.append(self.default)
         if request.output is None:

@@ -10,6 +10,7 @@ import pytest
 from inference import BreakerState, InferencePool, PoolFull, Rule, ScriptedBackend, TierSpec
 from messages import (
     BadRequest,
+    ChatMessage,
     FinishReason,
     GenerateRequest,
     InternalError,
@@ -364,3 +365,16 @@ async def test_cancelling_a_submit_nowait_future_frees_the_slot() -> None:
     future.cancel()
     await asyncio.wait_for(p.join(), 5)
     assert p.statistics().tiers[0].in_flight == 0
+
+
+async def test_scripted_rules_answer_chat_messages_as_they_answer_a_prompt() -> None:
+    backend = ScriptedBackend([Rule(pattern=r"^refund\b", reply="Refunds take five days.")])
+    chat = [
+        ChatMessage(role="system", content="You are support."),
+        ChatMessage(role="user", content="hello\nrefund please"),
+        ChatMessage(role="assistant", content="Let me see."),
+    ]
+    for request in (GenerateRequest(prompt="refund please"), GenerateRequest(messages=chat)):
+        assert backend.reply_for(request) == "Refunds take five days."
+    other = [ChatMessage(role="user", content="where is my parcel")]
+    assert backend.reply_for(GenerateRequest(messages=other)) == backend.default
