@@ -7,6 +7,7 @@ import logging
 import sys
 import threading
 from collections.abc import Sequence
+from importlib import metadata as distribution
 from pathlib import Path
 from typing import Final
 
@@ -30,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="actorfleet", description="Run LLM agents as supervised actors."
     )
+    parser.add_argument(
+        "--version", action="version", version=f"actorfleet {distribution.version('actorfleet')}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a node until SIGTERM/SIGINT")
     run.add_argument("--config", help="TOML file (default: the embedded config/default.toml)")
@@ -48,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         "tiers; give it twice, largest first, for a large and a small tier",
     )
     run.add_argument("--log-level", default="INFO")
+    run.add_argument(
+        "--app-dir",
+        default=".",
+        help="where agent modules ('module:Class' in the config) are imported from, before "
+        "the installed packages (default: the current directory, as uvicorn's)",
+    )
     worker = commands.add_parser(
         "worker", help="serve one model tier on NATS af.inf.<tier> until SIGTERM/SIGINT"
     )
@@ -61,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--config", help="TOML file (default: the embedded config/default.toml)")
     add_client_commands(commands)
     return parser
+
+
+def _import_from(app_dir: str) -> None:
+    """Let a node import its agent modules from `app_dir` (uvicorn's `--app-dir`)."""
+    path = str(Path(app_dir).resolve())
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 
 def _describe(settings: config.Settings, tree: SupervisorStatistics, types: list[str]) -> None:
@@ -204,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
             return status(url) if args.command == "status" else send(args, url)
         if args.command == "audit":
             return audit(args, config.load(args.config))
+        _import_from(args.app_dir)  # only `run` is left
         return _run(args)
     except StartFailed as exc:
         print(f"actorfleet: {exc}", file=sys.stderr)

@@ -166,3 +166,41 @@ def test_a_model_flag_naming_no_gguf_file_is_refused_with_the_flag(tmp_path: Pat
     assert caught.value.path == "--model"
     assert str(missing) in caught.value.reason
     assert main(["run", "--model", str(missing), "--duration", "0"]) != 0
+
+
+GREETER = '''
+from actors import Agent, Context, handler
+from messages import Message
+
+
+class Hello(Message, frozen=True, kw_only=True):
+    name: str
+
+
+class GreeterAgent(Agent):
+    agent_type = "greeter"
+
+    @handler
+    def greet(self, msg: Hello, ctx: Context) -> Hello:
+        return Hello(name=f"hello {msg.name}")
+'''
+
+
+def test_actorfleet_run_imports_agent_modules_from_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "af_cli_greeters.py").write_text(GREETER)
+    (tmp_path / "node.toml").write_text(
+        '[nats]\nenabled = false\n\n[[pools]]\nagent = "af_cli_greeters:GreeterAgent"\nsize = 1\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--config", "node.toml", "--duration", "0.05"]) == 0
+    assert "cannot import" not in capsys.readouterr().err
+
+
+def test_version_says_which_actorfleet_this_is(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("actorfleet ")
