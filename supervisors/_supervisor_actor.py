@@ -13,6 +13,7 @@ import pykka
 from actors import ExitListener, ExitReason, Runtime
 from actors._actor import Actor
 from messages import (
+    ActorfleetError,
     ChildAlreadyExists,
     ChildExited,
     ChildNotFound,
@@ -109,6 +110,15 @@ class SupervisorActor(Actor):
     def _start(self, child: Child) -> ChildHandle:
         try:
             handle = child.spec.start()
+        except StartFailed:
+            raise  # a child supervisor's: it said which of its children, and why
+        except ActorfleetError as exc:
+            # An expected failure (a port in use, a server down, bad config)
+            # says what to do in its message: one line, no traceback.
+            logger.error(  # noqa: TRY400 - the traceback is noise here
+                "supervisor %s: starting %s failed: %s", self.spec.name, child.spec.id, exc
+            )
+            raise StartFailed(child.spec.id, str(exc)) from exc
         except Exception as exc:
             logger.exception("supervisor %s: starting %s failed", self.spec.name, child.spec.id)
             raise StartFailed(child.spec.id, f"{type(exc).__name__}: {exc}") from exc

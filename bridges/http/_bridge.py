@@ -127,7 +127,12 @@ class HttpBridge:
         try:
             sock = socket.create_server((self.settings.host, port), reuse_port=False)
         except OSError as exc:
-            msg = f"cannot listen on {self.settings.host}:{port}: {exc.strerror or exc}"
+            key = "http.health_port" if port == self.settings.health_port else "http.port"
+            env = "" if key == "http.health_port" else " (AF_HTTP_PORT)"
+            msg = (
+                f"cannot listen on {self.settings.host}:{port}: {exc.strerror or exc};"
+                f" set {key}{env} to a free port, or 0 to pick one"
+            )
             raise Unavailable(msg) from exc
         config = uvicorn.Config(
             app,

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -168,7 +169,7 @@ def test_a_model_flag_naming_no_gguf_file_is_refused_with_the_flag(tmp_path: Pat
     assert main(["run", "--model", str(missing), "--duration", "0"]) != 0
 
 
-GREETER = '''
+GREETER = """
 from actors import Agent, Context, handler
 from messages import Message
 
@@ -183,7 +184,7 @@ class GreeterAgent(Agent):
     @handler
     def greet(self, msg: Hello, ctx: Context) -> Hello:
         return Hello(name=f"hello {msg.name}")
-'''
+"""
 
 
 def test_actorfleet_run_imports_agent_modules_from_the_current_directory(
@@ -204,3 +205,21 @@ def test_version_says_which_actorfleet_this_is(capsys: pytest.CaptureFixture[str
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith("actorfleet ")
+
+
+def test_an_http_port_in_use_is_one_line_naming_the_setting_that_moves_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "node.toml").write_text(
+            f"[nats]\nenabled = false\n\n[http]\nenabled = true\nport = {port}\n"
+        )
+        assert main(["run", "--config", str(tmp_path / "node.toml"), "--duration", "5"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert "set http.port (AF_HTTP_PORT) to a free port, or 0 to pick one" in err
+    assert "Traceback" not in err
+    assert not [r for r in caplog.records if r.exc_info]
