@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import typing
 from decimal import Decimal
 from typing import Any, Final
 
@@ -34,6 +35,7 @@ NOT_UTF8: Final = "JSON is malformed: a string is not valid UTF-8"
 # inside the range msgspec decodes integers in; beyond it they stay floats.
 _SMALLEST_INT: Final = -(1 << 63)
 _INT_LIMIT: Final = 1 << 64
+_TAG: Final = "type"
 _EXACT_FLOAT_INT: Final = 1 << 53  # every whole float up to here is exactly its int
 
 
@@ -68,7 +70,22 @@ class JsonBodyRequest(Request[Any, Any, Any]):
         try:
             return msgspec.convert(value, target, strict=True)
         except msgspec.ValidationError as wrong:
-            raise ValidationException(detail=str(wrong)) from None
+            raise ValidationException(detail=_with_tags(str(wrong), value, target)) from None
+
+
+def _with_tags(detail: str, value: Any, target: Any) -> str:
+    """`detail`, saying which `type` tags there are when the body's is missing or unknown."""
+    tags = [
+        t.__struct_config__.tag
+        for t in typing.get_args(target)
+        if isinstance(getattr(getattr(t, "__struct_config__", None), "tag", None), str)
+    ]
+    if not tags or not isinstance(value, dict):
+        return detail
+    given = value.get(_TAG)
+    if given is None or (isinstance(given, str) and given not in tags):
+        return f'{detail}: "{_TAG}" must be one of {", ".join(tags)}'
+    return detail
 
 
 def decode_json(body: bytes) -> Any:

@@ -28,7 +28,7 @@ from litestar import Litestar, Request, post
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 from litestar.response import ServerSentEvent
 from opentelemetry.trace import SpanKind
 
@@ -56,7 +56,7 @@ from bridges.http._streams import (
     relay_agent_stream,
 )
 from bridges.nats._serving import request_types
-from messages import Metadata, RequestTimeout, Unavailable
+from messages import Metadata, NotFound, RequestTimeout, Unavailable
 
 if TYPE_CHECKING:
     from actors import Agent, Reply, Runtime
@@ -68,6 +68,7 @@ logger: Final = logging.getLogger("actorfleet.http")
 # The agent answers by the deadline; this covers the hop back.
 HOP_MARGIN: Final = 0.5
 SHUTDOWN_GRACE: Final = 5.0
+_SHOWN_TYPE: Final = 64  # of an unknown agent type, in its 404
 
 
 class HttpBridge:
@@ -224,6 +225,7 @@ class HttpBridge:
                 if request_types(a) and a.chunk_type is not None
             ]
             handlers += generate_routes(self)
+            handlers += self._unknown_agent_routes()
             erase = erasure_route(self, self.agents)
             if erase is not None:
                 handlers.append(erase)
@@ -315,6 +317,41 @@ class HttpBridge:
             guards=self.guards(),
             opt=body_type(union_of(accepted)),
         )(ask)
+
+    def _unknown_agent_routes(self) -> list[Any]:
+        """404s that say which agent types there are (and which of them stream)."""
+        served = sorted(a.agent_type for a in self.agents if request_types(a))
+        streaming = sorted(
+            a.agent_type for a in self.agents if request_types(a) and a.chunk_type is not None
+        )
+
+        def unknown(agent_type: str) -> NotFound:
+            shown = agent_type[:_SHOWN_TYPE]
+            return NotFound(f"no agent type {shown!r} here; agent types: {', '.join(served)}")
+
+        async def ask_unknown(agent_type: FromPath[str]) -> None:
+            raise unknown(agent_type)
+
+        async def stream_unknown(agent_type: FromPath[str]) -> None:
+            if agent_type not in served:
+                raise unknown(agent_type)
+            msg = (
+                f"{agent_type} does not stream its replies (POST /v1/agents/{agent_type});"
+                f" agent types that stream: {', '.join(streaming) or 'none'}"
+            )
+            raise NotFound(msg)
+
+        options: dict[str, Any] = {
+            "guards": self.guards(),
+            "include_in_schema": False,
+            "status_code": 200,
+        }
+        return [
+            post("/v1/agents/{agent_type:str}", name="agent-unknown", **options)(ask_unknown),
+            post("/v1/agents/{agent_type:str}/stream", name="agent-unknown-stream", **options)(
+                stream_unknown
+            ),
+        ]
 
     def _agent_stream_route(self, agent_class: type[Agent]) -> Any:
         agent_type = agent_class.agent_type

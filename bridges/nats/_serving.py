@@ -206,6 +206,14 @@ class AgentEndpoint:
     def _stats(self, stats: EndpointStats) -> None:
         self.counters.report(stats)
 
+    def _undecodable(self, exc: msgspec.DecodeError) -> BadRequest:
+        """Why a request is not one of the type's, naming the tags when its own is wrong."""
+        reason = f"cannot decode a {self.local.name} request: {exc}"
+        if "`type`" in reason or "$.type" in reason:
+            tags = ", ".join(str(t.__struct_config__.tag) for t in self.types)
+            reason = f'{reason}: "type" must be one of {tags}'
+        return BadRequest(reason)
+
     def on_request(self, msg: Msg) -> None:
         """Decode, check and hand a request to a local agent (on the loop; never waits)."""
         local = self.local
@@ -227,7 +235,7 @@ class AgentEndpoint:
                 error = f"{local.name} does not take {_Untyped.__struct_config__.tag!r}"
                 raise BadRequest(error)
         except msgspec.DecodeError as exc:
-            bad = BadRequest(f"cannot decode a {local.name} request: {exc}")
+            bad = self._undecodable(exc)
             self._respond_error(msg, bad, enveloped=enveloped)
             return
         except AgentError as error:

@@ -247,3 +247,29 @@ def test_a_metadata_header_sent_twice_is_a_bad_request_not_first_one_wins(
     )
     assert response.status_code == 400
     assert header in response.json()["detail"]
+
+
+def test_an_unknown_agent_type_is_404_naming_the_types_there_are(
+    serve: Callable[..., Any],
+) -> None:
+    _node, client = serve()
+    response = client.post("/v1/agents/nosuch", json={})
+    assert response.status_code == 404
+    assert response.json()["detail"].startswith("no agent type 'nosuch' here; agent types: ")
+    assert "echo" in response.json()["detail"]
+    streamed = client.post("/v1/agents/echo/stream", json={"type": "Say", "text": "x"})
+    assert streamed.status_code == 404
+    assert streamed.json()["detail"] == (
+        "echo does not stream its replies (POST /v1/agents/echo); agent types that stream: story"
+    )
+    assert "/v1/agents/{agent_type}" not in client.get("/schema/openapi.json").json()["paths"]
+
+
+def test_a_body_without_its_type_tag_is_told_the_tags_there_are(
+    serve: Callable[..., Any],
+) -> None:
+    _node, client = serve()
+    for body in ({"text": "x"}, {"type": "Shout", "text": "x"}):
+        response = client.post("/v1/agents/echo", json=body)
+        assert response.status_code == 422
+        assert response.json()["detail"].endswith('"type" must be one of Say, FailWith')
