@@ -446,7 +446,7 @@ async def test_a_body_without_its_type_tag_is_a_bad_request_even_for_a_lone_type
         stats = json.loads((await nc.request("$SRV.STATS.lone", b"", 2)).data)
     finally:
         await nc.close()
-    with pytest.raises(BadRequest, match="type"):
+    with pytest.raises(BadRequest, match=r"\"type\" must be one of Lone$"):
         decode_reply(untagged.data, untagged.headers)
     assert decode_reply(tagged.data, tagged.headers) == Lone(n=2)
     assert HANDLED == ["lone 2"]
