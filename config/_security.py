@@ -6,7 +6,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from config._base import NonNegative, Section
+from config._base import Section
 from messages import ConfigError
 
 CredentialName = Annotated[
@@ -71,8 +71,13 @@ class TokenSettings(Section, frozen=True, kw_only=True):
         algorithms: Signature algorithms accepted (never `none`).
         public_key_file: PEM file of the issuer's public key.
         secret_env: Environment variable holding the HMAC secret.
-        leeway: Seconds of clock skew allowed on `exp`, `nbf` and `iat`.
+        leeway: Seconds of clock skew allowed on `exp`, `nbf` and `iat`
+            (at most 300).
         scope_claim: The claim that holds the token's scopes.
+        admin_scope: The scope that makes a token's principal an admin
+            (namespaced: many logins let a client ask for any plain scope
+            name, such as `admin`); empty: no token is an admin.
+        service_scope: The scope that makes it a service.
         name: How a token's principal is named (its `sub` is the user).
     """
 
@@ -81,12 +86,19 @@ class TokenSettings(Section, frozen=True, kw_only=True):
     algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
     public_key_file: str = ""
     secret_env: EnvName = ""
-    leeway: NonNegative = 30.0
+    leeway: Annotated[float, msgspec.Meta(ge=0, le=300)] = 30.0
     scope_claim: str = "scope"
+    admin_scope: str = "actorfleet:admin"
+    service_scope: str = "actorfleet:service"
     name: CredentialName = "token"
 
     def __post_init__(self) -> None:
+        if self.issuer != self.issuer.strip():
+            raise ConfigError("http.tokens.issuer", "the issuer has blanks around it")
         if not self.issuer:
+            if self.public_key_file or self.secret_env:
+                reason = "a token key is set but no issuer: set issuer, or tokens are refused"
+                raise ConfigError("http.tokens.issuer", reason)
             return
         if bool(self.public_key_file) == bool(self.secret_env):
             reason = "tokens need exactly one of public_key_file and secret_env"

@@ -241,9 +241,17 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ShipmentQuery(Message, frozen=True, kw_only=True):
-    """Ask how an order ships."""
+    """Ask how an order ships.
 
+    Attributes:
+        order_id: The order.
+        customer_id: Whose order it is: a service names the customer it
+            asks for (a user's own key or token fills it in).
+    """
+
+    owner_field: ClassVar[str] = "customer_id"
     order_id: Id
+    customer_id: Id | None = None
 
 
 class Shipment(Message, frozen=True, kw_only=True):

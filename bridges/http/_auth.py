@@ -17,17 +17,19 @@ Failures follow RFC 6750: no credential or a bad one is 401 with
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Union
+from urllib.parse import urlsplit
 
 import jwt
 import msgspec
 from litestar.exceptions import NotAuthorizedException
 
-from messages import ConfigError, Forbidden, Principal, Scope, UserRef
+from messages import ConfigError, Forbidden, Principal, Priority, Scope, UserRef
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -46,6 +48,7 @@ OWNER_FIELD: Final = "user_id"
 """The field that names a request's user, unless its type says `owner_field`."""
 _TAG: Final = "type"
 _JWT_DOTS: Final = 2
+_HMAC_BYTES: Final = {"HS256": 32, "HS384": 48, "HS512": 64}
 _user: Final = msgspec.json.Decoder(UserRef)
 
 
@@ -155,9 +158,41 @@ class Authenticator:
             if named is not None and named != principal.user:
                 msg = f"{principal.name} acts as its own user only"
                 raise Forbidden(msg)
+            # A user's requests do not jump the queue: critical is the operators'.
+            if meta.priority == Priority.CRITICAL:
+                meta = msgspec.structs.replace(meta, priority=Priority.DEFAULT)
         elif principal.scope == Scope.SERVICE:
             principal = msgspec.structs.replace(principal, user=named)
         return msgspec.structs.replace(meta, principal=principal)
+
+
+def same_machine(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> None:
+    """On an open (loopback) edge: refuse what a web page could send from elsewhere.
+
+    With no credentials the edge trusts its caller for any user, which is
+    only safe for programs on this machine. A browser on it would carry a
+    page's cross-site POST (with an `Origin`), or a DNS-rebound one (with
+    the attacker's name as `Host`), to the loopback port; both are refused.
+
+    Raises:
+        Forbidden: The request's `Host` or `Origin` is not a loopback name.
+    """
+    host = connection.headers.get("host", "")
+    origin = connection.headers.get("origin")
+    if not _loopback(host) or (origin is not None and not _loopback(urlsplit(origin).netloc)):
+        msg = "an open edge serves this machine only: a request from a web page is refused"
+        raise Forbidden(msg)
+
+
+def _loopback(netloc: str) -> bool:
+    name = netloc.rsplit("@", 1)[-1]
+    name = name[1 : name.find("]")] if name.startswith("[") else name.rpartition(":")[0] or name
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def remember(connection: ASGIConnection[Any, Any, Any, Any], grant: Grant) -> None:
@@ -210,6 +245,15 @@ class _TokenRules:
             if not secret:
                 reason = f"environment variable {settings.secret_env} is unset or empty"
                 raise ConfigError("http.tokens.secret_env", reason)
+            # RFC 7518 3.2: a key at least as long as the hash; a shorter one
+            # can be found from one token, offline, and then signs any token.
+            shortest = max(_HMAC_BYTES[a] for a in settings.algorithms)
+            if len(secret.encode()) < shortest:
+                reason = (
+                    f"the secret in {settings.secret_env} has {len(secret.encode())} bytes;"
+                    f" {', '.join(settings.algorithms)} needs at least {shortest}"
+                )
+                raise ConfigError("http.tokens.secret_env", reason)
             self._key = secret.encode()
         self._algorithms = list(settings.algorithms)
 
@@ -240,7 +284,8 @@ class _TokenRules:
         except msgspec.ValidationError:
             raise _invalid("the token's sub is not a user id") from None
         scopes = _scopes(claims.get(rules.scope_claim))
-        scope = next((s for s in (Scope.ADMIN, Scope.SERVICE) if s.value in scopes), Scope.USER)
+        granted = ((rules.admin_scope, Scope.ADMIN), (rules.service_scope, Scope.SERVICE))
+        scope = next((s for name, s in granted if name and name in scopes), Scope.USER)
         # A service or admin token acts for others: it names no user of its own.
         own = user if scope == Scope.USER else None
         return Grant(principal=Principal(name=rules.name, scope=scope, user=own))

@@ -34,7 +34,7 @@ from opentelemetry.trace import SpanKind
 
 from actors import within
 from bridges._seam import Cancelled, PoolClient
-from bridges.http._auth import Authenticator, grant_of, remember
+from bridges.http._auth import Authenticator, grant_of, remember, same_machine
 from bridges.http._body import JsonBodyRequest, body_type
 from bridges.http._erasure import erasure_route
 from bridges.http._generate import generate_routes
@@ -257,7 +257,7 @@ class HttpBridge:
         """Authentication, unless the edge is open (a closure: Litestar copies guards)."""
         auth = self.auth
         if auth.open:
-            return []
+            return [same_machine]
 
         def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
             remember(connection, auth.authenticate(connection.headers))

@@ -1,10 +1,14 @@
-"""`POST /v1/generate` and `/v1/generate/stream`: the node's inference pool over HTTP."""
+"""`POST /v1/generate` and `/v1/generate/stream`: the node's inference pool over HTTP.
+
+A credential limited to some agent types (`agents`) reaches these only if
+`generate` is among them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from litestar import Request, post
 from litestar.params import JSONBody
@@ -20,6 +24,10 @@ if TYPE_CHECKING:
     from bridges.http._host import Edge
 
 
+GENERATE: Final = "generate"
+"""What a credential's `agents` must list for it to reach the generation routes."""
+
+
 def generate_routes(bridge: Edge) -> list[Any]:
     """The two generation routes of `bridge`."""
     return [_generate_route(bridge), _generate_stream_route(bridge)]
@@ -28,7 +36,11 @@ def generate_routes(bridge: Edge) -> list[Any]:
 def _generate_route(bridge: Edge) -> Any:
     async def generate(request: Request[Any, Any, Any], data: JSONBody[GenerateRequest]) -> Any:
         return await bridge.observed(
-            "generate", request, lambda meta: _generate(bridge, request, data, meta)
+            GENERATE,
+            request,
+            lambda meta: _generate(
+                bridge, request, data, bridge.acting(request, GENERATE, data, meta)
+            ),
         )
 
     generate.__annotations__["return"] = GenerateResult
@@ -54,7 +66,7 @@ async def _generate(
 
 
 def _generate_stream_route(bridge: Edge) -> Any:
-    record = bridge.metrics.recorder("http", "generate")
+    record = bridge.metrics.recorder("http", GENERATE)
 
     async def generate_stream(
         request: Request[Any, Any, Any], data: JSONBody[GenerateRequest]
@@ -63,7 +75,7 @@ def _generate_stream_route(bridge: Edge) -> Any:
 
         Closing the connection cancels the generation and frees its slot.
         """
-        meta = bridge.metadata(request)
+        meta = bridge.acting(request, GENERATE, data, bridge.metadata(request))
         prompt_text(data)  # a bad prompt is a 400 here, not an event
         pool = bridge.pool().pool
         started = time.perf_counter()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
+import jwt
+import msgspec
 import pytest
 from litestar.exceptions import NotAuthorizedException
 
 from bridges.http._auth import Authenticator
 from config import decode
-from messages import ConfigError, Principal, Scope
+from messages import ConfigError, Metadata, Principal, Priority, Scope
 
 
 def authenticator(environ: dict[str, str] | None = None, **http: Any) -> Authenticator:
@@ -58,3 +61,52 @@ def test_tokens_verified_with_a_public_key_may_not_use_an_hmac_algorithm() -> No
 def test_an_edge_with_nothing_configured_is_open_and_any_credential_makes_it_closed() -> None:
     assert authenticator().open
     assert not authenticator(api_keys=["k"]).open
+
+
+@pytest.mark.parametrize(
+    ("tokens", "key"),
+    [
+        ({"public_key_file": "/etc/af/login.pem", "algorithms": ["RS256"]}, "issuer"),
+        ({"issuer": " https://login ", "secret_env": "S", "algorithms": ["HS256"]}, "issuer"),
+        ({"issuer": "i", "secret_env": "S", "algorithms": ["HS256"], "leeway": 1e9}, "leeway"),
+    ],
+)
+def test_token_settings_that_would_silently_not_work_are_refused(
+    tokens: dict[str, Any], key: str
+) -> None:
+    with pytest.raises((ConfigError, msgspec.ValidationError), match=key):
+        decode({"http": {"tokens": tokens}})
+
+
+def test_an_hmac_secret_shorter_than_its_hash_is_refused_at_start() -> None:
+    tokens = {"issuer": "i", "secret_env": "S", "algorithms": ["HS256", "HS512"]}
+    with pytest.raises(ConfigError, match="needs at least 64"):
+        authenticator({"S": "x" * 32}, tokens=tokens)
+    assert not authenticator({"S": "x" * 64}, tokens=tokens).open
+
+
+def test_only_the_configured_namespaced_scopes_make_a_token_an_admin_or_a_service() -> None:
+    secret = "s" * 32
+    auth = authenticator(
+        {"S": secret}, tokens={"issuer": "i", "secret_env": "S", "algorithms": ["HS256"]}
+    )
+
+    def scope_of(scope: object) -> Scope:
+        claims = {"iss": "i", "aud": "actorfleet", "sub": "jane", "exp": 2**40, "scope": scope}
+        token = jwt.encode(claims, secret, algorithm="HS256")
+        return auth.authenticate({"authorization": f"Bearer {token}"}).principal.scope
+
+    assert scope_of("openid admin") == Scope.USER  # a plain name a client may ask for
+    assert scope_of(["read", "service"]) == Scope.USER
+    assert scope_of("openid actorfleet:admin") == Scope.ADMIN
+    assert scope_of(["actorfleet:service"]) == Scope.SERVICE
+
+
+def test_a_user_key_cannot_make_its_requests_critical() -> None:
+    auth = authenticator(
+        {"K": "k"}, credentials=[{"name": "app", "key_env": "K", "scope": "user", "user": "jane"}]
+    )
+    grant = auth.authenticate({"x-api-key": "k"})
+    asked = Metadata(id="m", deadline=time.time() + 5, priority=Priority.CRITICAL)
+    acted = auth.acting(grant, "support", object(), asked)
+    assert (acted.priority, acted.principal) == (Priority.DEFAULT, grant.principal)

@@ -19,8 +19,8 @@ import httpx
 from tests.conftest import WAIT
 
 PROBLEM = "application/problem+json"
-PARTIAL = b"POST /v1/agents/ping HTTP/1.1\r\nHost: test\r\n"
-PING = b"GET /livez HTTP/1.1\r\nHost: test\r\n\r\n"
+PARTIAL = b"POST /v1/agents/ping HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+PING = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 # How long a trickling client waits for the server between two bytes.
 TRICKLE = 0.01
 
@@ -145,9 +145,9 @@ def test_connections_beyond_max_connections_get_503_and_are_closed(
 
 
 UNPARSEABLE = [
-    b"GET /livez HTTP/1.1\r\nHost: test\r\nX-A: a\x00b\r\n\r\n",  # a NUL in a header
+    b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\x00b\r\n\r\n",  # a NUL in a header
     (  # two Content-Lengths
-        b"POST /v1/agents/ping HTTP/1.1\r\nHost: test\r\n"
+        b"POST /v1/agents/ping HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}"
     ),
     b"GET /livez NOT-HTTP\r\n\r\n",  # a malformed request line
@@ -172,7 +172,7 @@ def test_a_body_that_stops_coming_gets_408_and_frees_its_connection(
     _node, client = serve(header_timeout=0.05, max_connections=2)
     body = b'{"type": "Say", "text": "never finished"}'
     head = (
-        b"POST /v1/agents/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/agents/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
     )
     with connect(client) as sock:

@@ -133,7 +133,7 @@ def test_a_signed_token_acts_as_its_subject(secured: Service) -> None:
     )
     as_bob = bearer(token(sub="bob"))
     assert client.post("/v1/agents/tickets", json=as_jane, headers=as_bob).status_code == 403
-    admin = bearer(token(sub="ops-console", scope="support admin"))
+    admin = bearer(token(sub="ops-console", scope="support actorfleet:admin"))
     assert client.delete("/v1/users/jane/data", headers=admin).status_code == 200
 
 
@@ -216,3 +216,54 @@ def test_a_user_key_orders_and_reads_shipments_for_its_own_customer_only(
         time.sleep(0.02)
     refused = client.post("/v1/agents/shipping", json=query, headers=jane)
     assert refused.status_code == 403
+
+
+def test_a_key_limited_to_some_agent_types_reaches_generation_only_if_it_lists_it(
+    secured: Service,
+) -> None:
+    _node, client = secured
+    prompt = {"prompt": "hello", "max_tokens": 4}
+    web = as_key("AF_KEY_WEB")  # agents = ["support", "tickets"]
+    for path in ("/v1/generate", "/v1/generate/stream"):
+        refused = client.post(path, json=prompt, headers=web)
+        assert refused.status_code == 403
+        assert refused.json()["detail"] == "web may not call generate"
+    assert client.post("/v1/generate", json=prompt, headers=as_key("AF_KEY_BOB")).status_code == 200
+
+
+def test_a_service_names_the_customer_whose_shipment_it_reads(secured: Service) -> None:
+    _node, client = secured
+    service = bearer(token(sub="web-frontend", scope="actorfleet:service"))
+    order = {
+        "type": "OrderRequest",
+        "customer_id": "bob",
+        "base_price_usd": 100.0,
+        "contract_length_months": 12,
+        "destination": {"country": "DE"},
+    }
+    placed = client.post("/v1/agents/pricing", json=order, headers=as_key("AF_KEY_BOB"))
+    assert placed.status_code == 200, placed.text
+    order_id = placed.json()["order_id"]
+    deadline = time.monotonic() + WAIT
+    query = {"order_id": order_id, "customer_id": "bob"}
+    while client.post("/v1/agents/shipping", json=query, headers=service).status_code != 200:
+        assert time.monotonic() < deadline, "no shipment was planned"
+        time.sleep(0.02)
+    as_jane = {"order_id": order_id, "customer_id": "jane"}
+    assert client.post("/v1/agents/shipping", json=as_jane, headers=service).status_code == 403
+
+
+def test_an_open_loopback_edge_refuses_what_a_web_page_could_send(
+    start_service: Callable[..., Service],
+) -> None:
+    _node, client = start_service(state="memory")
+    body = {"user_id": "jane", "message": BILLING}
+    # A page on another site posting to the loopback port, as a browser would.
+    cross_site = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+    assert client.post("/v1/agents/support", json=body, headers=cross_site).status_code == 403
+    # A DNS-rebound name resolving to 127.0.0.1.
+    rebound = {"Host": "evil.example:8000"}
+    assert client.post("/v1/agents/support", json=body, headers=rebound).status_code == 403
+    local = {"Origin": "http://localhost:8000"}
+    assert client.post("/v1/agents/support", json=body, headers=local).status_code == 200
+    assert client.post("/v1/agents/support", json=body).status_code == 200
