@@ -5,7 +5,8 @@
   comes back as JSON.
 * `POST /v1/generate` and `POST /v1/generate/stream` (Server-Sent Events):
   the node's inference pool.
-* OpenAPI 3.1 at `/schema` (`/schema/openapi.json`), from the msgspec types.
+* OpenAPI 3.1 at `/schema/openapi.json`, from the msgspec types; its page
+  (Swagger UI, on assets the node serves) at `/schema` and `/docs`.
 * `/livez`, `/readyz`, `/healthz`, `/metrics` (see `bridges.http._health`).
 
 Every failure is `application/problem+json` (RFC 9457) with the typed error's
@@ -27,7 +28,6 @@ import uvicorn
 from litestar import Litestar, Request, post
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
-from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath, JSONBody
 from litestar.response import ServerSentEvent
 from opentelemetry.trace import SpanKind
@@ -36,6 +36,7 @@ from actors import within
 from bridges._seam import Cancelled, PoolClient
 from bridges.http._auth import Authenticator, grant_of, remember, same_machine
 from bridges.http._body import JsonBodyRequest, body_type
+from bridges.http._docs import docs_routes, openapi_config
 from bridges.http._erasure import erasure_route
 from bridges.http._generate import generate_routes
 from bridges.http._headers import request_metadata
@@ -226,6 +227,7 @@ class HttpBridge:
             ]
             handlers += generate_routes(self)
             handlers += self._unknown_agent_routes()
+            handlers += docs_routes()
             erase = erasure_route(self, self.agents)
             if erase is not None:
                 handlers.append(erase)
@@ -236,14 +238,7 @@ class HttpBridge:
             exception_handlers={Exception: on_error},
             request_class=JsonBodyRequest,
             request_max_body_size=self.settings.max_body,
-            openapi_config=OpenAPIConfig(
-                title="actorfleet",
-                version="1",
-                path="/schema",
-                description="Agents of this node and its inference pool.",
-            )
-            if api
-            else None,
+            openapi_config=openapi_config() if api else None,
             logging_config=None,
             debug=False,
         )

@@ -7,6 +7,7 @@ ranges), then explored by schemathesis (slow).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -180,3 +181,19 @@ def test_every_operation_answers_as_its_schema_says_and_never_fails_inside(case:
         return
     response = case.call_and_validate(excluded_checks=[positive_data_acceptance])
     assert response.status_code < HTTP_INTERNAL, response.text
+
+
+def test_the_api_page_loads_everything_from_the_node_itself(
+    serve: Callable[..., Any],
+) -> None:
+    _node, client = serve()
+    page = client.get("/schema")
+    assert page.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert assets
+    for asset in assets:
+        assert asset.startswith("/schema/assets/"), asset  # nothing from a CDN
+        assert client.get(asset).status_code == 200
+    docs = client.get("/docs", follow_redirects=False)
+    assert (docs.status_code, docs.headers["location"]) == (302, "/schema/swagger")
+    assert client.get("/schema/openapi.yaml").status_code == 200
