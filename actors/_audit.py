@@ -9,6 +9,7 @@ destroys the key, so the log can deny delete and purge and still forget.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -44,8 +45,14 @@ SERVICE_SUBJECT: Final = ""
 _NONCE: Final = 12
 _KEY_BITS: Final = 256
 _CLAIM_ATTEMPTS: Final = 3
+_IDS_ATTEMPTS: Final = 8
 _exchange_decoder: Final = msgspec.msgpack.Decoder(SealedExchange)
 _key_decoder: Final = msgspec.msgpack.Decoder(tuple[str, bytes])
+_ids_decoder: Final = msgspec.msgpack.Decoder(list[str])
+
+
+def _with_id(ids: list[str], *, made: str) -> list[str]:
+    return [*ids, made]
 
 
 class DataKeys:
@@ -54,9 +61,14 @@ class DataKeys:
     * `auditkey.user.<subject>`: the subject's current key id and key (one
       read per message);
     * `auditkey.id.<key id>`: the key by id, to open records later;
-    * `auditkey.index.<subject>.<key id>`: every key ever made for the
-      subject, written first, so that destroying finds each one even if a
-      key was being made while the subject was erased.
+    * `auditkey.ids.<subject>`: the ids of every key made for the subject
+      and not destroyed yet, written first, so that destroying finds each
+      one even if a key was being made while the subject was erased.
+
+    Each is read by its name; none needs a `scan`, so a store may keep them
+    where they cannot be listed (the KV store keeps them in a bucket of their
+    own that the node's NATS user may not list). Keys that earlier versions
+    indexed under `auditkey.index.<subject>.<key id>` are still found there.
     """
 
     def __init__(
@@ -95,7 +107,7 @@ class DataKeys:
                 return key_id, secret
             self._check_fence(subject, None)
             new_id, secret = uuid.uuid4().hex, AESGCM.generate_key(bit_length=_KEY_BITS)
-            self.store.put(state_key("auditkey", "index", subject, new_id), b"")
+            self._change_ids(subject, functools.partial(_with_id, made=new_id))
             self.store.put(state_key("auditkey", "id", new_id), secret)
             if self.store.compare_and_set(pointer, None, msgspec.msgpack.encode((new_id, secret))):
                 self._check_fence(subject, new_id)
@@ -129,9 +141,29 @@ class DataKeys:
 
     def ids(self, subject: str) -> list[str]:
         """Every key id the subject has (that is not destroyed yet)."""
-        return [
-            k.rsplit(".", 1)[-1] for k in self.store.scan(state_key("auditkey", "index", subject))
-        ]
+        raw = self.store.get(state_key("auditkey", "ids", subject))
+        listed = [] if raw is None else _ids_decoder.decode(raw)
+        earlier = self.store.scan(state_key("auditkey", "index", subject))
+        return list(dict.fromkeys(listed + [k.rsplit(".", 1)[-1] for k in earlier]))
+
+    def _change_ids(self, subject: str, change: Callable[[list[str]], list[str]]) -> None:
+        """Apply `change` to the subject's key ids, atomically; no ids left: no entry.
+
+        Raises:
+            messages.Unavailable: If the ids keep changing under it.
+        """
+        key = state_key("auditkey", "ids", subject)
+        for _ in range(_IDS_ATTEMPTS):
+            raw = self.store.get(key)
+            ids = change([] if raw is None else _ids_decoder.decode(raw))
+            if not ids:
+                if raw is not None:
+                    self.store.delete(key)  # racing makers hold the fence: they undo theirs
+                return
+            if self.store.compare_and_set(key, raw, msgspec.msgpack.encode(ids)):
+                return
+        msg = f"the data key ids of subject {subject!r} kept changing"
+        raise Unavailable(msg)
 
     def destroy(self, subject: str) -> list[str]:
         """Destroy every key of the subject; return the ids destroyed."""
@@ -143,6 +175,7 @@ class DataKeys:
 
     def _forget(self, subject: str, key_id: str) -> None:
         self.store.delete(state_key("auditkey", "id", key_id))
+        self._change_ids(subject, lambda ids: [i for i in ids if i != key_id])
         self.store.delete(state_key("auditkey", "index", subject, key_id))
 
 

@@ -15,6 +15,7 @@ import msgspec
 
 from config._base import Count, ImportPath, NonNegative, Positive, Section, Token
 from config._inference import InferenceSettings
+from config._secrets import redact_url
 from config._security import Credential, TokenSettings
 from messages import ConfigError
 
@@ -111,6 +112,22 @@ class NatsSettings(Section, frozen=True, kw_only=True):
             forever; 0: never reconnect.
         drain_timeout: Seconds a stopping bridge waits for requests and
             events still being handled.
+        embed_auth: The embedded server requires credentials: a node user
+            (confined by permissions) and an admin user, generated on its
+            first start under `<store_dir>/auth/`; False: an open server.
+        user: User name to connect as (with `password_env` or `password_file`).
+        password_env: Name of the environment variable holding the password.
+        password_file: File holding the password (what the embedded server
+            generates for its users).
+        token_env: Name of the environment variable holding a token.
+        nkey_seed_file: NKey seed file.
+        creds_file: `.creds` file: user JWT and NKey seed (operator mode).
+        tls_ca_file: CA certificates (PEM) that the server's certificate
+            must chain to; empty: the system's.
+        tls_cert_file: Client certificate (PEM), for mutual TLS.
+        tls_key_file: Key of `tls_cert_file` (PEM).
+        tls_hostname: Name the server's certificate must carry; empty: the
+            URL's host.
     """
 
     enabled: bool = True
@@ -123,6 +140,64 @@ class NatsSettings(Section, frozen=True, kw_only=True):
     reconnect_wait: NonNegative = 0.1
     max_reconnect_attempts: Annotated[int, msgspec.Meta(ge=-1)] = -1
     drain_timeout: NonNegative = 5.0
+    embed_auth: bool = True
+    user: str = ""
+    password_env: str = ""
+    password_file: str = ""
+    token_env: str = ""
+    nkey_seed_file: str = ""
+    creds_file: str = ""
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_hostname: str = ""
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether a credential is configured (beside any in `url`)."""
+        return bool(self.user or self.token_env or self.nkey_seed_file or self.creds_file)
+
+    def __post_init__(self) -> None:
+        _check_nats_credentials(self)
+        for key in _NATS_FILES:
+            path = getattr(self, key)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"nats.{key}", f"no such file: {path}")
+
+    def __repr__(self) -> str:
+        # The URL may carry a password (nats://user:password@host).
+        fields = msgspec.structs.asdict(self) | {"url": redact_url(self.url)}
+        shown = ", ".join(f"{name}={value!r}" for name, value in fields.items())
+        return f"NatsSettings({shown})"
+
+
+_NATS_FILES: Final = (
+    "password_file",
+    "nkey_seed_file",
+    "creds_file",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+)
+
+
+def _check_nats_credentials(nats: NatsSettings) -> None:
+    """Refuse credential settings that contradict or lack each other."""
+    if (nats.password_env or nats.password_file) and not nats.user:
+        key = "nats.password_env" if nats.password_env else "nats.password_file"
+        raise ConfigError(key, "a password needs nats.user")
+    if nats.user and bool(nats.password_env) == bool(nats.password_file):
+        reason = "needs one of nats.password_env and nats.password_file"
+        raise ConfigError("nats.user", reason)
+    if nats.user and nats.token_env:
+        raise ConfigError("nats.token_env", "give nats.user or nats.token_env, not both")
+    if nats.nkey_seed_file and nats.creds_file:
+        reason = "give nats.nkey_seed_file or nats.creds_file, not both"
+        raise ConfigError("nats.creds_file", reason)
+    if nats.tls_cert_file and not nats.tls_key_file:
+        raise ConfigError("nats.tls_key_file", "nats.tls_cert_file needs its key")
+    if nats.tls_key_file and not nats.tls_cert_file:
+        raise ConfigError("nats.tls_cert_file", "nats.tls_key_file needs its certificate")
 
 
 class HttpSettings(Section, frozen=True, kw_only=True):

@@ -14,6 +14,7 @@ import redis
 from actors import AgentDefaults, Runtime
 from actors._actor import stop_all
 from bridges import IoLoop, NatsServer, free_port
+from bridges.nats._auth import EmbeddedUsers
 from messages import SupervisionEvent
 
 WAIT = 5.0
@@ -55,6 +56,20 @@ class EventRecorder:
 def nats_server() -> Iterator[NatsServer]:
     """A fresh nats-server with JetStream on a free loopback port."""
     server = NatsServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def auth_nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A fresh nats-server that requires credentials: the node user (confined) and the admin.
+
+    Its users' password files are in `server.users` (`EmbeddedUsers`).
+    """
+    users = EmbeddedUsers(tmp_path / "auth")
+    server = NatsServer(store_dir=tmp_path / "js", users=users).start()
     try:
         yield server
     finally:

@@ -14,6 +14,8 @@ import msgspec
 
 from actors import state_key, unseal
 from bridges._loop import run_async
+from bridges.nats._auth import ADMIN_USER
+from bridges.nats._embedded import with_embedded_credentials
 from bridges.stores import AsyncStore, KvStore, RedisStore
 from bridges.stores._audit import JetStreamAudit
 from messages import GenerationAudited, UserDataErased
@@ -159,13 +161,15 @@ def audit(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _print_audit(settings: Settings, last: int) -> int:
     url = settings.nats.url
+    # Reading the log and the keys by id is the admin's (the embedded server's, on this host).
+    nats = with_embedded_credentials(settings.nats, ADMIN_USER)
     log = await JetStreamAudit.open(
-        url, settings.state, settings.nats, name="actorfleet-audit", create=False
+        url, settings.state, nats, name="actorfleet-audit", create=False
     )
     store: AsyncStore | None = None
     try:
         if settings.state.backend == "kv":
-            store = await KvStore.open(url, settings.state, settings.nats, name="actorfleet-audit")
+            store = await KvStore.open(url, settings.state, nats, name="actorfleet-audit")
         elif settings.state.backend == "redis":
             store = await RedisStore.open(settings.state)
         async for record in log.records(last=max(last, 0)):

@@ -200,6 +200,7 @@ class NatsBridge:
             try:
                 return await connect(
                     self.url.split(","),
+                    settings=s,
                     name=self.runtime.node,
                     connect_timeout=max(1, math.ceil(s.connect_timeout)),
                     reconnect_time_wait=s.reconnect_wait,

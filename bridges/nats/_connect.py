@@ -1,4 +1,4 @@
-"""One way to open a NATS connection for the node's helpers (state, audit, workers)."""
+"""One way to open a NATS connection: credentials and TLS from `[nats]`, reconnecting."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import nats
 import nats.aio.client
 import nats.errors
 
+from bridges.nats._auth import connect_options
+from config import redact_url
 from messages import Unavailable
 
 if TYPE_CHECKING:
@@ -49,10 +51,20 @@ class MergingClient(nats.aio.client.Client):
         return found
 
 
-async def connect(servers: list[str], **options: Any) -> MergingClient:
-    """`nats.connect`, with a `MergingClient`."""
+async def connect(
+    servers: list[str], *, settings: NatsSettings | None = None, **options: Any
+) -> MergingClient:
+    """`nats.connect`, with a `MergingClient`.
+
+    With `settings`, the credentials and TLS they name are used
+    (`connect_options`); `options` given here win.
+
+    Raises:
+        ConfigError: If a credential or TLS file of `settings` cannot be used.
+    """
     client = MergingClient()
-    await client.connect(servers, **options)
+    chosen = {} if settings is None else connect_options(settings)
+    await client.connect(servers, **(chosen | options))
     return client
 
 
@@ -109,11 +121,14 @@ async def open_connection(
     `watch` learns if the connection is ever closed for good.
 
     Raises:
-        Unavailable: If no server answers within `settings.connect_timeout`.
+        Unavailable: If no server answers within `settings.connect_timeout`
+            (or it refuses the credentials).
+        ConfigError: If a credential or TLS file of `settings` cannot be used.
     """
     watch = watch or ClosedWatch()
     connecting = connect(
         url.split(","),
+        settings=settings,
         name=name,
         reconnect_time_wait=settings.reconnect_wait,
         max_reconnect_attempts=-1,
@@ -125,7 +140,7 @@ async def open_connection(
         # With reconnects allowed nats-py retries the first connect forever.
         client = await asyncio.wait_for(connecting, settings.connect_timeout)
     except (OSError, TimeoutError, nats.errors.Error) as exc:
-        msg = f"cannot connect to NATS at {url}: {str(exc) or type(exc).__name__}"
+        msg = f"cannot connect to NATS at {redact_url(url)}: {str(exc) or type(exc).__name__}"
         raise Unavailable(msg) from exc
     watch.bind(client)
     return client

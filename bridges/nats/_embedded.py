@@ -13,11 +13,13 @@ import sysconfig
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from tempfile import gettempdir
 from typing import TYPE_CHECKING, Final, Self
 from urllib.parse import urlsplit
 
+from bridges.nats._auth import NODE_USER, EmbeddedUsers, JetStreamNames, embedded_users
 from messages import ConfigError, Unavailable
 from supervisors import unpin_process
 
@@ -88,6 +90,29 @@ def wait_listening(
         time.sleep(_POLL)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ServerTls:
+    """TLS of a `NatsServer` (PEM files).
+
+    Attributes:
+        cert_file: The server's certificate.
+        key_file: Its key.
+        ca_file: CAs that client certificates must chain to (mutual TLS);
+            empty: clients present none.
+    """
+
+    cert_file: str
+    key_file: str
+    ca_file: str = ""
+
+    def argv(self) -> list[str]:
+        """nats-server's TLS flags."""
+        flags = ["--tls", "--tlscert", self.cert_file, "--tlskey", self.key_file]
+        if self.ca_file:
+            flags += ["--tlscacert", self.ca_file, "--tlsverify"]
+        return flags
+
+
 class NatsServer:
     """One `nats-server` process with JetStream, listening on loopback.
 
@@ -101,6 +126,10 @@ class NatsServer:
             `cluster_port` and solicits `routes`.
         cluster_port: Route port (0 picks one).
         routes: Route URLs of the other cluster members.
+        users: With them, clients must authenticate: the node user (its
+            permissions follow `names`) or the admin. None: an open server.
+        names: The subjects and streams the node user's permissions name.
+        tls: With it, clients connect over TLS (mutual, with a CA).
     """
 
     def __init__(
@@ -112,6 +141,9 @@ class NatsServer:
         cluster: str | None = None,
         cluster_port: int = 0,
         routes: tuple[str, ...] = (),
+        users: EmbeddedUsers | None = None,
+        names: JetStreamNames | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.port = port or free_port()
         self.name = name or f"af-{self.port}"
@@ -120,12 +152,16 @@ class NatsServer:
         self.routes = routes
         self._own_dir = store_dir is None
         self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="af-nats-"))
+        self.users = users
+        self.names = names or JetStreamNames()
+        self.tls = tls
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """The client URL."""
-        return f"nats://{LOOPBACK}:{self.port}"
+        """The client URL (`tls://` when clients must use TLS)."""
+        scheme = "tls" if self.tls is not None else "nats"
+        return f"{scheme}://{LOOPBACK}:{self.port}"
 
     @property
     def route_url(self) -> str:
@@ -138,7 +174,7 @@ class NatsServer:
         return None if self._process is None else self._process.pid
 
     def argv(self) -> list[str]:
-        """The command line that starts this server."""
+        """The command line that starts this server (writing its users' config first)."""
         argv = [
             find_nats_server(),
             "-a",
@@ -155,6 +191,11 @@ class NatsServer:
             argv += ["--cluster_name", self.cluster, "--cluster", self.route_url]
             if self.routes:
                 argv += ["--routes", ",".join(self.routes)]
+        if self.users is not None:
+            self.users.ensure()
+            argv += ["-c", str(self.users.write_server_config(self.names))]
+        if self.tls is not None:
+            argv += self.tls.argv()
         return argv
 
     def start(self, *, wait: bool = True) -> Self:
@@ -238,7 +279,9 @@ def host_ports(url: str) -> list[tuple[str, int]]:
     return found
 
 
-def embedded_server(settings: NatsSettings) -> NatsServer | None:
+def embedded_server(
+    settings: NatsSettings, *, names: JetStreamNames | None = None
+) -> NatsServer | None:
     """The server to embed, or None.
 
     None if embedding is off, if any server of the URL list answers, or if
@@ -246,16 +289,53 @@ def embedded_server(settings: NatsSettings) -> NatsServer | None:
     broker in place of a remote or clustered one that is down (it would cut
     itself off). The embedded server listens on the URL's own port, so other
     nodes on this host find it, and keeps its JetStream data in
-    `nats.store_dir` (default `<temp dir>/actorfleet-nats-<port>`).
+    `nats.store_dir` (default `<temp dir>/actorfleet-nats-<port>`). With
+    `nats.embed_auth` its users' passwords are generated there on its first
+    start (`<store_dir>/auth/`) and kept for later ones; `names` shape the
+    node user's permissions.
     """
     servers = host_ports(settings.url)
     if not settings.embed or any(port_answers(host, port) for host, port in servers):
         return None
-    [(host, port), *others] = servers
+    store = embedded_store(settings)
+    if store is None:
+        return None
+    users = embedded_users(settings, store)
+    if users is not None and users.ensure():
+        logger.warning(
+            "the embedded NATS server requires credentials: other nodes join as %s with"
+            " the password in %s (the admin's is beside it)",
+            NODE_USER,
+            users.password_file(NODE_USER),
+        )
+    port = servers[0][1]
+    return NatsServer(port=port, store_dir=store, users=users, names=names)
+
+
+def with_embedded_credentials(settings: NatsSettings, user: str = NODE_USER) -> NatsSettings:
+    """`settings` that connect as `user` of the server embedded at `settings.url`, if any.
+
+    Used when no credential is configured (nor given in the URL) and the
+    embedded server's password file for `user` can be read: this node
+    started that server, or another node on this host did.
+    """
+    if not (settings.embed and settings.embed_auth) or settings.authenticated:
+        return settings
+    if any("@" in item for item in settings.url.split(",")):
+        return settings
+    store = embedded_store(settings)
+    users = None if store is None else embedded_users(settings, store)
+    if users is None or not os.access(users.password_file(user), os.R_OK):
+        return settings
+    return users.settings_for(settings, user)
+
+
+def embedded_store(settings: NatsSettings) -> Path | None:
+    """Where a server embedded for `settings.url` keeps its data; None if none is embedded there."""
+    [(host, port), *others] = host_ports(settings.url)
     if others or not _is_loopback(host):
         return None
-    store = Path(settings.store_dir or Path(gettempdir()) / f"actorfleet-nats-{port}")
-    return NatsServer(port=port, store_dir=store)
+    return Path(settings.store_dir or Path(gettempdir()) / f"actorfleet-nats-{port}")
 
 
 def _is_loopback(host: str) -> bool:

@@ -193,12 +193,31 @@ class EventRouter:
             )
 
     async def _ensure_stream(self, config: StreamConfig) -> None:
+        """Create the stream, or bring an existing one to `config` if it differs.
+
+        A node credential may not update streams (only the admin's may):
+        then the stream is used as it is, with a warning.
+        """
         try:
             await self.js.add_stream(config)
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code != _STREAM_IN_USE:
                 raise
+        else:
+            return
+        held = (await self.js.stream_info(str(config.name))).config
+        wanted = (sorted(config.subjects or []), config.num_replicas, config.duplicate_window)
+        if (sorted(held.subjects or []), held.num_replicas, held.duplicate_window) == wanted:
+            return
+        try:
             await self.js.update_stream(config)
+        except (nats.errors.TimeoutError, nats.js.errors.Error) as exc:
+            logger.warning(
+                "stream %s exists with other settings and cannot be updated here (%s);"
+                " using it as it is (an admin credential can update it)",
+                config.name,
+                type(exc).__name__,
+            )
 
     async def stop(self) -> None:
         """Stop pulling; events handed out but not settled are redelivered later."""

@@ -14,7 +14,8 @@ from bridges._loop import IoLoop
 from bridges._seam import PoolClient
 from bridges.http._health import TREE_TIMEOUT
 from bridges.http._metrics import Metrics, Snapshot, meter_from_settings
-from bridges.nats._embedded import embedded_server
+from bridges.nats._auth import JetStreamNames, connect_options
+from bridges.nats._embedded import embedded_server, with_embedded_credentials
 from bridges.node._edges import edge_children
 from bridges.node._inference import inference_children
 from bridges.node._services import NodeServices
@@ -158,6 +159,20 @@ def _metrics(
     return metrics
 
 
+def _with_node_credentials(settings: Settings) -> Settings:
+    """`settings` whose NATS connections authenticate as the embedded server's node user.
+
+    Only when none is configured and that user's password can be read here.
+    The credentials and TLS files are checked now, so bad ones fail the start.
+
+    Raises:
+        ConfigError: If a credential or TLS setting cannot be used.
+    """
+    nats = with_embedded_credentials(settings.nats)
+    connect_options(nats)
+    return settings if nats is settings.nats else msgspec.structs.replace(settings, nats=nats)
+
+
 def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
     """A node: the inference pool, one supervisor per agent pool, then the bridges.
 
@@ -166,7 +181,8 @@ def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
     stop (shutdown runs in reverse start order).
 
     Raises:
-        ConfigError: If a pool names an agent class that cannot be imported.
+        ConfigError: If a pool names an agent class that cannot be imported,
+            or a NATS credential or TLS file cannot be used.
     """
     runtime = runtime or build_runtime(settings)
     runtime.audit_required = bool(settings.state.audit_stream)
@@ -202,7 +218,10 @@ def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
             tree=tree,
             pool=pool_slot,
         )
-        server = embedded_server(settings.nats) if settings.nats.enabled else None
+        server = None
+        if settings.nats.enabled:
+            server = embedded_server(settings.nats, names=JetStreamNames.from_settings(settings))
+            settings = _with_node_credentials(settings)
         url = settings.nats.url if server is None else server.url
         if settings.inference.tiers:
             # Before the agents, which may generate as soon as they start.

@@ -9,6 +9,7 @@ is sealed per user (`actors.DataKeys`), so erasure destroys keys, not records.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Final
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
 _STREAM_IN_USE: Final = 10058
 _READ_WAIT: Final = 1.0
+
+logger: Final = logging.getLogger("actorfleet.audit")
 
 
 class JetStreamAudit:
@@ -100,12 +103,31 @@ class JetStreamAudit:
         return log
 
     async def _ensure(self, config: StreamConfig) -> None:
+        """Create the stream; one that exists with other settings is used if it guards its records.
+
+        Updating a stream is the admin's (the node user may not): only one
+        that takes the audit subjects but allows delete or purge is updated.
+        """
         try:
             await self._js.add_stream(config)
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code != _STREAM_IN_USE:
                 raise
-            await self._js.update_stream(config)
+        else:
+            return
+        found = (await self._js.stream_info(self.stream)).config
+        if (
+            found.deny_delete
+            and found.deny_purge
+            and set(config.subjects or ()) <= set(found.subjects or ())
+        ):
+            logger.warning(
+                "audit stream %s exists with other settings than [state] asks for;"
+                " using it as it is (the NATS admin may update it)",
+                self.stream,
+            )
+            return
+        await self._js.update_stream(config)
 
     def subject(self, record: AuditRecord) -> str:
         """Where a record goes."""

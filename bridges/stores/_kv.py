@@ -1,4 +1,9 @@
-"""A JetStream key-value bucket as a state store; values carry their absolute expiry."""
+"""A JetStream key-value bucket as a state store; values carry their absolute expiry.
+
+The audit data keys (`actors.DataKeys`) live in a bucket of their own beside
+it, `<bucket>_KEYS`, which the embedded server's node user may write and
+read a key at a time but not list (`bridges.nats._auth.node_permissions`).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,10 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js.api import KeyValueConfig
+from nats.js.kv import KeyValue
 
 from actors import check_key
+from bridges.nats._auth import DATA_KEY_PREFIXES, data_keys_bucket
 from bridges.nats._connect import (
     ClosedWatch,
     connection_problem,
@@ -26,7 +33,7 @@ from messages import Unavailable
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
-    from nats.js.kv import KeyValue
+    from nats.js import JetStreamContext
 
     from config import NatsSettings, StateSettings
 
@@ -56,24 +63,50 @@ def _live(data: bytes) -> bytes | None:
     return None if expires and expires <= time.time() else value
 
 
+class _Bucket:
+    """One KV bucket: its handle, its subjects' prefix, its stream."""
+
+    __slots__ = ("kv", "stream", "subject")
+
+    def __init__(self, kv: KeyValue, name: str) -> None:
+        self.kv = kv
+        self.subject = f"$KV.{name}."
+        self.stream = f"KV_{name}"
+
+
+def _holds_data_key(key: str) -> bool:
+    return f"{key}.".startswith(DATA_KEY_PREFIXES)
+
+
 class KvStore:
     """A JetStream key-value bucket (history 1); values carry their expiry.
 
-    Deleting purges the key, so no earlier revision of it is kept.
+    Deleting purges the key, so no earlier revision of it is kept. The
+    keys of `actors.DataKeys` (`auditkey.user.`, `.id.`, `.ids.`) go to the
+    data-key bucket (`keys`), the others to `kv`; `scan` lists `kv` only.
     """
 
     def __init__(
-        self, nc: Client, kv: KeyValue, *, bucket: str, url: str, watch: ClosedWatch
+        self,
+        nc: Client,
+        kv: KeyValue,
+        *,
+        bucket: str,
+        url: str,
+        watch: ClosedWatch,
+        keys: KeyValue | None = None,
     ) -> None:
         self._nc = nc
         self._watch = watch
-        self._kv = kv
+        self._state = _Bucket(kv, bucket)
+        self._keys = self._state if keys is None else _Bucket(keys, data_keys_bucket(bucket))
         self._js = nc.jetstream()
-        self._subject = f"$KV.{bucket}."
-        self._stream = f"KV_{bucket}"
         self._ttl = supports_message_ttl(nc)
         self.bucket = bucket
         self.url = url
+
+    def _bucket(self, key: str) -> _Bucket:
+        return self._keys if _holds_data_key(key) else self._state
 
     @classmethod
     async def open(
@@ -87,7 +120,9 @@ class KvStore:
         watch = ClosedWatch()
         nc = await open_connection(url, name=name, settings=nats_settings, watch=watch)
         try:
-            kv = await asyncio.wait_for(_bucket(nc, settings), settings.timeout)
+            kv, keys = await asyncio.wait_for(_buckets(nc, settings), settings.timeout)
+            store = cls(nc, kv, bucket=settings.bucket, url=url, watch=watch, keys=keys)
+            await asyncio.wait_for(store._move_data_keys(), settings.timeout)
         except (TimeoutError, nats.errors.Error) as exc:
             await nc.close()
             msg = f"cannot open the KV bucket {settings.bucket} at {redact_url(url)}: {exc!r}"
@@ -95,7 +130,29 @@ class KvStore:
         except BaseException:  # cancelled: do not leave a client reconnecting forever
             await asyncio.shield(nc.close())
             raise
-        return cls(nc, kv, bucket=settings.bucket, url=url, watch=watch)
+        return store
+
+    async def _move_data_keys(self) -> None:
+        """Move data keys that an earlier version kept in the state bucket to their own.
+
+        Each is created there unless present (a newer key wins), then purged
+        here, so erasure finds every key where it now looks.
+        """
+        state = self._state
+        if self._keys is state:
+            return
+        for prefix in DATA_KEY_PREFIXES:
+            wanted = f"{state.subject}{prefix}>"
+            info = await self._js.stream_info(state.stream, subjects_filter=wanted)
+            for subject in info.state.subjects or {}:
+                key = subject.removeprefix(state.subject)
+                try:
+                    entry = await state.kv.get(key)
+                except nats.js.errors.KeyNotFoundError:
+                    continue  # a purge marker
+                if entry.value is not None:
+                    await self._write(self._keys, key, entry.value, ttl=None, last=0)
+                await state.kv.purge(key)
 
     def _require_connected(self) -> None:
         # nats-py would buffer the request until reconnected; fail fast instead.
@@ -108,7 +165,7 @@ class KvStore:
         check_key(key)
         self._require_connected()
         try:
-            entry = await self._kv.get(key)
+            entry = await self._bucket(key).kv.get(key)
         except nats.js.errors.KeyNotFoundError as exc:
             return (exc.entry.revision if exc.entry is not None else 0), None
         return entry.revision or 0, _live(entry.value or b"")
@@ -122,14 +179,18 @@ class KvStore:
     ) -> bool:
         check_key(key)
         self._require_connected()
+        return await self._write(
+            self._bucket(key), key, _encode((_expires(ttl), value)), ttl, last=last
+        )
+
+    async def _write(
+        self, bucket: _Bucket, key: str, envelope: bytes, ttl: float | None, *, last: int | None
+    ) -> bool:
         headers = None if last is None else {_EXPECTED_LAST: str(last)}
         server_ttl = math.ceil(ttl + _TTL_SLACK) if ttl is not None and self._ttl else None
         try:
             await self._js.publish(
-                self._subject + key,
-                _encode((_expires(ttl), value)),
-                headers=headers,
-                msg_ttl=server_ttl,
+                bucket.subject + key, envelope, headers=headers, msg_ttl=server_ttl
             )
         except nats.js.errors.APIError as exc:
             if exc.err_code in _WRONG_LAST_SEQUENCE:
@@ -145,7 +206,7 @@ class KvStore:
         """Purge `key` and its history."""
         check_key(key)
         self._require_connected()
-        await self._kv.purge(key)
+        await self._bucket(key).kv.purge(key)
 
     async def compare_and_set(
         self, key: str, expected: bytes | None, value: bytes, *, ttl: float | None
@@ -166,9 +227,10 @@ class KvStore:
         """
         check_key(prefix)
         self._require_connected()
-        wanted = f"{self._subject}{prefix}.>"
-        info = await self._js.stream_info(self._stream, subjects_filter=wanted)
-        keys = [subject.removeprefix(self._subject) for subject in info.state.subjects or {}]
+        bucket = self._state
+        wanted = f"{bucket.subject}{prefix}.>"
+        info = await self._js.stream_info(bucket.stream, subjects_filter=wanted)
+        keys = [subject.removeprefix(bucket.subject) for subject in info.state.subjects or {}]
         reads = asyncio.Semaphore(_SCAN_READS)
 
         async def live(key: str) -> bool:
@@ -197,12 +259,23 @@ class KvStore:
         self._watch.listen(callback)
 
 
-async def _bucket(nc: Client, settings: StateSettings) -> KeyValue:
-    """Create the bucket, or bind to it as it is if it exists with other settings."""
+async def _buckets(nc: Client, settings: StateSettings) -> tuple[KeyValue, KeyValue]:
+    """The state bucket and the data-key bucket, each created or bound to."""
     js = nc.jetstream()
-    config = KeyValueConfig(
-        bucket=settings.bucket, history=1, replicas=settings.replicas, direct=True
-    )
+    state = await _bucket(js, settings.bucket, settings.replicas)
+    keys = await _bucket(js, data_keys_bucket(settings.bucket), settings.replicas, private=True)
+    return state, keys
+
+
+async def _bucket(
+    js: JetStreamContext, name: str, replicas: int, *, private: bool = False
+) -> KeyValue:
+    """Create the bucket, or bind to it as it is if it exists with other settings.
+
+    A `private` bucket is bound without asking for its stream's info, which
+    the node user may not read (it would list the keys).
+    """
+    config = KeyValueConfig(bucket=name, history=1, replicas=replicas, direct=True)
     try:
         return await js.create_key_value(config)
     except nats.js.errors.BadRequestError as exc:
@@ -210,6 +283,8 @@ async def _bucket(nc: Client, settings: StateSettings) -> KeyValue:
             raise
     logger.warning(
         "KV bucket %s exists with other settings than [state] asks for; using it as it is",
-        settings.bucket,
+        name,
     )
-    return await js.key_value(settings.bucket)
+    if private:
+        return KeyValue(name=name, stream=f"KV_{name}", pre=f"$KV.{name}.", js=js, direct=True)
+    return await js.key_value(name)
