@@ -14,13 +14,20 @@ from typing import Any
 
 import httpx
 import jwt
+import nats.aio.client
+import nats.errors
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from actors import state_key
+from bridges import NatsServer, build_node
+from bridges._loop import run_async
+from bridges.nats._auth import NODE_USER
+from tests.bridges.http_agents import ServedNodes
 from tests.conftest import WAIT
 from tests.support.conftest import Service
+from tests.support.service import support_settings
 
 KEYS = {"AF_KEY_JANE": "jane-secret", "AF_KEY_BOB": "bob-secret", "AF_KEY_WEB": "web-secret"}
 KEYS |= {"AF_KEY_OPS": "ops-secret", "AF_TOKEN_SECRET": "a-shared-secret-of-32-bytes-or-more"}
@@ -267,3 +274,57 @@ def test_an_open_loopback_edge_refuses_what_a_web_page_could_send(
     local = {"Origin": "http://localhost:8000"}
     assert client.post("/v1/agents/support", json=body, headers=local).status_code == 200
     assert client.post("/v1/agents/support", json=body).status_code == 200
+
+
+def test_the_service_runs_with_user_keys_a_service_token_and_nats_auth_end_to_end(
+    auth_nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every door locked at once: NATS as the confined node user, HTTP by principal."""
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
+    assert auth_nats_server.users is not None
+    node_user = {
+        "user": NODE_USER,
+        "password_file": str(auth_nats_server.users.password_file(NODE_USER)),
+    }
+    tokens = {"issuer": ISSUER, "secret_env": "AF_TOKEN_SECRET", "algorithms": ["HS256"]}
+    settings = support_settings(
+        auth_nats_server.url,
+        state={"backend": "kv"},
+        nats=node_user,
+        http={"credentials": CREDENTIALS, "tokens": tokens},
+    )
+    served = ServedNodes()
+    try:
+        node, client = served.start(build_node(settings))
+        # A user key opens a ticket; the front end's service token reads it for her.
+        ticket = open_ticket(client, as_key("AF_KEY_JANE"))
+        service = bearer(token(sub="web-frontend", scope="actorfleet:service"))
+        lookup = {"user_id": "jane", "ticket_id": ticket}
+        assert client.post("/v1/agents/tickets", json=lookup, headers=service).status_code == 200
+        assert (
+            client.post("/v1/agents/tickets", json=lookup, headers=as_key("AF_KEY_BOB")).status_code
+            == 403
+        )
+        # Erased by her own key; afterwards nobody reads it.
+        assert (
+            client.delete("/v1/users/jane/data", headers=as_key("AF_KEY_JANE")).status_code == 200
+        )
+        assert client.post("/v1/agents/tickets", json=lookup, headers=service).status_code == 404
+        assert node.runtime.state is not None
+        assert client.get("/readyz").status_code == 200
+    finally:
+        served.stop_all()
+
+    async def anonymous() -> str:
+        nc = nats.aio.client.Client()
+        try:
+            await nc.connect(auth_nats_server.url, allow_reconnect=False, connect_timeout=1)
+        except (nats.errors.Error, OSError) as exc:
+            return type(exc).__name__
+        finally:
+            await nc.close()
+        return "connected"
+
+    # Nobody reaches the agents around the edge: NATS refuses a client without credentials.
+    assert run_async(anonymous()) != "connected"
