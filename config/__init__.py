@@ -30,6 +30,7 @@ from config._settings import (
     decode,
     default_toml,
     load,
+    load_with_origins,
 )
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "decode",
     "default_toml",
     "load",
+    "load_with_origins",
     "read_rules_file",
     "redact_url",
     "shown",

@@ -420,20 +420,90 @@ def default_toml() -> str:
     return resources.files("config").joinpath("default.toml").read_text(encoding="utf-8")
 
 
+DEFAULT_SOURCE: Final = "config/default.toml"
+# What a file describes for itself: its agents. A file without pools runs
+# none (a gateway node, a worker node), whatever the default file runs.
+_APPLICATION: Final = ("pools",)
+
+
 def load(path: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> Settings:
-    """Read settings from `path` (or the embedded defaults), then the environment.
+    """Read settings: `config/default.toml`, then the file at `path` over it, then the environment.
+
+    A file names only what it changes: every key it leaves out has the
+    value `config/default.toml` shows, but for `pools` (a file runs the
+    agents it names). A file that turns NATS off gets the memory state
+    store and no audit log unless it names others.
 
     Raises:
         ConfigError: Naming the key path and the reason, for any bad value.
     """
-    source = "config/default.toml" if path is None else str(path)
+    return load_with_origins(path, env=env)[0]
+
+
+def load_with_origins(
+    path: str | Path | None = None, *, env: Mapping[str, str] | None = None
+) -> tuple[Settings, dict[str, str]]:
+    """`load`, and where each value came from: `default`, the file, or `env AF_...`.
+
+    The origins are keyed by dotted key path (`http.port`); a list (the
+    pools, the tiers) is one value.
+
+    Raises:
+        ConfigError: Naming the key path and the reason, for any bad value.
+    """
+    raw = _read(DEFAULT_SOURCE, default_toml())
+    origins = dict.fromkeys(_leaves(raw), "default")
+    if path is not None:
+        given = _read(str(path), Path(path))
+        for key in _APPLICATION:
+            raw.pop(key, None)
+            origins.pop(key, None)
+        _merge(raw, given)
+        origins |= dict.fromkeys(_leaves(given), str(path))
+        _without_nats(raw, given, origins)
+    environment = os.environ if env is None else env
+    _apply_env(raw, environment)
+    for name, keys in ENV_OVERRIDES.items():
+        if name in environment:
+            origins[".".join(keys)] = f"env {name}"
+    return decode(raw), origins
+
+
+def _without_nats(raw: dict[str, Any], given: Mapping[str, Any], origins: dict[str, str]) -> None:
+    """A file that turns NATS off keeps state in memory, with no audit log, unless it says."""
+    nats, state = given.get("nats"), given.get("state")
+    if not (isinstance(nats, dict) and nats.get("enabled") is False):
+        return
+    named = state if isinstance(state, dict) else {}
+    for key, alone in (("backend", "memory"), ("audit_stream", "")):
+        if key not in named:
+            raw["state"][key] = alone
+            origins[f"state.{key}"] = "default without NATS"
+
+
+def _read(source: str, text: str | Path) -> dict[str, Any]:
     try:
-        text = default_toml() if path is None else Path(path).read_text(encoding="utf-8")
-        raw = tomllib.loads(text)
+        content = text.read_text(encoding="utf-8") if isinstance(text, Path) else text
+        return tomllib.loads(content)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(source, str(exc)) from exc
-    _apply_env(raw, os.environ if env is None else env)
-    return decode(raw)
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> None:
+    """Put `over` into `base`: tables key by key, any other value (a list too) whole."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _leaves(raw: Mapping[str, Any], prefix: str = "") -> list[str]:
+    found: list[str] = []
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        found += _leaves(value, f"{dotted}.") if isinstance(value, dict) else [dotted]
+    return found
 
 
 def decode(raw: Mapping[str, Any]) -> Settings:

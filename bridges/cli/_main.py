@@ -68,9 +68,28 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--nats", help="NATS server URL (default: nats.url)")
     worker.add_argument("--log-level", default="INFO")
     show = commands.add_parser("config", help="print the effective configuration as JSON")
-    show.add_argument("--config", help="TOML file (default: the embedded config/default.toml)")
+    show.add_argument("--config", help="TOML file over the embedded config/default.toml")
+    show.add_argument(
+        "--origins",
+        action="store_true",
+        help="print each key with its value and where it came from (default, file, env)",
+    )
     add_client_commands(commands)
     return parser
+
+
+def _show_config(path: str | None, *, origins: bool) -> int:
+    settings, sources = config.load_with_origins(path)
+    shown = config.shown(settings)
+    if not origins:
+        print(msgspec.json.format(msgspec.json.encode(shown).decode()))
+        return 0
+    for key in sorted(sources):
+        value: object = shown
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        print(f"{key} = {msgspec.json.encode(value).decode()}  # {sources[key]}")
+    return 0
 
 
 def _import_from(app_dir: str) -> None:
@@ -211,9 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
     args = _parser().parse_args(argv)
     try:
         if args.command == "config":
-            settings = config.load(args.config)
-            print(msgspec.json.format(msgspec.json.encode(config.shown(settings)).decode()))
-            return 0
+            return _show_config(args.config, origins=args.origins)
         if args.command == "worker":
             return _worker(args)
         if args.command in {"status", "send"}:

@@ -117,7 +117,7 @@ def test_send_refuses_a_body_that_is_not_json(capsys: pytest.CaptureFixture[str]
 def test_actorfleet_run_exits_non_zero_when_the_root_supervisor_fails(tmp_path: Path) -> None:
     file = tmp_path / "failing.toml"
     file.write_text(
-        "[supervision]\nmax_restarts = 0\n\n"
+        "[supervision]\nmax_restarts = 0\n\n[nats]\nenabled = false\n\n[http]\nenabled = false\n\n"
         '[[pools]]\nagent = "tests.agents:CrashOnStartAgent"\nsize = 1\n'
     )
     proc = _start("run", "--config", str(file))
@@ -193,7 +193,8 @@ def test_actorfleet_run_imports_agent_modules_from_the_current_directory(
     monkeypatch.setattr(sys, "path", list(sys.path))
     (tmp_path / "af_cli_greeters.py").write_text(GREETER)
     (tmp_path / "node.toml").write_text(
-        '[nats]\nenabled = false\n\n[[pools]]\nagent = "af_cli_greeters:GreeterAgent"\nsize = 1\n'
+        "[nats]\nenabled = false\n\n[http]\nenabled = false\n\n"
+        '[[pools]]\nagent = "af_cli_greeters:GreeterAgent"\nsize = 1\n'
     )
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--config", "node.toml", "--duration", "0.05"]) == 0

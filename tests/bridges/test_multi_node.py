@@ -21,7 +21,7 @@ from tests.conftest import WAIT
 def _config(tmp_path: Path, url: str) -> Path:
     config = tmp_path / "node.toml"
     config.write_text(
-        f'[nats]\nurl = "{url}"\nembed = false\n\n'
+        f'[nats]\nurl = "{url}"\nembed = false\n\n[http]\nenabled = false\n\n'
         '[[pools]]\nagent = "tests.agents:LedgerAgent"\nsize = 2\n'
     )
     return config

@@ -66,6 +66,7 @@ def node_settings(url: str, *tiers: dict[str, Any], name: str = "n1") -> dict[st
     return {
         "node": {"name": name},
         "nats": {"url": url, "embed": False},
+        "http": {"enabled": False},
         "supervision": {"max_restarts": 10, "backoff": {"base": 0.05, "cap": 0.2}},
         "inference": {"tiers": list(tiers)},
     }

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 import config
+from bridges.cli._main import main
 from messages import ConfigError
 
 
@@ -190,3 +191,43 @@ def test_a_tier_runs_processes_as_its_backend_defaults_unless_told() -> None:
         True,
         True,
     ]
+
+
+def test_a_file_gets_the_defaults_the_default_file_shows_but_runs_only_its_own_agents(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('[http]\nport = 9000\n\n[[pools]]\nagent = "actors:PingAgent"\nsize = 1\n')
+    settings, origins = config.load_with_origins(path, env={"AF_NODE_NAME": "n-1"})
+    shown = config.load(env={})
+    assert (settings.http.enabled, settings.http.port) == (True, 9000)
+    assert (settings.state.backend, settings.state.audit_stream) == ("kv", "AF_AUDIT")
+    assert settings.inference.tiers == shown.inference.tiers
+    assert [p.agent for p in settings.pools] == ["actors:PingAgent"]
+    assert origins["http.port"] == str(path)
+    assert origins["http.enabled"] == "default"
+    assert origins["node.name"] == "env AF_NODE_NAME"
+
+
+def test_a_file_that_turns_nats_off_keeps_state_in_memory_without_an_audit_log(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text("[nats]\nenabled = false\n")
+    settings, origins = config.load_with_origins(path, env={})
+    assert (settings.state.backend, settings.state.audit_stream) == ("memory", "")
+    assert origins["state.backend"] == "default without NATS"
+    assert settings.pools == []
+
+
+def test_the_config_command_says_where_each_value_comes_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text("[http]\nport = 9000\n")
+    monkeypatch.setenv("AF_ASK_TIMEOUT", "7.5")
+    assert main(["config", "--config", str(path), "--origins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"http.port = 9000  # {path}" in lines
+    assert "agents.ask_timeout = 7.5  # env AF_ASK_TIMEOUT" in lines
+    assert "http.enabled = true  # default" in lines
