@@ -163,6 +163,12 @@ class NatsSettings(Section, frozen=True, kw_only=True):
             path = getattr(self, key)
             if path and not Path(path).is_file():
                 raise ConfigError(f"nats.{key}", f"no such file: {path}")
+        tls = self.tls_ca_file or self.tls_cert_file or self.tls_hostname
+        if tls and any(not u.strip().startswith("tls://") for u in self.url.split(",")):
+            # nats:// upgrades only if the server asks: one that does not (a
+            # stand-in on the port) would get the credentials in the clear.
+            reason = "with nats.tls_* settings every server URL must be tls://"
+            raise ConfigError("nats.url", reason)
 
     def __repr__(self) -> str:
         # The URL may carry a password (nats://user:password@host).

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 NODE_USER: Final = "af-node"
 ADMIN_USER: Final = "af-admin"
+ADMIN_INBOX: Final = "_INBOX_ADMIN"
+"""Where the admin's replies go: a namespace the node user cannot subscribe to."""
 AUTH_DIR: Final = "auth"
 SERVER_CONFIG: Final = "server.conf"
 _PASSWORD_BYTES: Final = 32
@@ -66,6 +68,10 @@ def connect_options(
         options["tls"] = context
     if settings.tls_hostname:
         options["tls_hostname"] = settings.tls_hostname
+    if settings.user == ADMIN_USER:
+        # The node user may subscribe to _INBOX.>: the admin's replies (the
+        # audit log it reads, the keys it opens) go where it may not.
+        options["inbox_prefix"] = ADMIN_INBOX
     return options
 
 
@@ -135,13 +141,32 @@ class JetStreamNames:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JetStreamNames:
-        """The names `settings` use."""
-        return cls(
+        """The names `settings` use.
+
+        Raises:
+            ConfigError: If two of them name one stream: the node user's
+                rights on one (consumers on the event streams) would then
+                reach the other (the audit log, the data keys).
+        """
+        names = cls(
             prefix=settings.nats.prefix,
             event_streams=(settings.events.stream, settings.events.dead_letter_stream),
             audit_stream=settings.state.audit_stream,
             state_bucket=settings.state.bucket,
         )
+        streams = {
+            "events.stream": names.event_streams[0],
+            "events.dead_letter_stream": names.event_streams[1],
+            "state.audit_stream": names.audit_stream,
+            "state.bucket": f"KV_{names.state_bucket}",
+            "state.bucket (its data keys)": f"KV_{names.keys_bucket}",
+        }
+        seen: dict[str, str] = {}
+        for key, stream in streams.items():
+            if stream and stream in seen:
+                raise ConfigError(key, f"{stream} is also {seen[stream]}'s stream")
+            seen[stream] = key
+        return names
 
     @property
     def keys_bucket(self) -> str:

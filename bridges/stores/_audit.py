@@ -1,7 +1,7 @@
 """The audit log: an append-only JetStream stream that denies delete and purge.
 
 Records (`messages.AuditRecord`) go to `<prefix>.audit.generation` and
-`<prefix>.audit.erasure`, deduplicated by the record's request id. Nothing
+`<prefix>.audit.erasure`, deduplicated by their content's SHA-256. Nothing
 can remove them short of deleting the stream itself; personal data in them
 is sealed per user (`actors.DataKeys`), so erasure destroys keys, not records.
 """
@@ -9,6 +9,7 @@ is sealed per user (`actors.DataKeys`), so erasure destroys keys, not records.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Final
@@ -139,9 +140,12 @@ class JetStreamAudit:
         if not self._nc.is_connected:
             msg = f"the audit stream {self.stream} is unreachable: NATS is disconnected"
             raise Unavailable(msg)
-        await self._js.publish(
-            self.subject(record), encode(record), headers={"Nats-Msg-Id": record.request_id}
-        )
+        body = encode(record)
+        # Deduplicated by what it says, not by the request id: another node
+        # that knew the id could otherwise publish first and have the real
+        # record dropped as a duplicate.
+        digest = hashlib.sha256(body).hexdigest()
+        await self._js.publish(self.subject(record), body, headers={"Nats-Msg-Id": digest})
 
     async def records(self, *, last: int | None = None) -> AsyncIterator[AuditRecord]:
         """The records stored now (the `last` ones only, if given), oldest first."""

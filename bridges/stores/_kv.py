@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 import msgspec
 import nats.errors
 import nats.js.errors
-from nats.js.api import KeyValueConfig
+from nats.js.api import DiscardPolicy, StreamConfig
 from nats.js.kv import KeyValue
 
 from actors import check_key
@@ -51,6 +51,7 @@ _WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 _TTL_SLACK: Final = 1.0  # the server's TTL only reclaims space; the envelope decides
 _MS: Final = 1000
 _STREAM_IN_USE: Final = 10058
+_KV_DUPLICATE_WINDOW: Final = 120.0  # nats-py's, for a bucket without a TTL
 _SCAN_READS: Final = 32  # reads in flight while a scan checks which keys are live
 
 
@@ -81,9 +82,10 @@ def _holds_data_key(key: str) -> bool:
 class KvStore:
     """A JetStream key-value bucket (history 1); values carry their expiry.
 
-    Deleting purges the key, so no earlier revision of it is kept. The
-    keys of `actors.DataKeys` (`auditkey.user.`, `.id.`, `.ids.`) go to the
-    data-key bucket (`keys`), the others to `kv`; `scan` lists `kv` only.
+    Deleting leaves a delete marker in the key's one slot, so no earlier
+    revision of it is kept. The keys of `actors.DataKeys` (`auditkey.user.`,
+    `.id.`, `.ids.`) go to the data-key bucket (`keys`), the others to `kv`;
+    `scan` lists `kv` only.
     """
 
     def __init__(
@@ -135,7 +137,7 @@ class KvStore:
     async def _move_data_keys(self) -> None:
         """Move data keys that an earlier version kept in the state bucket to their own.
 
-        Each is created there unless present (a newer key wins), then purged
+        Each is created there unless present (a newer key wins), then deleted
         here, so erasure finds every key where it now looks.
         """
         state = self._state
@@ -149,10 +151,10 @@ class KvStore:
                 try:
                     entry = await state.kv.get(key)
                 except nats.js.errors.KeyNotFoundError:
-                    continue  # a purge marker
+                    continue  # a delete (or purge) marker
                 if entry.value is not None:
                     await self._write(self._keys, key, entry.value, ttl=None, last=0)
-                await state.kv.purge(key)
+                await state.kv.delete(key)
 
     def _require_connected(self) -> None:
         # nats-py would buffer the request until reconnected; fail fast instead.
@@ -203,10 +205,11 @@ class KvStore:
         await self._publish(key, value, ttl, last=None)
 
     async def delete(self, key: str) -> None:
-        """Purge `key` and its history."""
+        """Delete `key`: no earlier revision of it is kept."""
         check_key(key)
         self._require_connected()
-        await self._bucket(key).kv.purge(key)
+        # A delete marker: the bucket keeps one message per key, so the value goes.
+        await self._bucket(key).kv.delete(key)
 
     async def compare_and_set(
         self, key: str, expected: bytes | None, value: bytes, *, ttl: float | None
@@ -221,7 +224,7 @@ class KvStore:
         """Live keys under `prefix.`, sorted.
 
         The stream's subject list names every key written (deleted ones
-        keep a purge marker); each is then read to keep only live values.
+        keep a delete marker); each is then read to keep only live values.
         (A KV watcher is not used: it may report the end of the initial
         values before it has delivered them all.)
         """
@@ -272,19 +275,41 @@ async def _bucket(
 ) -> KeyValue:
     """Create the bucket, or bind to it as it is if it exists with other settings.
 
+    It is made as nats-py makes a KV bucket (history 1), but refuses
+    roll-up headers: with them, one publish with `Nats-Rollup: all` from
+    any connection that may write a key would wipe every key of the
+    bucket (the data keys, and with them every sealed record). A delete
+    marker needs none, and with history 1 it replaces the value.
+
     A `private` bucket is bound without asking for its stream's info, which
     the node user may not read (it would list the keys).
     """
-    config = KeyValueConfig(bucket=name, history=1, replicas=replicas, direct=True)
+    stream = f"KV_{name}"
+    config = StreamConfig(
+        name=stream,
+        subjects=[f"$KV.{name}.>"],
+        allow_direct=True,
+        allow_rollup_hdrs=False,
+        allow_msg_ttl=True,
+        deny_delete=True,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=_KV_DUPLICATE_WINDOW,
+        max_consumers=-1,
+        max_msgs=-1,
+        max_msgs_per_subject=1,
+        num_replicas=replicas,
+    )
     try:
-        return await js.create_key_value(config)
+        await js.add_stream(config)
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != _STREAM_IN_USE:
             raise
-    logger.warning(
-        "KV bucket %s exists with other settings than [state] asks for; using it as it is",
-        name,
-    )
-    if private:
-        return KeyValue(name=name, stream=f"KV_{name}", pre=f"$KV.{name}.", js=js, direct=True)
-    return await js.key_value(name)
+        logger.warning(
+            "KV bucket %s exists with other settings than [state] asks for; using it as it"
+            " is (one that takes roll-up headers can be wiped by any writer: an admin can"
+            " set allow_rollup_hdrs = false)",
+            name,
+        )
+        if not private:
+            return await js.key_value(name)  # as it is: direct gets or not
+    return KeyValue(name=name, stream=stream, pre=f"$KV.{name}.", js=js, direct=True)

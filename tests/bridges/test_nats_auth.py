@@ -21,6 +21,7 @@ import msgspec
 import nats
 import nats.aio.client
 import nats.errors
+import nats.js.errors
 import nkeys
 import pytest
 from cryptography import x509
@@ -36,13 +37,24 @@ from bridges.nats._auth import (
     ADMIN_USER,
     NODE_USER,
     EmbeddedUsers,
+    JetStreamNames,
     connect_options,
     data_keys_bucket,
 )
 from bridges.nats._embedded import ServerTls, find_nats_server, port_answers
 from bridges.stores import KvStore, LoopStore
+from bridges.stores._audit import JetStreamAudit
 from config import NatsSettings, StateSettings, decode
-from messages import ConfigError, GenerateRequest, Metadata, Ping, Pong, new_message_id
+from messages import (
+    ConfigError,
+    GenerateRequest,
+    Metadata,
+    Ping,
+    Pong,
+    UserDataErased,
+    encode,
+    new_message_id,
+)
 from tests.conftest import WAIT
 
 DENIED = 0.05  # a refused JetStream request gets no reply: it times out this soon
@@ -263,6 +275,8 @@ def test_bad_credential_and_tls_settings_fail_at_start_naming_the_key(tmp_path: 
         "nats.tls_key_file": {"tls_cert_file": str(cert)},
         "nats.tls_cert_file": {"tls_key_file": str(cert)},
         "nats.tls_ca_file": {"tls_ca_file": str(tmp_path / "missing.pem")},
+        # A nats:// URL would send the credentials in the clear to a server that asks no TLS.
+        "nats.url": {"tls_ca_file": str(cert), "url": "nats://127.0.0.1:4222"},
         "nats.user": {"user": "someone"},
         "nats.password_env": {"password_env": UNSET},
         "nats.token_env": {"token_env": "T", "user": "u", "password_env": "P"},
@@ -275,7 +289,7 @@ def test_bad_credential_and_tls_settings_fail_at_start_naming_the_key(tmp_path: 
         connect_options(NatsSettings(user="u", password_env=UNSET), env={})
     assert raised.value.path == "nats.password_env"
     with pytest.raises(ConfigError) as raised:
-        connect_options(NatsSettings(tls_ca_file=str(cert)))
+        connect_options(NatsSettings(url="tls://127.0.0.1:4222", tls_ca_file=str(cert)))
     assert raised.value.path == "nats.tls_ca_file"
 
 
@@ -610,3 +624,106 @@ async def test_an_nkey_seed_file_authenticates_and_another_seed_does_not(
     stranger.write_bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
     other = NatsSettings(url=url, embed=False, nkey_seed_file=str(stranger))
     assert "uthorization" in await _refused(url, **connect_options(other))
+
+
+def test_a_roll_up_header_cannot_wipe_the_data_keys_the_node_made(
+    auth_nats_server: NatsServer, io: IoLoop
+) -> None:
+    store = _keys_store(io, auth_nats_server, NODE_USER, "AF_STATE")
+    try:
+        keys = DataKeys(LoopStore(io, store, timeout=WAIT))
+        kept = {user: keys.current(user) for user in ("jane", "joe")}
+    finally:
+        io.run(store.close(), timeout=WAIT)
+
+    async def wipe() -> None:
+        node = await _client(auth_nats_server, NODE_USER)
+        try:
+            with pytest.raises(nats.js.errors.APIError, match="rollup"):
+                await node.jetstream().publish(
+                    f"$KV.{data_keys_bucket('AF_STATE')}.auditkey.user.mallory",
+                    b"",
+                    headers={"Nats-Rollup": "all"},
+                )
+        finally:
+            await node.close()
+
+    io.run(wipe(), timeout=WAIT)
+    store = _keys_store(io, auth_nats_server, NODE_USER, "AF_STATE")
+    try:
+        keys = DataKeys(LoopStore(io, store, timeout=WAIT))
+        for key_id, secret in kept.values():
+            assert keys.secret(key_id) == secret
+    finally:
+        io.run(store.close(), timeout=WAIT)
+
+
+async def test_the_node_user_hears_none_of_the_admins_replies(
+    auth_nats_server: NatsServer,
+) -> None:
+    await _audit_with_records(auth_nats_server)
+    node = await _client(auth_nats_server, NODE_USER)
+    heard: list[bytes] = []
+
+    async def snoop(msg: Any) -> None:
+        heard.append(msg.data)
+
+    await node.subscribe("_INBOX.>", cb=snoop)
+    await node.flush()
+    admin = await nats.connect(
+        auth_nats_server.url, **connect_options(_as(auth_nats_server, ADMIN_USER))
+    )
+    try:
+        info = await admin.jetstream().stream_info(AUDIT)
+        message = await admin.jetstream().get_msg(AUDIT, seq=1)
+        assert (info.state.messages, message.data) == (RECORDS, b"record 0")
+        await node.flush()
+    finally:
+        await admin.close()
+        await node.close()
+    assert not [data for data in heard if b"record" in data or AUDIT.encode() in data]
+
+
+def test_a_record_published_first_under_the_real_ones_request_id_does_not_drop_it(
+    auth_nats_server: NatsServer, io: IoLoop
+) -> None:
+    state = StateSettings(backend="kv", audit_stream=AUDIT, timeout=1.0)
+    node = _as(auth_nats_server, NODE_USER)
+    log = io.run(JetStreamAudit.open(auth_nats_server.url, state, node, name="n"), timeout=WAIT)
+    real = UserDataErased(at=1.0, node="n1", request_id="r-1", key_ids=["k"], tickets=1)
+    forged = UserDataErased(at=1.0, node="evil", request_id="r-1", key_ids=[], tickets=0)
+
+    async def forge() -> None:
+        other = await _client(auth_nats_server, NODE_USER)
+        try:
+            await other.jetstream().publish(
+                "af.audit.erasure", encode(forged), headers={"Nats-Msg-Id": "r-1"}
+            )
+        finally:
+            await other.close()
+
+    try:
+        io.run(forge(), timeout=WAIT)
+        io.run(log.append(real), timeout=WAIT)
+        io.run(log.append(real), timeout=WAIT)  # the same record again: stored once
+    finally:
+        io.run(log.close(), timeout=WAIT)
+
+    async def stored() -> list[bytes]:
+        admin = await _client(auth_nats_server, ADMIN_USER)
+        try:
+            js = admin.jetstream()
+            count = (await js.stream_info(AUDIT)).state.messages
+            return [(await js.get_msg(AUDIT, seq=n)).data for n in range(1, count + 1)]
+        finally:
+            await admin.close()
+
+    assert io.run(stored(), timeout=WAIT) == [encode(forged), encode(real)]
+
+
+def test_settings_that_give_two_roles_one_stream_are_refused() -> None:
+    settings = decode(
+        {"events": {"dead_letter_stream": "AF_AUDIT"}, "state": {"audit_stream": "AF_AUDIT"}}
+    )
+    with pytest.raises(ConfigError, match=r"AF_AUDIT is also events\.dead_letter_stream"):
+        JetStreamNames.from_settings(settings)
