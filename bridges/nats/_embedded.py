@@ -15,11 +15,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from tempfile import gettempdir
 from typing import TYPE_CHECKING, Final, Self
 from urllib.parse import urlsplit
 
-from bridges.nats._auth import NODE_USER, EmbeddedUsers, JetStreamNames, embedded_users
+from bridges.nats._auth import (
+    NODE_USER,
+    EmbeddedUsers,
+    JetStreamNames,
+    embedded_users,
+    private_directory,
+)
 from messages import ConfigError, Unavailable
 from supervisors import unpin_process
 
@@ -289,7 +294,8 @@ def embedded_server(
     broker in place of a remote or clustered one that is down (it would cut
     itself off). The embedded server listens on the URL's own port, so other
     nodes on this host find it, and keeps its JetStream data in
-    `nats.store_dir` (default `<temp dir>/actorfleet-nats-<port>`). With
+    `nats.store_dir` (default `$XDG_STATE_HOME/actorfleet/nats-<port>`, which
+    must be this user's private directory). With
     `nats.embed_auth` its users' passwords are generated there on its first
     start (`<store_dir>/auth/`) and kept for later ones; `names` shape the
     node user's permissions.
@@ -300,6 +306,9 @@ def embedded_server(
     store = embedded_store(settings)
     if store is None:
         return None
+    private_directory(store, key="nats.store_dir")
+    if not settings.embed_auth:
+        logger.warning("the embedded NATS server runs without authentication (nats.embed_auth)")
     users = embedded_users(settings, store)
     if users is not None and users.ensure():
         logger.warning(
@@ -335,7 +344,17 @@ def embedded_store(settings: NatsSettings) -> Path | None:
     [(host, port), *others] = host_ports(settings.url)
     if others or not _is_loopback(host):
         return None
-    return Path(settings.store_dir or Path(gettempdir()) / f"actorfleet-nats-{port}")
+    return Path(settings.store_dir) if settings.store_dir else state_home() / f"nats-{port}"
+
+
+def state_home() -> Path:
+    """Where this user's actorfleet keeps data between runs (`$XDG_STATE_HOME/actorfleet`).
+
+    Not the shared temporary directory, where another local user could make
+    a node's directories first.
+    """
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "actorfleet"
 
 
 def _is_loopback(host: str) -> bool:

@@ -727,3 +727,19 @@ def test_settings_that_give_two_roles_one_stream_are_refused() -> None:
     )
     with pytest.raises(ConfigError, match=r"AF_AUDIT is also events\.dead_letter_stream"):
         JetStreamNames.from_settings(settings)
+
+
+def test_a_store_directory_someone_else_could_have_made_is_refused(tmp_path: Path) -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    squatted = tmp_path / "squatted"
+    (squatted / "auth").mkdir(parents=True)
+    squatted.chmod(0o777)  # as a shared temporary directory's newcomer would leave it
+    with pytest.raises(ConfigError, match=r"nats\.store_dir.*not a private directory"):
+        embedded_server(NatsSettings(url=url, store_dir=str(squatted)))
+    squatted.chmod(0o700)
+    (squatted / "auth").chmod(0o700)
+    planted = squatted / "auth" / f"{ADMIN_USER}.password"
+    planted.write_text("a password someone chose")
+    planted.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"not a private file"):
+        embedded_server(NatsSettings(url=url, store_dir=str(squatted)))

@@ -11,6 +11,7 @@ import pytest
 
 from actors import Runtime
 from bridges import IoLoop, NatsBridge, NatsServer, build_node, embedded_server, free_port
+from bridges.nats._embedded import state_home
 from config import EventSettings, NatsSettings, decode
 from messages import ChildExited, ChildRestarted, Ping, Pong, Unavailable
 from supervisors import ChildStatistics, SupervisorStatistics
@@ -195,7 +196,8 @@ def test_embedding_happens_only_for_one_loopback_url_that_nothing_answers(
     one = embedded_server(NatsSettings(url=dead))
     assert one is not None
     assert one.url == dead
-    assert "actorfleet-nats-" in str(one.store_dir)
+    # This user's own state directory, not the shared temporary one.
+    assert one.store_dir == state_home() / f"nats-{one.port}"
     # A cluster list with one live member: use the cluster, embed nothing.
     assert embedded_server(NatsSettings(url=f"{dead},{nats_server.url}")) is None
     # A remote server that is down must not be replaced by a private one.
