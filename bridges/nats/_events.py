@@ -28,6 +28,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from actors import Call, Reply
 from bridges.nats._serving import headers_size
+from bridges.nats._streams import hazards
 from bridges.nats._wire import (
     ERROR_CODE,
     ERROR_MESSAGE,
@@ -206,6 +207,13 @@ class EventRouter:
         else:
             return
         held = (await self.js.stream_info(str(config.name))).config
+        dangers = hazards(held)
+        if dangers:
+            msg = (
+                f"the stream {config.name} exists, and {'; '.join(dangers)}:"
+                " an admin must recreate it"
+            )
+            raise Unavailable(msg)
         wanted = (sorted(config.subjects or []), config.num_replicas, config.duplicate_window)
         if (sorted(held.subjects or []), held.num_replicas, held.duplicate_window) == wanted:
             return

@@ -19,6 +19,7 @@ import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
 
 from bridges.nats._connect import ClosedWatch, connection_problem, open_connection
+from bridges.nats._streams import hazards
 from bridges.stores._loop_store import run_or_unavailable
 from config import redact_url
 from messages import AuditRecord, GenerationAudited, Unavailable, decode, encode
@@ -117,17 +118,21 @@ class JetStreamAudit:
         else:
             return
         found = (await self._js.stream_info(self.stream)).config
-        if (
-            found.deny_delete
-            and found.deny_purge
-            and set(config.subjects or ()) <= set(found.subjects or ())
-        ):
+        dangers = hazards(found, records=True)
+        if not dangers and set(config.subjects or ()) <= set(found.subjects or ()):
             logger.warning(
                 "audit stream %s exists with other settings than [state] asks for;"
                 " using it as it is (the NATS admin may update it)",
                 self.stream,
             )
             return
+        if [d for d in dangers if d != "allows delete or purge"]:
+            # Made by someone else with settings that leak or drop records.
+            msg = (
+                f"the audit stream {self.stream} exists, and {'; '.join(dangers)}:"
+                " an admin must recreate it"
+            )
+            raise Unavailable(msg)
         await self._js.update_stream(config)
 
     def subject(self, record: AuditRecord) -> str:

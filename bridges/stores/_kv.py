@@ -28,6 +28,7 @@ from bridges.nats._connect import (
     open_connection,
     supports_message_ttl,
 )
+from bridges.nats._streams import hazards
 from config import redact_url
 from messages import Unavailable
 
@@ -304,12 +305,22 @@ async def _bucket(
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != _STREAM_IN_USE:
             raise
+        if private:
+            # Its settings cannot be read here (that would list the keys), so
+            # one made otherwise than this is not trusted with them.
+            msg = f"the KV bucket {name} exists with other settings: an admin must recreate it"
+            raise Unavailable(msg) from exc
+        dangers = hazards((await js.stream_info(stream)).config)
+        if dangers:
+            msg = (
+                f"the KV bucket {name} exists, and {'; '.join(dangers)}: an admin must recreate it"
+            )
+            raise Unavailable(msg) from exc
         logger.warning(
             "KV bucket %s exists with other settings than [state] asks for; using it as it"
             " is (one that takes roll-up headers can be wiped by any writer: an admin can"
             " set allow_rollup_hdrs = false)",
             name,
         )
-        if not private:
-            return await js.key_value(name)  # as it is: direct gets or not
+        return await js.key_value(name)  # as it is: direct gets or not
     return KeyValue(name=name, stream=stream, pre=f"$KV.{name}.", js=js, direct=True)

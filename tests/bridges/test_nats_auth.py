@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from nats.js.api import StreamConfig
+from nats.js.api import RePublish, StreamConfig, StreamSource
 
 from actors import DataKeys
 from bridges import IoLoop, NatsServer, build_node, embedded_server, free_port
@@ -42,6 +42,7 @@ from bridges.nats._auth import (
     data_keys_bucket,
 )
 from bridges.nats._embedded import ServerTls, find_nats_server, port_answers
+from bridges.nats._streams import hazards
 from bridges.stores import KvStore, LoopStore
 from bridges.stores._audit import JetStreamAudit
 from config import NatsSettings, StateSettings, decode
@@ -51,6 +52,7 @@ from messages import (
     Metadata,
     Ping,
     Pong,
+    Unavailable,
     UserDataErased,
     encode,
     new_message_id,
@@ -743,3 +745,40 @@ def test_a_store_directory_someone_else_could_have_made_is_refused(tmp_path: Pat
     planted.chmod(0o644)
     with pytest.raises(ConfigError, match=r"not a private file"):
         embedded_server(NatsSettings(url=url, store_dir=str(squatted)))
+
+
+def test_streams_another_node_user_made_first_to_leak_or_drop_are_refused(
+    auth_nats_server: NatsServer, io: IoLoop
+) -> None:
+    keys = data_keys_bucket("AF_STATE")
+
+    async def made_first() -> None:
+        other = await _client(auth_nats_server, NODE_USER)
+        js = other.jetstream()
+        try:
+            leaky = RePublish(src=f"$KV.{keys}.>", dest="af.evt.leak.>")
+            await js.add_stream(
+                StreamConfig(name=f"KV_{keys}", subjects=[f"$KV.{keys}.>"], republish=leaky)
+            )
+            await js.add_stream(StreamConfig(name=AUDIT, subjects=["af.audit.>"], max_msgs=1))
+        finally:
+            await other.close()
+
+    io.run(made_first(), timeout=WAIT)
+    node = _as(auth_nats_server, NODE_USER)
+    state = StateSettings(backend="kv", audit_stream=AUDIT, timeout=1.0)
+    with pytest.raises(Unavailable, match=f"KV bucket {keys} exists with other settings"):
+        io.run(KvStore.open(auth_nats_server.url, state, node, name="n"), timeout=WAIT)
+    with pytest.raises(Unavailable, match=r"has max_msgs = 1.*an admin must recreate it"):
+        io.run(JetStreamAudit.open(auth_nats_server.url, state, node, name="n"), timeout=WAIT)
+
+
+def test_a_stream_that_copies_what_it_stores_elsewhere_is_a_hazard() -> None:
+    assert hazards(StreamConfig(name="E", subjects=["af.evt.>"])) == []
+    sourced = StreamConfig(name="D", sources=[StreamSource(name=AUDIT)])
+    assert hazards(sourced) == ["sources other streams"]
+    kept = StreamConfig(name=AUDIT, deny_delete=True, deny_purge=True)
+    assert hazards(kept, records=True) == []
+    assert "has max_age = 60.0" in hazards(
+        StreamConfig(name=AUDIT, deny_delete=True, deny_purge=True, max_age=60.0), records=True
+    )
