@@ -29,6 +29,7 @@ from config._settings import (
     TelemetrySettings,
     decode,
     default_toml,
+    is_loopback_host,
     load,
     load_with_origins,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "TokenSettings",
     "decode",
     "default_toml",
+    "is_loopback_host",
     "load",
     "load_with_origins",
     "read_rules_file",

@@ -259,7 +259,7 @@ class HttpSettings(Section, frozen=True, kw_only=True):
         return bool(self.api_keys or self.credentials or self.tokens.issuer)
 
     def __post_init__(self) -> None:
-        if self.enabled and not self.authenticated and not _is_loopback_host(self.host):
+        if self.enabled and not self.authenticated and not is_loopback_host(self.host):
             reason = (
                 f"binding {self.host!r} (not loopback) needs http.credentials,"
                 " http.tokens or http.api_keys"
@@ -272,7 +272,8 @@ class HttpSettings(Section, frozen=True, kw_only=True):
             raise ConfigError("http.credentials", "two credentials have the same name")
 
 
-def _is_loopback_host(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` (a name or an address, without port) is this machine's loopback."""
     if host == "localhost":
         return True
     try:

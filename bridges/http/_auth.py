@@ -17,7 +17,6 @@ Failures follow RFC 6750: no credential or a bad one is 401 with
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 import typing
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import jwt
 import msgspec
 from litestar.exceptions import NotAuthorizedException
 
+from config import is_loopback_host
 from messages import ConfigError, Forbidden, Principal, Priority, Scope, UserRef
 
 if TYPE_CHECKING:
@@ -187,12 +187,7 @@ def same_machine(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> None
 def _loopback(netloc: str) -> bool:
     name = netloc.rsplit("@", 1)[-1]
     name = name[1 : name.find("]")] if name.startswith("[") else name.rpartition(":")[0] or name
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(name)
 
 
 def remember(connection: ASGIConnection[Any, Any, Any, Any], grant: Grant) -> None:

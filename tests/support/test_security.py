@@ -39,6 +39,13 @@ CREDENTIALS = [
 ]
 ISSUER = "https://login.example.test"
 BILLING = "I was charged twice for my March invoice"
+BOBS_ORDER = {
+    "type": "OrderRequest",
+    "customer_id": "bob",
+    "base_price_usd": 100.0,
+    "contract_length_months": 12,
+    "destination": {"country": "DE"},
+}
 
 
 def as_key(name: str) -> dict[str, str]:
@@ -204,13 +211,7 @@ def test_a_user_key_orders_and_reads_shipments_for_its_own_customer_only(
     secured: Service,
 ) -> None:
     _node, client = secured
-    order = {
-        "type": "OrderRequest",
-        "customer_id": "bob",
-        "base_price_usd": 100.0,
-        "contract_length_months": 12,
-        "destination": {"country": "DE"},
-    }
+    order = BOBS_ORDER
     bob, jane = as_key("AF_KEY_BOB"), as_key("AF_KEY_JANE")
     assert client.post("/v1/agents/pricing", json=order, headers=jane).status_code == 403
     placed = client.post("/v1/agents/pricing", json=order, headers=bob)
@@ -241,13 +242,7 @@ def test_a_key_limited_to_some_agent_types_reaches_generation_only_if_it_lists_i
 def test_a_service_names_the_customer_whose_shipment_it_reads(secured: Service) -> None:
     _node, client = secured
     service = bearer(token(sub="web-frontend", scope="actorfleet:service"))
-    order = {
-        "type": "OrderRequest",
-        "customer_id": "bob",
-        "base_price_usd": 100.0,
-        "contract_length_months": 12,
-        "destination": {"country": "DE"},
-    }
+    order = BOBS_ORDER
     placed = client.post("/v1/agents/pricing", json=order, headers=as_key("AF_KEY_BOB"))
     assert placed.status_code == 200, placed.text
     order_id = placed.json()["order_id"]
