@@ -110,3 +110,18 @@ def test_a_user_key_cannot_make_its_requests_critical() -> None:
     asked = Metadata(id="m", deadline=time.time() + 5, priority=Priority.CRITICAL)
     acted = auth.acting(grant, "support", object(), asked)
     assert (acted.priority, acted.principal) == (Priority.DEFAULT, grant.principal)
+
+
+@pytest.mark.slow
+def test_a_token_verified_once_is_still_refused_once_it_expires() -> None:
+    secret = "s" * 32
+    tokens = {"issuer": "i", "secret_env": "S", "algorithms": ["HS256"], "leeway": 0}
+    auth = authenticator({"S": secret}, tokens=tokens)
+    expires = int(time.time()) + 2
+    claims = {"iss": "i", "aud": "actorfleet", "sub": "jane", "exp": expires}
+    bearer = {"authorization": f"Bearer {jwt.encode(claims, secret, algorithm='HS256')}"}
+    first = auth.authenticate(bearer)
+    assert auth.authenticate(bearer) is first  # verified once, then remembered
+    time.sleep(max(expires - time.time(), 0) + 0.1)  # the behaviour under test: its expiry
+    with pytest.raises(NotAuthorizedException, match="expired"):
+        auth.authenticate(bearer)
