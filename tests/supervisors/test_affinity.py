@@ -73,7 +73,10 @@ def test_pinning_to_an_unavailable_cpu_is_a_config_error() -> None:
 def test_a_node_configured_with_cpus_runs_pinned(tmp_path: Path) -> None:
     cpu = min(os.sched_getaffinity(0))
     file = tmp_path / "pinned.toml"
-    file.write_text(f'[node]\ncpus = [{cpu}]\n\n[[pools]]\nagent = "actors:PingAgent"\n')
+    file.write_text(
+        f"[node]\ncpus = [{cpu}]\n\n[nats]\nenabled = false\n\n[http]\nenabled = false\n\n"
+        '[[pools]]\nagent = "actors:PingAgent"\n'
+    )
     out = subprocess.run(
         [sys.executable, "-m", "bridges", "run", "--config", str(file), "--duration", "0.1"],
         capture_output=True,
