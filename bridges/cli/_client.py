@@ -24,6 +24,7 @@ from supervisors import SupervisorStatistics
 if TYPE_CHECKING:
     from config import Settings
 
+_START_ONE: Final = "; start one (actorfleet run) or give its --url"
 API_KEY_ENV: Final = "AF_API_KEY"
 _CLIENT_TIMEOUT: Final = 10.0
 _OK: Final = 200
@@ -86,7 +87,7 @@ def status(url: str) -> int:
     try:
         response = httpx.get(f"{url}/healthz", timeout=_CLIENT_TIMEOUT)
     except httpx.HTTPError as exc:
-        print(f"actorfleet status: no node answers at {url}: {exc}", file=sys.stderr)
+        print(f"actorfleet status: no node answers at {url}: {exc}{_START_ONE}", file=sys.stderr)
         return 1
     report = response.json()
     print(f"{url}: {report.get('status', 'unknown')}")
@@ -115,6 +116,9 @@ def send(args: argparse.Namespace, url: str) -> int:
                 response.read()
                 return _print_reply(response)
             return _print_events(_sse(response.iter_lines()))
+    except httpx.ConnectError as exc:
+        print(f"actorfleet send: no node answers at {url}: {exc}{_START_ONE}", file=sys.stderr)
+        return 1
     except httpx.HTTPError as exc:
         print(f"actorfleet send: {exc}", file=sys.stderr)
         return 1

@@ -86,6 +86,11 @@ class ClosedWatch:
         self._listeners: list[Callable[[str], None]] = []
         self.reason: str | None = None
 
+    @property
+    def bound(self) -> bool:
+        """Whether the connection is up (was bound once)."""
+        return self._client is not None
+
     def bind(self, client: nats.aio.client.Client) -> None:
         """The connection watched (its `last_error` says why it closed)."""
         self._client = client
@@ -126,6 +131,16 @@ async def open_connection(
         ConfigError: If a credential or TLS file of `settings` cannot be used.
     """
     watch = watch or ClosedWatch()
+    last: list[Exception] = []
+
+    async def on_error(error: Exception) -> None:
+        # Before the first connection each refused attempt is kept, not
+        # logged: the one line that matters is the Unavailable below.
+        if not watch.bound:
+            last[:] = [error]
+            return
+        await _log_error(error)
+
     connecting = connect(
         url.split(","),
         settings=settings,
@@ -133,14 +148,19 @@ async def open_connection(
         reconnect_time_wait=settings.reconnect_wait,
         max_reconnect_attempts=-1,
         connect_timeout=max(1, math.ceil(settings.connect_timeout)),
-        error_cb=_log_error,
+        error_cb=on_error,
         closed_cb=watch.closed,
     )
     try:
         # With reconnects allowed nats-py retries the first connect forever.
         client = await asyncio.wait_for(connecting, settings.connect_timeout)
     except (OSError, TimeoutError, nats.errors.Error) as exc:
-        msg = f"cannot connect to NATS at {redact_url(url)}: {str(exc) or type(exc).__name__}"
+        cause = last[0] if last else exc
+        msg = (
+            f"no NATS server answers at {redact_url(url)} within"
+            f" {settings.connect_timeout:g} s ({str(cause) or type(cause).__name__}):"
+            " start a node (actorfleet run) or set nats.url (AF_NATS_URL)"
+        )
         raise Unavailable(msg) from exc
     watch.bind(client)
     return client

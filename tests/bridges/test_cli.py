@@ -108,6 +108,23 @@ def test_status_of_a_node_that_is_not_there_fails(capsys: pytest.CaptureFixture[
     assert "no node answers" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the audit waits out nats.connect_timeout (2 s)
+def test_send_and_audit_with_nothing_reachable_say_so_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["send", "support", "{}", "--url", f"http://127.0.0.1:{free_port()}"]) == 1
+    sent = capsys.readouterr().err.splitlines()
+    assert len(sent) == 1
+    assert sent[0].startswith("actorfleet send: no node answers at http://127.0.0.1:")
+    assert sent[0].endswith("; start one (actorfleet run) or give its --url")
+    monkeypatch.setenv("AF_NATS_URL", f"nats://127.0.0.1:{free_port()}")
+    assert main(["audit"]) == 2
+    audited = capsys.readouterr().err.splitlines()
+    assert len(audited) == 1
+    assert "no NATS server answers at nats://127.0.0.1:" in audited[0]
+    assert audited[0].endswith("start a node (actorfleet run) or set nats.url (AF_NATS_URL)")
+
+
 def test_send_refuses_a_body_that_is_not_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["send", "support", "{nope", "--url", "http://127.0.0.1:1"]) == 2
     assert "not JSON" in capsys.readouterr().err
