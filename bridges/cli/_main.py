@@ -17,7 +17,9 @@ import config
 from actors import tracing_from_settings
 from bridges._loop import run_async
 from bridges.cli._client import add_client_commands, audit, default_url, print_tree, send, status
+from bridges.nats._embedded import LOG_FILE, embedded_store
 from bridges.node._build import build_node, import_agent
+from bridges.node._edges import EMBEDDED_CHILD
 from bridges.workers._worker import serve_worker
 from inference import check_available
 from messages import ActorfleetError, ConfigError, StartFailed, Unavailable
@@ -111,6 +113,9 @@ def _describe(settings: config.Settings, tree: SupervisorStatistics, types: list
         print(f"  OpenAPI  {api}/schema")
         print(f"  health   {health}/healthz  (/livez, /readyz)")
         print(f"  metrics  {health}/metrics")
+    store = embedded_store(settings.nats)
+    if store is not None and _has_child(tree, EMBEDDED_CHILD):
+        print(f"  NATS     embedded nats-server, its log in {store / LOG_FILE}")
     for child_id, label in (("nats", "NATS"), ("state", "state"), ("audit", "audit")):
         detail = _child_detail(tree, child_id)
         if detail is not None:
@@ -123,6 +128,14 @@ def _describe(settings: config.Settings, tree: SupervisorStatistics, types: list
         model = getattr(backend, "model_path", "") or backend.model
         note = " (rule-driven replies, no model)" if kind == "scripted" else ""
         print(f"  backend  tier {tier.name}: {kind} {model}{note}")
+
+
+def _has_child(tree: SupervisorStatistics, child_id: str) -> bool:
+    return any(
+        child.id == child_id
+        or (child.supervisor is not None and _has_child(child.supervisor, child_id))
+        for child in tree.children
+    )
 
 
 def _child_detail(tree: SupervisorStatistics, child_id: str) -> str | None:

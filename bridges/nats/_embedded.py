@@ -39,6 +39,7 @@ _READY_TIMEOUT: Final = 10.0
 _STOP_TIMEOUT: Final = 5.0
 _POLL: Final = 0.01
 _NATS_PORT: Final = 4222
+LOG_FILE: Final = "nats-server.log"
 
 
 def find_nats_server() -> str:
@@ -135,6 +136,8 @@ class NatsServer:
             permissions follow `names`) or the admin. None: an open server.
         names: The subjects and streams the node user's permissions name.
         tls: With it, clients connect over TLS (mutual, with a CA).
+        log_file: Where the server logs (its banner, warnings); None: its
+            standard error, which its starter decides.
     """
 
     def __init__(
@@ -149,7 +152,9 @@ class NatsServer:
         users: EmbeddedUsers | None = None,
         names: JetStreamNames | None = None,
         tls: ServerTls | None = None,
+        log_file: Path | None = None,
     ) -> None:
+        self.log_file = log_file
         self.port = port or free_port()
         self.name = name or f"af-{self.port}"
         self.cluster = cluster
@@ -201,6 +206,8 @@ class NatsServer:
             argv += ["-c", str(self.users.write_server_config(self.names))]
         if self.tls is not None:
             argv += self.tls.argv()
+        if self.log_file is not None:
+            argv += ["--log", str(self.log_file)]
         return argv
 
     def start(self, *, wait: bool = True) -> Self:
@@ -318,7 +325,8 @@ def embedded_server(
             users.password_file(NODE_USER),
         )
     port = servers[0][1]
-    return NatsServer(port=port, store_dir=store, users=users, names=names)
+    log = store / LOG_FILE
+    return NatsServer(port=port, store_dir=store, users=users, names=names, log_file=log)
 
 
 def with_embedded_credentials(settings: NatsSettings, user: str = NODE_USER) -> NatsSettings:

@@ -42,6 +42,10 @@ class _StoreWhere:
     client_name: str
 
 
+EMBEDDED_CHILD: Final = "nats-server"
+"""The embedded server's child id in the tree."""
+
+
 def edge_children(
     settings: Settings,
     services: NodeServices,
@@ -73,7 +77,7 @@ def embedded_server_child(server: NatsServer, *, shutdown: float) -> ChildSpec:
     """A child spec that runs the embedded `nats-server` as a supervised OS process."""
 
     def start() -> ChildHandle:
-        child = ProcessChild(server.argv(), name="nats-server")
+        child = ProcessChild(server.argv(), name=EMBEDDED_CHILD)
         try:
             wait_listening(LOOPBACK, server.port, alive=lambda: child.alive)
         except Unavailable:
@@ -82,7 +86,7 @@ def embedded_server_child(server: NatsServer, *, shutdown: float) -> ChildSpec:
         return child
 
     return ChildSpec(
-        id="nats-server",
+        id=EMBEDDED_CHILD,
         start=start,
         restart=Restart.PERMANENT,
         shutdown=shutdown,

@@ -77,6 +77,9 @@ def test_actorfleet_run_serves_the_support_service_that_send_and_status_reach(
         lines = _wait_ready(proc)
         assert any("agents.support" in line for line in lines)
         assert any("nats-server (process" in line for line in lines)
+        # The server's banner goes to its log, whose path the start lines give.
+        [log] = [line.split()[-1] for line in lines if "embedded nats-server, its log in" in line]
+        assert "Starting nats-server" in Path(log).read_text()
         assert any("JetStream KV AF_STATE" in line for line in lines)
         assert any("backend  tier large: scripted scripted-large" in line for line in lines)
         [api] = [line.split()[2] for line in lines if line.strip().startswith("API ")]
