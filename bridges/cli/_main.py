@@ -116,6 +116,8 @@ def _describe(settings: config.Settings, tree: SupervisorStatistics, types: list
     store = embedded_store(settings.nats)
     if store is not None and _has_child(tree, EMBEDDED_CHILD):
         print(f"  NATS     embedded nats-server, its log in {store / LOG_FILE}")
+    elif settings.nats.enabled:
+        print("  NATS     a server already answered at the URL: this node started none")
     for child_id, label in (("nats", "NATS"), ("state", "state"), ("audit", "audit")):
         detail = _child_detail(tree, child_id)
         if detail is not None:

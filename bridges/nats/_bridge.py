@@ -137,9 +137,23 @@ class NatsBridge:
         return self._nc
 
     def describe(self) -> str:
-        """One line for the supervision tree: state, since when, where."""
+        """One line for the supervision tree: state, where, which server, since when."""
         age = time.time() - self.state_since
-        return f"{self.state} {redact_url(self.url)} for {age:.1f} s, {self.reconnects} reconnects"
+        return (
+            f"{self.state} {redact_url(self.url)}{self._server()} for {age:.1f} s,"
+            f" {self.reconnects} reconnects"
+        )
+
+    def _server(self) -> str:
+        """` (nats-server 2.10.1, JetStream)`: what answered, once connected."""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            return ""
+        version = nc.connected_server_version
+        # What the server said of itself in its INFO (nats-py keeps no public copy).
+        info: dict[str, object] = getattr(nc, "_server_info", {}) or {}
+        jetstream = "JetStream" if info.get("jetstream") else "no JetStream"
+        return f" (nats-server {version.major}.{version.minor}.{version.patch}, {jetstream})"
 
     def on_state_change(self, callback: typing.Callable[[ConnectionState], None]) -> None:
         """Call `callback(state)` (on the loop) whenever the connection state changes."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,8 @@ def test_a_lost_connection_is_visible_in_the_tree_and_heals_by_itself(
         assert nats.detail is not None
         assert nats.detail.startswith("connected")
         assert "1 reconnects" in nats.detail
+        # Which server answered: its version, and whether it has JetStream.
+        assert re.search(r"\(nats-server \d+\.\d+\.\d+, JetStream\)", nats.detail)
     finally:
         node.stop()
         assert node.run(handle_signals=False) == 0
