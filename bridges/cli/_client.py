@@ -1,4 +1,8 @@
-"""The `actorfleet` commands that talk to a running node: status, send, audit."""
+"""The `actorfleet` commands that talk to a running node over HTTP: status, send.
+
+They import httpx (and the tree's types) when they run, not when the
+command line is parsed, so `actorfleet --help` stays quick.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +11,16 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Final
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Final
 
-import httpx
 import msgspec
 
-from actors import state_key, unseal
-from bridges._loop import run_async
-from bridges.nats._auth import ADMIN_USER
-from bridges.nats._embedded import with_embedded_credentials
-from bridges.stores import AsyncStore, KvStore, RedisStore
-from bridges.stores._audit import JetStreamAudit
-from messages import GenerationAudited, UserDataErased
-from supervisors import SupervisorStatistics
-
 if TYPE_CHECKING:
+    import httpx
+
     from config import Settings
+    from supervisors import SupervisorStatistics
 
 _START_ONE: Final = "; start one (actorfleet run) or give its --url"
 API_KEY_ENV: Final = "AF_API_KEY"
@@ -84,6 +82,10 @@ def print_tree(tree: SupervisorStatistics, indent: str = "") -> None:
 
 def status(url: str) -> int:
     """Print the tree and the overall health from `/healthz`; 0 if it passes or warns."""
+    import httpx  # noqa: PLC0415 - only when it runs (a quick --help)
+
+    from supervisors import SupervisorStatistics  # noqa: PLC0415 - likewise
+
     try:
         response = httpx.get(f"{url}/healthz", timeout=_CLIENT_TIMEOUT)
     except httpx.HTTPError as exc:
@@ -102,6 +104,8 @@ def status(url: str) -> int:
 
 def send(args: argparse.Namespace, url: str) -> int:
     """POST the body to the agent type; print the reply (or each chunk, then the result)."""
+    import httpx  # noqa: PLC0415 - only when it runs (a quick --help)
+
     try:
         body = json.loads(args.body)
     except json.JSONDecodeError as exc:
@@ -126,7 +130,7 @@ def send(args: argparse.Namespace, url: str) -> int:
 
 def _print_reply(response: httpx.Response) -> int:
     text = json.dumps(response.json(), indent=2) if response.content else ""
-    ok = response.status_code < httpx.codes.BAD_REQUEST
+    ok = response.status_code < HTTPStatus.BAD_REQUEST
     print(text, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 
@@ -152,51 +156,3 @@ def _print_events(events: Iterator[tuple[str, str]]) -> int:
             print(json.dumps(json.loads(data), indent=2), flush=True)
             return 0 if event == "result" else 1
     return 1
-
-
-def audit(args: argparse.Namespace, settings: Settings) -> int:
-    """Print the last records of the audit log as JSON lines, unsealed where possible."""
-    state = settings.state
-    if not state.audit_stream:
-        print("actorfleet audit: [state] audit_stream is empty: no audit log", file=sys.stderr)
-        return 2
-    return run_async(_print_audit(settings, args.last))
-
-
-async def _print_audit(settings: Settings, last: int) -> int:
-    url = settings.nats.url
-    # Reading the log and the keys by id is the admin's (the embedded server's, on this host).
-    nats = with_embedded_credentials(settings.nats, ADMIN_USER)
-    log = await JetStreamAudit.open(
-        url, settings.state, nats, name="actorfleet-audit", create=False
-    )
-    store: AsyncStore | None = None
-    try:
-        if settings.state.backend == "kv":
-            store = await KvStore.open(url, settings.state, nats, name="actorfleet-audit")
-        elif settings.state.backend == "redis":
-            store = await RedisStore.open(settings.state)
-        async for record in log.records(last=max(last, 0)):
-            print(json.dumps(await _readable(record, store)), flush=True)
-    finally:
-        await log.close()
-        if store is not None:
-            await store.close()
-    return 0
-
-
-async def _readable(
-    record: GenerationAudited | UserDataErased, store: AsyncStore | None
-) -> dict[str, Any]:
-    shown: dict[str, Any] = msgspec.to_builtins(record)
-    if isinstance(record, GenerationAudited):
-        shown.pop("sealed")
-        secret = (
-            None if store is None else await store.get(state_key("auditkey", "id", record.key_id))
-        )
-        opened = None if secret is None else unseal(secret, record.sealed, key_id=record.key_id)
-        if opened is None:
-            shown["exchange"] = "sealed; its key was destroyed (erased) or is not in this store"
-        else:
-            shown["exchange"] = {"prompt": opened.prompt, "response": opened.response}
-    return shown

@@ -9,21 +9,16 @@ import threading
 from collections.abc import Sequence
 from importlib import metadata as distribution
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
 import config
-from actors import tracing_from_settings
-from bridges._loop import run_async
-from bridges.cli._client import add_client_commands, audit, default_url, print_tree, send, status
-from bridges.nats._embedded import LOG_FILE, embedded_store
-from bridges.node._build import build_node, import_agent
-from bridges.node._edges import EMBEDDED_CHILD
-from bridges.workers._worker import serve_worker
-from inference import check_available
+from bridges.cli._client import add_client_commands, default_url, send, status
 from messages import ActorfleetError, ConfigError, StartFailed, Unavailable
-from supervisors import Supervisor, SupervisorStatistics, pin_cpus
+
+if TYPE_CHECKING:
+    from supervisors import Supervisor, SupervisorStatistics
 
 EXIT_USAGE: Final = 2
 _MODEL_TIERS: Final = ("large", "small")
@@ -103,6 +98,9 @@ def _import_from(app_dir: str) -> None:
 
 def _describe(settings: config.Settings, tree: SupervisorStatistics, types: list[str]) -> None:
     """Where the node serves, and what answers for the model."""
+    from bridges.nats._embedded import LOG_FILE, embedded_store  # noqa: PLC0415 - loaded when the command runs (a quick --help)
+    from bridges.node._edges import EMBEDDED_CHILD  # noqa: PLC0415 - loaded when the command runs (a quick --help)
+
     http = _child_detail(tree, "http")
     if http is not None:
         # "serving <url>" or "serving <url>, health on <url>"
@@ -162,6 +160,8 @@ def with_models(settings: config.Settings, paths: Sequence[str]) -> config.Setti
     Raises:
         ConfigError: If a file is not a readable GGUF file.
     """
+    from inference import check_available  # noqa: PLC0415 - loaded when the command runs (a quick --help)
+
     configured = {tier.name: tier for tier in settings.inference.tiers}
     tiers = []
     for index, path in enumerate(paths):
@@ -182,6 +182,10 @@ def with_models(settings: config.Settings, paths: Sequence[str]) -> config.Setti
 
 
 def _run(args: argparse.Namespace) -> int:
+    from bridges.cli._client import print_tree  # noqa: PLC0415 - loaded when the command runs (a quick --help)
+    from bridges.node._build import build_node, import_agent  # noqa: PLC0415 - loaded when the command runs (a quick --help)
+    from supervisors import pin_cpus  # noqa: PLC0415 - loaded when the command runs (a quick --help)
+
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -211,6 +215,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from actors import tracing_from_settings  # noqa: PLC0415 - loaded when the command runs (a quick --help)
+    from bridges._loop import run_async  # noqa: PLC0415 - loaded when the command runs (a quick --help)
+    from bridges.workers._worker import serve_worker  # noqa: PLC0415 - loaded when the command runs (a quick --help)
+
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -252,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
             url = args.url or default_url(config.load(args.config))
             return status(url) if args.command == "status" else send(args, url)
         if args.command == "audit":
+            from bridges.cli._audit import audit  # noqa: PLC0415 - loaded when the command runs (a quick --help)
+
             return audit(args, config.load(args.config))
         _import_from(args.app_dir)  # only `run` is left
         return _run(args)
