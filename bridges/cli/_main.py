@@ -33,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a node until SIGTERM/SIGINT")
+    run.add_argument(
+        "agents",
+        nargs="*",
+        metavar="module:Class",
+        help="serve these agent classes (one pool each) instead of the configured pools,"
+        " over HTTP and NATS on the defaults (imported from --app-dir)",
+    )
     run.add_argument("--config", help="TOML file (default: the embedded config/default.toml)")
     run.add_argument(
         "--duration",
@@ -149,6 +156,20 @@ def _child_detail(tree: SupervisorStatistics, child_id: str) -> str | None:
     return None
 
 
+def with_agents(settings: config.Settings, paths: Sequence[str]) -> config.Settings:
+    """`settings` whose pools are one of each agent class named (`module:Class`).
+
+    Raises:
+        ConfigError: If a name is not `module:Class`.
+    """
+    try:
+        pools = [msgspec.convert({"agent": path}, config.PoolSettings) for path in paths]
+    except msgspec.ValidationError as exc:
+        msg = f"an agent is named module:Class, as myagents:GreeterAgent ({exc})"
+        raise ConfigError("run", msg) from exc
+    return msgspec.structs.replace(settings, pools=pools)
+
+
 def with_models(settings: config.Settings, paths: Sequence[str]) -> config.Settings:
     """`settings` with its tiers replaced by one llamacpp tier per GGUF file, largest first.
 
@@ -190,6 +211,8 @@ def _run(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = config.load(args.config)
+    if args.agents:
+        settings = with_agents(settings, args.agents)
     if args.model:
         settings = with_models(settings, args.model)
     if settings.node.cpus:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bridges import build_node, free_port, import_agent
-from bridges.cli._main import main
-from config import decode
+from bridges.cli._main import main, with_agents
+from config import decode, load
 from messages import ConfigError, Ping, Pong
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,7 +164,7 @@ def test_model_flags_replace_the_tiers_with_llamacpp_tiers_largest_first(
     large_gguf: Path, small_gguf: Path
 ) -> None:
     from bridges.cli._main import with_models  # noqa: PLC0415
-    from config import LlamaCppBackendSettings, load  # noqa: PLC0415
+    from config import LlamaCppBackendSettings  # noqa: PLC0415
 
     configured = load(None, env={})
     settings = with_models(configured, [str(large_gguf), str(small_gguf)])
@@ -244,3 +244,13 @@ def test_an_http_port_in_use_is_one_line_naming_the_setting_that_moves_it(
     assert "set http.port (AF_HTTP_PORT) to a free port, or 0 to pick one" in err
     assert "Traceback" not in err
     assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_run_serves_the_agent_classes_it_is_given_instead_of_the_configured_pools() -> None:
+    settings = with_agents(load(None, env={}), ["tests.agents:WorkerAgent", "actors:PingAgent"])
+    assert [(p.agent, p.size) for p in settings.pools] == [
+        ("tests.agents:WorkerAgent", 1),
+        ("actors:PingAgent", 1),
+    ]
+    with pytest.raises(ConfigError, match="module:Class"):
+        with_agents(settings, ["not-an-import-path"])
