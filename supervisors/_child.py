@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 from actors import ExitReason, LocalAgentRef
-from supervisors._process import ProcessChild
 from supervisors._spec import ChildHandle, ChildSpec
 from supervisors._stats import ChildStatistics, ChildStatus
 
@@ -71,6 +70,12 @@ class Child:
             restarts=self.restarts,
             last_exit=None if self.last_exit is None else str(self.last_exit),
             queue_depth=handle.queue_depth if isinstance(handle, LocalAgentRef) else None,
-            pid=handle.pid if isinstance(handle, ProcessChild) else None,
+            pid=_process_id(handle),
             detail=handle.detail if isinstance(handle, LocalAgentRef) else None,
         )
+
+
+def _process_id(handle: ChildHandle | None) -> int | None:
+    """The OS process a child runs as: any handle with an integer `pid` (a `ProcessChild`)."""
+    pid = getattr(handle, "pid", None)
+    return pid if isinstance(pid, int) else None

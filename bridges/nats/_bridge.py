@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind
 from actors import Call, Reply, Runtime, within
 from bridges._outbox import Outbox
 from bridges.nats._calls import request_reply, settle, stream_reply
-from bridges.nats._connect import connect
+from bridges.nats._connect import RateLimitedLog, connect
 from bridges.nats._events import EventRouter
 from bridges.nats._inbox import Inbox
 from bridges.nats._serving import AgentEndpoint, event_types, headers_size
@@ -120,6 +120,7 @@ class NatsBridge:
         self.outbox = Outbox(io)
         self._on_closed: list[typing.Callable[[], None]] = []
         self._last_error: Exception | None = None
+        self._log = RateLimitedLog(logger)
         self._on_state: list[typing.Callable[[ConnectionState], None]] = []
 
     # -- lifecycle (loop side) ---------------------------------------------
@@ -308,11 +309,13 @@ class NatsBridge:
         # nats-py retries on its own: a refused attempt is no news.
         self._last_error = error
         level = logging.DEBUG if self.state is ConnectionState.CONNECTING else logging.WARNING
-        logger.log(level, "NATS: %s", error)
+        self._log.log(level, f"{type(error).__name__}: {error}", f"NATS: {error}")
 
     async def _on_disconnected(self) -> None:
         if self._nc is not None:
-            logger.warning("NATS disconnected from %s", redact_url(self.url))
+            self._log.log(
+                logging.WARNING, "disconnected", f"NATS disconnected from {redact_url(self.url)}"
+            )
             self._set_state(ConnectionState.DISCONNECTED)
 
     async def _on_reconnected(self) -> None:

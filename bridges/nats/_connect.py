@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -21,6 +23,42 @@ if TYPE_CHECKING:
 
 logger: Final = logging.getLogger("actorfleet.nats")
 _CRLF: Final = b"\r\n"
+LOG_INTERVAL: Final = 5.0
+"""At most one line per cause in this many seconds while a connection is down."""
+
+
+class RateLimitedLog:
+    """Logs at most one line per cause every `interval` seconds, counting the rest.
+
+    A lost server makes every reconnect attempt fail the same way (several
+    times a second, on each connection of a node); one line per cause says
+    as much, and the next says how many were held back.
+    """
+
+    __slots__ = ("_interval", "_lock", "_logger", "_seen")
+
+    def __init__(self, log: logging.Logger, *, interval: float = LOG_INTERVAL) -> None:
+        self._logger = log
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def log(self, level: int, cause: str, message: str) -> None:
+        """Log `message` at `level` unless a line of the same `cause` went out lately."""
+        if not self._logger.isEnabledFor(level):
+            return
+        now = time.monotonic()
+        with self._lock:
+            last, held = self._seen.get(cause, (-math.inf, 0))
+            if now - last < self._interval:
+                self._seen[cause] = (last, held + 1)
+                return
+            self._seen[cause] = (now, 0)
+        more = f" ({held} more like it held back)" if held else ""
+        self._logger.log(level, "%s%s", message, more)
+
+
+_errors: Final = RateLimitedLog(logger)
 
 
 class MergingClient(nats.aio.client.Client):
@@ -168,7 +206,8 @@ async def open_connection(
 
 async def _log_error(error: Exception) -> None:
     # nats-py's default logs a traceback at ERROR for each failed reconnect.
-    logger.warning("NATS: %s", str(error) or type(error).__name__)
+    text = str(error) or type(error).__name__
+    _errors.log(logging.WARNING, f"{type(error).__name__}: {text}", f"NATS: {text}")
 
 
 def supports_message_ttl(nc: nats.aio.client.Client) -> bool:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -40,6 +42,12 @@ _STOP_TIMEOUT: Final = 5.0
 _POLL: Final = 0.01
 _NATS_PORT: Final = 4222
 LOG_FILE: Final = "nats-server.log"
+LOCK_FILE: Final = "server.lock"
+"""Held exclusively (`flock`) by the node that owns the embedded server."""
+NODES_FILE: Final = "nodes.lock"
+"""Held shared by every node that could own the embedded server."""
+PID_FILE: Final = "nats-server.pid"
+"""The embedded server's process id, written by its owner."""
 
 
 def find_nats_server() -> str:
@@ -296,10 +304,13 @@ def embedded_server(
 ) -> NatsServer | None:
     """The server to embed, or None.
 
-    None if embedding is off, if any server of the URL list answers, or if
-    the URL is not one loopback address: a node must not start a private
-    broker in place of a remote or clustered one that is down (it would cut
-    itself off). The embedded server listens on the URL's own port, so other
+    None if embedding is off, if the URL is not one loopback address (a node
+    must not start a private broker in place of a remote or clustered one
+    that is down: it would cut itself off), or if a server answers there
+    that no node embedded from this store. A server embedded by another
+    node on this host is returned too: every such node can own it, one at
+    a time (`StoreClaim`), so it outlives any one of them. The embedded
+    server listens on the URL's own port, so other
     nodes on this host find it, and keeps its JetStream data in
     `nats.store_dir` (default `$XDG_STATE_HOME/actorfleet/nats-<port>`, which
     must be this user's private directory). With
@@ -308,10 +319,10 @@ def embedded_server(
     node user's permissions.
     """
     servers = host_ports(settings.url)
-    if not settings.embed or any(port_answers(host, port) for host, port in servers):
-        return None
-    store = embedded_store(settings)
+    store = embedded_store(settings) if settings.embed else None
     if store is None:
+        return None
+    if port_answers(*servers[0]) and not embedded_there(store):
         return None
     private_directory(store, key="nats.store_dir")
     if not settings.embed_auth:
@@ -327,6 +338,125 @@ def embedded_server(
     port = servers[0][1]
     log = store / LOG_FILE
     return NatsServer(port=port, store_dir=store, users=users, names=names, log_file=log)
+
+
+def embedded_there(store: Path) -> bool:
+    """Whether a node on this host owns (or owned, and left running) the server of `store`."""
+    if not store.is_dir():
+        return False
+    if server_pid(store) is not None:
+        return True
+    claim = StoreClaim(store)
+    try:
+        return not claim.take()
+    finally:
+        claim.release()
+
+
+def server_pid(store: Path) -> int | None:
+    """The live `nats-server` process that `store`'s pid file names, if any."""
+    try:
+        pid = int((store / PID_FILE).read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        if cmdline.exists() and BINARY.encode() not in cmdline.read_bytes():
+            return None  # the pid was reused
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def write_server_pid(store: Path, pid: int | None) -> None:
+    """Record (None: forget) the embedded server's process id in `store`."""
+    path = store / PID_FILE
+    if pid is None:
+        path.unlink(missing_ok=True)
+        return
+    draft = path.with_suffix(".tmp")
+    draft.write_text(str(pid))
+    draft.replace(path)
+
+
+class StoreClaim:
+    """A node's claims on an embedded server's store: a member, and maybe its owner.
+
+    Every node that can own the server holds a shared `flock` on
+    `nodes.lock` while it runs; the owner also holds `server.lock`
+    exclusively. A lock dies with its process, so a SIGKILLed owner frees
+    its claim at once, and no stale lock file blocks the next owner.
+    """
+
+    __slots__ = ("_member", "_owner", "store")
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self._member: int | None = None
+        self._owner: int | None = None
+
+    @property
+    def owner(self) -> bool:
+        """Whether this node owns the server."""
+        return self._owner is not None
+
+    def join(self) -> None:
+        """Count this node among the server's possible owners."""
+        if self._member is None:
+            self._member = self._open(NODES_FILE)
+            fcntl.flock(self._member, fcntl.LOCK_SH)
+
+    def take(self) -> bool:
+        """Try to become the owner, without waiting; return whether this node is it."""
+        if self._owner is None:
+            fd = self._open(LOCK_FILE)
+            if _try_flock(fd, fcntl.LOCK_EX):
+                self._owner = fd
+            else:
+                os.close(fd)
+        return self.owner
+
+    def disown(self) -> None:
+        """Stop owning the server (another node may take it)."""
+        fd, self._owner = self._owner, None
+        if fd is not None:
+            os.close(fd)
+
+    def alone(self) -> bool:
+        """Whether no other node counts itself a member now (this one stays, exclusively)."""
+        return self._member is None or _try_flock(self._member, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        """Give up both claims."""
+        self.disown()
+        fd, self._member = self._member, None
+        if fd is not None:
+            os.close(fd)
+
+    def _open(self, name: str) -> int:
+        return os.open(self.store / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def _try_flock(fd: int, operation: int) -> bool:
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def wait_exit(pid: int, *, timeout: float | None) -> bool:
+    """Wait up to `timeout` s (None: no bound) for process `pid` to end; return whether it did.
+
+    The process need not be a child of this one (a `pidfd`, woken by the exit).
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        return bool(ready)
+    finally:
+        os.close(fd)
 
 
 def with_embedded_credentials(settings: NatsSettings, user: str = NODE_USER) -> NatsSettings:

@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+import math
+import os
+import signal
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from actors import ExitLink, ExitListener, ExitReason
 from bridges.http._bridge import SHUTDOWN_GRACE, HttpBridge
 from bridges.http._health import Health
 from bridges.nats._bridge import NatsBridge
-from bridges.nats._embedded import LOOPBACK, wait_listening
+from bridges.nats._embedded import (
+    LOOPBACK,
+    StoreClaim,
+    port_answers,
+    server_pid,
+    wait_exit,
+    wait_listening,
+    write_server_pid,
+)
 from bridges.node._holder import resource_child
 from bridges.stores import (
     JetStreamAudit,
     is_networked,
     open_store,
 )
-from messages import Unavailable
-from supervisors import ChildHandle, ChildKind, ChildSpec, ProcessChild, Restart
+from messages import ExitKind, Unavailable
+from supervisors import ChildKind, ChildSpec, ProcessChild, Restart
 
 if TYPE_CHECKING:
     from actors import Agent
@@ -25,7 +40,11 @@ if TYPE_CHECKING:
     from bridges.node._services import NodeServices
     from config import NatsSettings, Settings, StateSettings
 
+logger: Final = logging.getLogger("actorfleet.nats.embedded")
+
 HTTP_START_TIMEOUT: Final = 5.0
+STANDBY_POLL: Final = 0.2
+"""How often a node that does not own the embedded server tries to take it over (s)."""
 # A stopping HTTP bridge lets requests in progress finish, per server.
 HTTP_STOP_TIMEOUT: Final = 4 * SHUTDOWN_GRACE
 # A graceful stop of the NATS bridge drains; this bounds what comes on top.
@@ -74,24 +93,176 @@ def edge_children(
 
 
 def embedded_server_child(server: NatsServer, *, shutdown: float) -> ChildSpec:
-    """A child spec that runs the embedded `nats-server` as a supervised OS process."""
-
-    def start() -> ChildHandle:
-        child = ProcessChild(server.argv(), name=EMBEDDED_CHILD)
-        try:
-            wait_listening(LOOPBACK, server.port, alive=lambda: child.alive)
-        except Unavailable:
-            child.kill()
-            raise
-        return child
-
+    """A child spec for the embedded `nats-server`, shared by the nodes of this host."""
     return ChildSpec(
         id=EMBEDDED_CHILD,
-        start=start,
+        start=lambda: EmbeddedServerChild(server),
         restart=Restart.PERMANENT,
         shutdown=shutdown,
         kind=ChildKind.PROCESS,
     )
+
+
+class EmbeddedServerChild:
+    """The embedded `nats-server` of this host's nodes, as one node's child.
+
+    One node owns the server at a time (`StoreClaim`): it started it, or
+    adopted it from a node that stopped, and supervises it; its exit is this
+    child's exit, so the supervisor restarts it. The other nodes stand by:
+    every `STANDBY_POLL` seconds they try to take ownership, which succeeds
+    once the owner is gone (its lock dies with its process). The new owner
+    adopts the server if it still runs (an owner that was SIGKILLed, or that
+    stopped while other nodes used it), else starts it on the same port and
+    store, so streams, KV buckets and users survive. An owner that stops
+    stops the server only when no other node counts itself a member.
+    Its start returns once the server listens, as an OTP `init` would.
+
+    Raises:
+        Unavailable: If this node must start the server and it does not listen.
+    """
+
+    def __init__(self, server: NatsServer) -> None:
+        self.exit_link = ExitLink()
+        self._server = server
+        self._claim = StoreClaim(server.store_dir)
+        self._stop = threading.Event()
+        self._owning = threading.Lock()
+        self._process: ProcessChild | None = None
+        self._adopted: int | None = None
+        self._claim.join()
+        try:
+            with self._owning:
+                self._try_to_own()
+        except Unavailable:
+            self._claim.release()
+            raise
+        self._thread = threading.Thread(
+            target=self._run, name=f"actorfleet-{EMBEDDED_CHILD}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while this node owns it."""
+        if self._process is not None:
+            return self._process.pid
+        return self._adopted
+
+    @property
+    def alive(self) -> bool:
+        """Whether the child has not exited."""
+        return not self.exit_link.exited
+
+    def link(self, listener: ExitListener) -> None:
+        """Call `listener(reason)` when the child exits."""
+        self.exit_link.link(listener)
+
+    def shutdown(self, *, timeout: float) -> None:
+        """Stop standing by or owning; stop the server if no other node uses it."""
+        self._finish(timeout)
+
+    def kill(self) -> None:
+        """As `shutdown`, but a server this node stops is killed at once."""
+        self._finish(0.0)
+
+    def _try_to_own(self, *, standby: bool = False) -> None:
+        """Take ownership if it is free: adopt the running server, or start one."""
+        if not self._claim.take():
+            return
+        store, port = self._server.store_dir, self._server.port
+        orphan = server_pid(store)
+        if orphan is not None:
+            try:
+                wait_listening(LOOPBACK, port, alive=lambda: server_pid(store) == orphan)
+            except Unavailable:
+                os.kill(orphan, signal.SIGKILL)
+            else:
+                logger.warning(
+                    "adopting the embedded nats-server (pid %d) left by a node that stopped",
+                    orphan,
+                )
+                self._adopted = orphan
+                return
+        if port_answers(LOOPBACK, port):
+            # Not a server of this store: nothing of ours to own.
+            self._claim.disown()
+            return
+        child = ProcessChild(self._server.argv(), name=EMBEDDED_CHILD)
+        write_server_pid(store, child.pid)
+        try:
+            wait_listening(LOOPBACK, port, alive=lambda: child.alive)
+        except Unavailable:
+            child.kill()
+            write_server_pid(store, None)
+            self._claim.disown()
+            raise
+        self._process = child
+        if standby:
+            logger.warning(
+                "started the embedded nats-server (pid %d) on port %d in place of one that"
+                " stopped with its node",
+                child.pid,
+                port,
+            )
+
+    def _run(self) -> None:
+        """Stand by until this node owns the server, then watch the server."""
+        while not self._claim.owner:
+            if self._stop.wait(STANDBY_POLL):
+                return
+            try:
+                with self._owning:
+                    if not self._stop.is_set():
+                        self._try_to_own(standby=True)
+            except Unavailable as exc:
+                self._crash(str(exc))
+                return
+        while not self._server_exited():
+            if self._stop.is_set():
+                return
+        with self._owning:
+            if self._stop.is_set():
+                return
+            logger.warning("the embedded nats-server (pid %s) exited", self.pid)
+            write_server_pid(self._server.store_dir, None)
+        self._crash("the embedded nats-server exited")
+
+    def _server_exited(self) -> bool:
+        """Whether the owned server has exited, waiting at most `STANDBY_POLL` s."""
+        if self._process is not None:
+            return self._process.exit_link.wait(timeout=STANDBY_POLL)
+        return self._adopted is None or wait_exit(self._adopted, timeout=STANDBY_POLL)
+
+    def _crash(self, why: str) -> None:
+        self._claim.release()
+        self.exit_link.exit(ExitReason(ExitKind.CRASHED, why))
+
+    def _finish(self, timeout: float) -> None:
+        self._stop.set()
+        with self._owning:
+            pid = self.pid
+            if self._claim.owner and pid is not None:
+                if self._claim.alone():
+                    self._stop_server(pid, timeout)
+                else:
+                    logger.info(
+                        "leaving the embedded nats-server (pid %d) running for the other"
+                        " nodes on this host",
+                        pid,
+                    )
+            self._claim.release()
+        self.exit_link.exit(ExitReason(ExitKind.SHUTDOWN))
+
+    def _stop_server(self, pid: int, timeout: float) -> None:
+        if self._process is not None:
+            self._process.shutdown(timeout=timeout)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM if timeout else signal.SIGKILL)
+            if not wait_exit(pid, timeout=None if math.isinf(timeout) else timeout):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        write_server_pid(self._server.store_dir, None)
 
 
 def _nats_child(
