@@ -42,6 +42,7 @@ from bridges.http._generate import generate_routes
 from bridges.http._headers import request_metadata
 from bridges.http._health import Health, health_routes
 from bridges.http._metrics import Metrics
+from bridges.http._openai import document_openai, openai_routes
 from bridges.http._problems import (
     PROBLEMS,
     ClientGone,
@@ -226,6 +227,7 @@ class HttpBridge:
                 if request_types(a) and a.chunk_type is not None
             ]
             handlers += generate_routes(self)
+            handlers += openai_routes(self)
             handlers += self._unknown_agent_routes()
             handlers += docs_routes()
             erase = erasure_route(self, self.agents)
@@ -244,6 +246,7 @@ class HttpBridge:
         )
         if api:
             document_rules(app, [t for a in self.agents for t in request_types(a)])
+            document_openai(app)
         return app
 
     def guards(
