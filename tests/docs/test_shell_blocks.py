@@ -25,7 +25,7 @@ from tests.conftest import WAIT
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "docs" / "quickstart.md"
 README = ROOT / "README.md"
 OWN_AGENT = "## 7. Your own agent"
