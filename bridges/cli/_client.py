@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from config import Settings
     from supervisors import SupervisorStatistics
 
-_START_ONE: Final = "; start one (actorfleet run) or give its --url"
+_START_ONE: Final = "; start one (actorfleet run), or give its --url or the --config it runs with"
 API_KEY_ENV: Final = "AF_API_KEY"
 _CLIENT_TIMEOUT: Final = 10.0
 _OK: Final = 200

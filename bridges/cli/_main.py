@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -115,7 +116,7 @@ def _describe(settings: config.Settings, tree: SupervisorStatistics, types: list
         api, health = urls[0], urls[-1]
         paths = "{" + ",".join(types) + "}" if len(types) > 1 else "".join(types)
         print(f"  API      POST {api}/v1/agents/{paths}")
-        print(f"  OpenAPI  {api}/schema")
+        print(f"  OpenAPI  {api}/schema/openapi.json  (its page: {api}/docs)")
         print(f"  health   {health}/healthz  (/livez, /readyz)")
         print(f"  metrics  {health}/metrics")
     store = embedded_store(settings.nats)
@@ -271,8 +272,18 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit per command
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `actorfleet` console script."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`actorfleet status | head`): nothing more to say.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:  # noqa: PLR0911 - one exit per command
     args = _parser().parse_args(argv)
     try:
         if args.command == "config":

@@ -329,7 +329,7 @@ def embedded_server(
         logger.warning("the embedded NATS server runs without authentication (nats.embed_auth)")
     users = embedded_users(settings, store)
     if users is not None and users.ensure():
-        logger.warning(
+        logger.info(
             "the embedded NATS server requires credentials: other nodes join as %s with"
             " the password in %s (the admin's is beside it)",
             NODE_USER,

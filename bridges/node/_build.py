@@ -39,7 +39,12 @@ INFERENCE_NAME: Final = "inference"
 
 
 def import_agent(path: str, *, key: str) -> type[Agent]:
-    """Import `module:Class` and check that it is an Agent subclass."""
+    """Import `module:Class` and check that it is an Agent subclass.
+
+    Raises:
+        ConfigError: Naming `key`, if it cannot be imported (whatever its
+            module raised) or is no Agent subclass.
+    """
     module_name, _, attribute = path.partition(":")
     try:
         target: object = importlib.import_module(module_name)
@@ -47,6 +52,12 @@ def import_agent(path: str, *, key: str) -> type[Agent]:
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(key, f"cannot import {path}: {exc}") from exc
+    except SyntaxError as exc:
+        where = f"{exc.filename}:{exc.lineno}" if exc.filename else module_name
+        raise ConfigError(key, f"cannot import {path}: {exc.msg} at {where}") from exc
+    except Exception as exc:  # the module's own code failed as it was imported
+        msg = f"cannot import {path}: importing it raised {type(exc).__name__}: {exc}"
+        raise ConfigError(key, msg) from exc
     if not (isinstance(target, type) and issubclass(target, Agent)):
         raise ConfigError(key, f"{path} is not an actors.Agent subclass")
     return target

@@ -84,7 +84,7 @@ def test_actorfleet_run_serves_the_support_service_that_send_and_status_reach(
         assert any("backend  tier large: scripted scripted-large" in line for line in lines)
         [api] = [line.split()[2] for line in lines if line.strip().startswith("API ")]
         url = api.split("/v1/")[0]
-        assert any(line.strip() == f"OpenAPI  {url}/schema" for line in lines)
+        assert any(line.strip().startswith(f"OpenAPI  {url}/schema/openapi.json") for line in lines)
         assert any(line.strip().startswith(f"metrics  {url}/metrics") for line in lines)
         capsys.readouterr()
 
@@ -119,7 +119,9 @@ def test_send_and_audit_with_nothing_reachable_say_so_in_one_line(
     sent = capsys.readouterr().err.splitlines()
     assert len(sent) == 1
     assert sent[0].startswith("actorfleet send: no node answers at http://127.0.0.1:")
-    assert sent[0].endswith("; start one (actorfleet run) or give its --url")
+    assert sent[0].endswith(
+        "; start one (actorfleet run), or give its --url or the --config it runs with"
+    )
     monkeypatch.setenv("AF_NATS_URL", f"nats://127.0.0.1:{free_port()}")
     assert main(["audit"]) == 2
     audited = capsys.readouterr().err.splitlines()
@@ -254,3 +256,37 @@ def test_run_serves_the_agent_classes_it_is_given_instead_of_the_configured_pool
     ]
     with pytest.raises(ConfigError, match="module:Class"):
         with_agents(settings, ["not-an-import-path"])
+
+
+def test_an_agent_module_that_fails_as_it_imports_is_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    (tmp_path / "af_broken_syntax.py").write_text("def broken(:\n")
+    (tmp_path / "af_broken_raise.py").write_text("raise RuntimeError('no database')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AF_NATS_URL", f"nats://127.0.0.1:{free_port()}")
+    for module, said in (
+        ("af_broken_syntax", "invalid syntax"),
+        ("af_broken_raise", "RuntimeError: no database"),
+    ):
+        assert main(["run", f"{module}:Agent", "--duration", "0"]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+        assert said in err
+
+
+@pytest.mark.slow
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    done = subprocess.run(  # noqa: S602 - the pipe is the point
+        f"{sys.executable} -m bridges config | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
+    assert done.stdout.strip() == "{"
+    assert "Traceback" not in done.stderr
