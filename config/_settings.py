@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -522,7 +524,29 @@ def decode(raw: Mapping[str, Any]) -> Settings:
         match = _PATH_IN_ERROR.search(message)
         key = match.group("path").lstrip(".") if match else ""
         reason = message[: match.start()] if match else message
-        raise ConfigError(key or "<root>", reason) from exc
+        raise ConfigError(key or "<root>", reason + _near_miss(reason, key)) from exc
+
+
+_UNKNOWN_FIELD: Final = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`$")
+
+
+def _near_miss(reason: str, key: str) -> str:
+    """`; did you mean `port`?` for a misspelt key of a section, else nothing."""
+    unknown = _UNKNOWN_FIELD.match(reason)
+    section: Any = Settings
+    for part in filter(None, re.split(r"\.|\[\d+\]", key)):
+        hints = typing.get_type_hints(section) if isinstance(section, type) else {}
+        section = _struct_of(hints.get(part))
+    fields = getattr(section, "__struct_fields__", ())
+    close = difflib.get_close_matches(unknown["name"], fields, n=1) if unknown else []
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def _struct_of(hint: Any) -> Any:
+    """The Struct a field holds (one, or a list of them); None for anything else."""
+    while typing.get_origin(hint) in {Annotated, list}:
+        hint = typing.get_args(hint)[0]
+    return hint if isinstance(hint, type) and issubclass(hint, msgspec.Struct) else None
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,16 @@ def test_the_config_command_says_where_each_value_comes_from(
     assert f"http.port = 9000  # {path}" in lines
     assert "agents.ask_timeout = 7.5  # env AF_ASK_TIMEOUT" in lines
     assert "http.enabled = true  # default" in lines
+
+
+@pytest.mark.parametrize(
+    ("raw", "hint"),
+    [
+        ({"http": {"prot": 9000}}, "did you mean `port`?"),
+        ({"pools": [{"agent": "actors:PingAgent", "siz": 2}]}, "did you mean `size`?"),
+        ({"inference": {"tiers": [{"name": "t", "wokers": 2}]}}, "did you mean `workers`?"),
+    ],
+)
+def test_a_misspelt_key_is_told_the_key_it_likely_meant(raw: dict[str, object], hint: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(hint)):
+        config.decode(raw)
