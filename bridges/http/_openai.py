@@ -139,42 +139,38 @@ class StreamOptions(msgspec.Struct, frozen=True, kw_only=True):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(msgspec.Struct, frozen=True, kw_only=True):
+class _Sampled(msgspec.Struct, frozen=True, kw_only=True):
+    """What both completion requests take besides their model, prompt and length."""
+
+    model: ModelName
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    stop: Stop = None
+    seed: Seed | None = None
+    n: Literal[1] = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+
+
+class ChatCompletionRequest(_Sampled, frozen=True, kw_only=True):
     """`POST /v1/chat/completions` (the fields of OpenAI's that a tier can honour).
 
     Fields OpenAI defines but a tier cannot honour (`logprobs`, `tools`, ...)
     are not read.
     """
 
-    model: ModelName
     messages: Annotated[list[InMessage], msgspec.Meta(min_length=1, max_length=1024)]
     max_tokens: Tokens | None = None
     max_completion_tokens: Tokens | None = None
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    stop: Stop = None
-    seed: Seed | None = None
-    n: Literal[1] = 1
-    stream: bool = False
-    stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
-    user: Annotated[str, msgspec.Meta(max_length=256)] | None = None
 
 
-class CompletionRequest(msgspec.Struct, frozen=True, kw_only=True):
+class CompletionRequest(_Sampled, frozen=True, kw_only=True):
     """`POST /v1/completions` (legacy text completion)."""
 
-    model: ModelName
     prompt: Prompt | Annotated[list[Prompt], msgspec.Meta(min_length=1, max_length=1)]
     max_tokens: Tokens = _COMPLETION_MAX_TOKENS
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    stop: Stop = None
-    seed: Seed | None = None
-    n: Literal[1] = 1
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    user: Annotated[str, msgspec.Meta(max_length=256)] | None = None
 
 
 # --- responses ------------------------------------------------------------------
