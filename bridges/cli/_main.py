@@ -116,7 +116,10 @@ def _describe(settings: config.Settings, tree: SupervisorStatistics, types: list
         api, health = urls[0], urls[-1]
         paths = "{" + ",".join(types) + "}" if len(types) > 1 else "".join(types)
         print(f"  API      POST {api}/v1/agents/{paths}")
+        print(f"  OpenAI   {api}/v1/chat/completions  (/v1/completions, /v1/models)")
         print(f"  OpenAPI  {api}/schema/openapi.json  (its page: {api}/docs)")
+        print(f"  AsyncAPI {api}/asyncapi.json  (the NATS subjects)")
+        print(f"  UI       {api}/dashboard  (the live dashboard)")
         print(f"  health   {health}/healthz  (/livez, /readyz)")
         print(f"  metrics  {health}/metrics")
     store = embedded_store(settings.nats)

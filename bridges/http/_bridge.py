@@ -34,8 +34,10 @@ from opentelemetry.trace import SpanKind
 
 from actors import within
 from bridges._seam import Cancelled, PoolClient
+from bridges.http._asyncapi import asyncapi_routes
 from bridges.http._auth import Authenticator, grant_of, remember, same_machine
 from bridges.http._body import JsonBodyRequest, body_type
+from bridges.http._dashboard import dashboard_routes
 from bridges.http._docs import docs_routes, openapi_config
 from bridges.http._erasure import erasure_route
 from bridges.http._generate import generate_routes
@@ -107,6 +109,7 @@ class HttpBridge:
         self.health_app = self._app(api=False, health=True) if separate else None
         self._servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
         self.ports: list[int] = []
+        self._journal_handler: logging.Handler | None = None
 
     # -- lifecycle (loop side) ---------------------------------------------
 
@@ -125,6 +128,7 @@ class HttpBridge:
         except BaseException:
             await self.close()
             raise
+        self._journal_handler = self.metrics.journal.attach()
 
     async def _serve(self, app: Litestar, port: int) -> None:
         try:
@@ -165,6 +169,9 @@ class HttpBridge:
 
     async def close(self) -> None:
         """Stop accepting, let requests in progress finish (bounded), close."""
+        if self._journal_handler is not None:
+            self.metrics.journal.detach(self._journal_handler)
+            self._journal_handler = None
         for server, _task in self._servers:
             server.should_exit = True
         for _server, task in self._servers:
@@ -230,6 +237,10 @@ class HttpBridge:
             handlers += openai_routes(self)
             handlers += self._unknown_agent_routes()
             handlers += docs_routes()
+            handlers += asyncapi_routes(self)
+            handlers += dashboard_routes(
+                self.health, self.metrics, self.guards(), open_edge=self.auth.open
+            )
             erase = erasure_route(self, self.agents)
             if erase is not None:
                 handlers.append(erase)

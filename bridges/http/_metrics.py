@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -26,6 +27,7 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from bridges.http._journal import Journal
 from messages import ConfigError
 
 if TYPE_CHECKING:
@@ -87,6 +89,9 @@ class Metrics:
             console), when `[telemetry] metrics` is on.
         live: Reads the live statistics (blocking; the meter's export
             thread calls it).
+
+    Attributes:
+        journal: The last events and problems (failed requests among them).
     """
 
     def __init__(
@@ -107,6 +112,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.journal = Journal()
         self._live = _Live()
         self.registry.register(self._live)
         self._otel_requests = None
@@ -124,12 +130,15 @@ class Metrics:
         """`record(status, seconds)` for one edge and type, its label sets kept at hand."""
         children: dict[str, Any] = {}
         otel = self._otel_requests
+        journal, source = self.journal, f"{edge} {agent_type}"
 
         def record(status: str, seconds: float) -> None:
             child = children.get(status)
             if child is None:
                 child = children[status] = self.requests.labels(edge, agent_type, status)
             child.observe(seconds)
+            if failed(status):
+                journal.problem("request", source, f"answered {status} in {seconds * 1e3:.1f} ms")
             if otel is not None:
                 otel.record(seconds, {"edge": edge, "agent_type": agent_type, "status": status})
 
@@ -138,10 +147,29 @@ class Metrics:
     def observe(self, edge: str, agent_type: str, status: str, seconds: float) -> None:
         """Record one answered request."""
         self.requests.labels(edge, agent_type, status).observe(seconds)
+        if failed(status):
+            self.journal.problem(
+                "request", f"{edge} {agent_type}", f"answered {status} in {seconds * 1e3:.1f} ms"
+            )
         if self._otel_requests is not None:
             self._otel_requests.record(
                 seconds, {"edge": edge, "agent_type": agent_type, "status": status}
             )
+
+    def request_totals(self) -> list[RequestTotals]:
+        """The requests answered since start, per edge and agent type (all statuses)."""
+        totals: dict[tuple[str, str], RequestTotals] = {}
+        for family in self.requests.collect():
+            for sample in family.samples:
+                labels = sample.labels
+                key = (labels["edge"], labels["agent_type"])
+                found = totals.get(key)
+                if found is None:
+                    found = totals[key] = RequestTotals(
+                        edge=key[0], agent_type=key[1], buckets=[0] * (len(LATENCY_BUCKETS) + 1)
+                    )
+                _add_sample(found, sample.name, labels, sample.value)
+        return sorted(totals.values(), key=lambda t: (t.agent_type, t.edge))
 
     def observe_tool(self, agent_type: str, tool: str, outcome: str, seconds: float) -> None:
         """Record one tool call (from the calling agent's thread)."""
@@ -154,6 +182,46 @@ class Metrics:
             return generate_latest(self.registry)
         finally:
             self._live.snapshot = Snapshot(None, None)
+
+
+def failed(status: str) -> bool:
+    """Whether an edge's status is a failure (not NATS's `ok`, not an HTTP 2xx)."""
+    return status != "ok" and not status.startswith("2")
+
+
+class RequestTotals(msgspec.Struct, kw_only=True):
+    """An edge's requests of one agent type since start, for rates and quantiles.
+
+    Attributes:
+        edge: `http`, `http-stream` or `nats`.
+        agent_type: The agent type (or `generate`, `openai`).
+        count: Requests answered.
+        failed: Of them, answered with a failure.
+        seconds: Their time, summed.
+        buckets: Cumulative counts at each of `LATENCY_BUCKETS`, then +Inf.
+    """
+
+    edge: str
+    agent_type: str
+    count: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    buckets: list[int]
+
+
+_BUCKET_INDEX: Final = {repr(float(b)): i for i, b in enumerate(LATENCY_BUCKETS)}
+
+
+def _add_sample(totals: RequestTotals, name: str, labels: dict[str, str], value: float) -> None:
+    if name.endswith("_count"):
+        totals.count += int(value)
+        if failed(labels["status"]):
+            totals.failed += int(value)
+    elif name.endswith("_sum"):
+        totals.seconds += value
+    elif name.endswith("_bucket"):
+        index = _BUCKET_INDEX.get(repr(float(labels["le"])), len(LATENCY_BUCKETS))
+        totals.buckets[index] += int(value)
 
 
 class _CachedSnapshot:

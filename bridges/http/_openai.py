@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 AUTO: Final = "auto"
 DEGRADE_HEADER: Final = "x-allow-degrade"
 DONE: Final = "[DONE]"
+OPENAI: Final = "openai"
+"""The agent type the OpenAI-compatible routes are recorded under in the metrics."""
 _NO_CACHE: Final = {"Cache-Control": "no-cache"}
 _COMPLETION_MAX_TOKENS: Final = 16  # OpenAI's default for /v1/completions
 _OWNER: Final = "actorfleet"
@@ -339,18 +341,27 @@ def openai_routes(bridge: Edge) -> list[Any]:
     """The OpenAI-compatible routes of `bridge`."""
     started = int(time.time())
     errors = {Exception: openai_error}
+    record = bridge.metrics.recorder("http", OPENAI)
 
     async def chat(request: Request[Any, Any, Any], data: JSONBody[ChatCompletionRequest]) -> Any:
         """Create a chat completion (OpenAI's API) from a tier of the pool."""
-        generation = _from_chat(data, _allows_degrade(request))
-        streamed = _streamed(data.stream, data.stream_options)
-        return await _answer(bridge, request, generation, streamed, chat=True)
+
+        async def answer() -> Any:
+            generation = _from_chat(data, _allows_degrade(request))
+            streamed = _streamed(data.stream, data.stream_options)
+            return await _answer(bridge, request, generation, streamed, chat=True)
+
+        return await _recorded(record, answer)
 
     async def complete(request: Request[Any, Any, Any], data: JSONBody[CompletionRequest]) -> Any:
         """Create a text completion (OpenAI's legacy API) from a tier of the pool."""
-        generation = _from_completion(data, _allows_degrade(request))
-        streamed = _streamed(data.stream, data.stream_options)
-        return await _answer(bridge, request, generation, streamed, chat=False)
+
+        async def answer() -> Any:
+            generation = _from_completion(data, _allows_degrade(request))
+            streamed = _streamed(data.stream, data.stream_options)
+            return await _answer(bridge, request, generation, streamed, chat=False)
+
+        return await _recorded(record, answer)
 
     async def models() -> ModelList:
         """The tiers of the pool, each a model, and `auto`."""
@@ -469,6 +480,21 @@ def _output(response_format: ResponseFormat | None) -> OutputSchema | None:
         schema = response_format.json_schema
         return OutputSchema(name=schema.name, json=json.dumps(schema.schema))
     return None
+
+
+async def _recorded(
+    record: Callable[[str, float], None], answer: Callable[[], Awaitable[Any]]
+) -> Any:
+    """`answer()`, recorded in the node's metrics by its status (a stream: once it begins)."""
+    begun = time.perf_counter()
+    status = 200
+    try:
+        return await answer()
+    except BaseException as error:
+        status = status_of(error)
+        raise
+    finally:
+        record(str(status), time.perf_counter() - begun)
 
 
 async def _answer(

@@ -91,6 +91,7 @@ class Outcome(enum.StrEnum):
 
 
 SettleListener = Callable[[str, int, Outcome], None]
+PublishListener = Callable[[str, int], None]
 
 
 class Flow:
@@ -161,10 +162,15 @@ class EventRouter:
         self._subscriptions: list[JetStreamContext.PullSubscription] = []
         self._stopping = False
         self._listeners: list[SettleListener] = []
+        self._publish_listeners: list[PublishListener] = []
 
     def add_listener(self, listener: SettleListener) -> None:
         """Call `listener(subject, stream_sequence, outcome)` on the loop after each settle."""
         self._listeners.append(listener)
+
+    def add_publish_listener(self, listener: PublishListener) -> None:
+        """Call `listener(subject, stream_sequence)` on the loop after each new event is stored."""
+        self._publish_listeners.append(listener)
 
     @property
     def js(self) -> JetStreamContext:
@@ -253,10 +259,9 @@ class EventRouter:
         event_name = self._event_name(require_event(event))
         headers = event_headers(meta)
         timeout = min(meta.deadline - time.time(), _PUBLISH_ACK_MAX)
+        subject = self.bridge.subjects.event(event_name)
         try:
-            ack = await self.js.publish(
-                self.bridge.subjects.event(event_name), body, timeout=timeout, headers=headers
-            )
+            ack = await self.js.publish(subject, body, timeout=timeout, headers=headers)
         except (nats.errors.TimeoutError, TimeoutError):
             msg = f"{event_name} {meta.id} not acknowledged within {timeout:.3f} s"
             raise RequestTimeout(msg) from None
@@ -267,6 +272,8 @@ class EventRouter:
             self.statistics.duplicates += 1
             return False
         self.statistics.published += 1
+        for listener in self._publish_listeners:
+            listener(subject, ack.seq)
         return True
 
     def _event_name(self, event: Event) -> str:

@@ -287,6 +287,9 @@ def _nats_child(
             url=url,
             metrics=services.metrics,
         )
+        journal = services.metrics.journal
+        bridge.events.add_publish_listener(journal.published)
+        bridge.events.add_listener(journal.settled)
         await bridge.start()
         return bridge
 

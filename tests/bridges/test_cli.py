@@ -85,6 +85,7 @@ def test_actorfleet_run_serves_the_support_service_that_send_and_status_reach(
         [api] = [line.split()[2] for line in lines if line.strip().startswith("API ")]
         url = api.split("/v1/")[0]
         assert any(line.strip().startswith(f"OpenAPI  {url}/schema/openapi.json") for line in lines)
+        assert any(line.strip().startswith(f"UI       {url}/dashboard") for line in lines)
         assert any(line.strip().startswith(f"metrics  {url}/metrics") for line in lines)
         capsys.readouterr()
 

@@ -11,6 +11,7 @@ import pytest
 
 from actors import Runtime
 from bridges import NatsBridge, NatsServer, Outcome
+from bridges.http._journal import Journal
 from config import EventSettings
 from messages import BadRequest, Metadata, Ping, Unavailable
 from supervisors import Strategy, Supervisor, SupervisorSpec, agent_child
@@ -212,3 +213,19 @@ def test_a_lost_connection_stops_the_consumers(
 
 def _meta(message_id: str) -> Metadata:
     return Metadata(id=message_id, deadline=time.time() + WAIT)
+
+
+def test_the_journal_hears_each_stored_event_once_and_its_settling(
+    runtime: Runtime, orders: NatsBridge
+) -> None:
+    journal = Journal()
+    orders.events.add_publish_listener(journal.published)
+    orders.events.add_listener(journal.settled)
+    order = runtime.ref("order")
+    order.ask(PlaceOrder(order_id="seen-1"), timeout=WAIT, message_id="req-seen")
+    order.ask(PlaceOrder(order_id="seen-1"), timeout=WAIT, message_id="req-seen")  # a duplicate
+    assert _handled("seen-1")
+    assert _settled(1)
+    kinds = [(e.kind, e.source.rsplit(".", 1)[-1]) for e in journal.events()]
+    assert kinds == [("published", "OrderPlaced"), ("acked", "OrderPlaced")]
+    assert journal.events()[0].text == journal.events()[1].text  # the same stream sequence

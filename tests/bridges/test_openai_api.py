@@ -248,3 +248,20 @@ def test_closing_a_stream_cancels_the_generation_and_frees_its_slot(
     while in_flight(node, "slow"):
         assert time.monotonic() < deadline, "the generation ran on"
         time.sleep(0.01)
+
+
+def test_the_routes_answers_are_counted_in_the_metrics_by_status(
+    served: tuple[Node, str],
+) -> None:
+    _node, url = served
+    client = sdk(url, max_retries=0)
+    client.chat.completions.create(model="large", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="huge", prompt="x")
+    scraped = httpx.get(f"{url}/metrics").text
+    counted = {
+        line.split("status=")[1].split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in scraped.splitlines()
+        if line.startswith("actorfleet_requests_seconds_count") and 'agent_type="openai"' in line
+    }
+    assert counted == {"200": 1.0, "404": 1.0}
