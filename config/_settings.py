@@ -237,6 +237,10 @@ class HttpSettings(Section, frozen=True, kw_only=True):
         max_connections: Connections open at once on each port; one more
             gets a 503 with `Retry-After` and is closed (nginx's
             `worker_connections`, 512 by default there too).
+        drain_timeout: Seconds the requests in progress get to finish when
+            the node stops (new connections are refused at once); then
+            their connections are closed. A pod's
+            `terminationGracePeriodSeconds` must cover it.
         agents: Agent classes (`module:Class`) that other nodes serve and
             this node's HTTP exposes too (reached over NATS), beside its own.
     """
@@ -253,6 +257,7 @@ class HttpSettings(Section, frozen=True, kw_only=True):
     max_timeout: Positive = 300.0
     header_timeout: Positive = 10.0
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 512
+    drain_timeout: Positive = 10.0
     agents: list[ImportPath] = msgspec.field(default_factory=list)
 
     @property

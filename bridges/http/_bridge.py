@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import socket
 import time
 import typing
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import uvicorn
 from litestar import Litestar, Request, post
@@ -68,10 +69,12 @@ if TYPE_CHECKING:
     from config import HttpSettings
 
 logger: Final = logging.getLogger("actorfleet.http")
+T = TypeVar("T")
 
 # The agent answers by the deadline; this covers the hop back.
 HOP_MARGIN: Final = 0.5
 SHUTDOWN_GRACE: Final = 5.0
+"""Seconds a server may take to close, past `http.drain_timeout`."""
 _SHOWN_TYPE: Final = 64  # of an unknown agent type, in its 404
 
 
@@ -110,6 +113,8 @@ class HttpBridge:
         self._servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
         self.ports: list[int] = []
         self._journal_handler: logging.Handler | None = None
+        # Answers awaited by requests in progress, failed if the drain runs out.
+        self._in_flight: set[asyncio.Future[Any]] = set()
 
     # -- lifecycle (loop side) ---------------------------------------------
 
@@ -151,7 +156,8 @@ class HttpBridge:
             lifespan="off",
             log_level="warning",
             access_log=False,
-            timeout_graceful_shutdown=int(SHUTDOWN_GRACE),
+            # After the drain, what is still open (a stream) gets SHUTDOWN_GRACE more.
+            timeout_graceful_shutdown=math.ceil(self.settings.drain_timeout + SHUTDOWN_GRACE),
         )
         server = uvicorn.Server(config)
         # What `Server.serve` does, in two halves: bound and listening once
@@ -168,20 +174,38 @@ class HttpBridge:
         self.ports.append(sock.getsockname()[1])
 
     async def close(self) -> None:
-        """Stop accepting, let requests in progress finish (bounded), close."""
+        """Stop accepting, let requests in progress finish (`http.drain_timeout`), close.
+
+        A request whose answer has not come when the drain runs out is
+        answered 503 `unavailable` (the node is stopping); what is left
+        after that (a stream) is cut when the servers close.
+        """
         if self._journal_handler is not None:
             self.metrics.journal.detach(self._journal_handler)
             self._journal_handler = None
         for server, _task in self._servers:
             server.should_exit = True
+        drain = self.settings.drain_timeout
+        if self._servers and self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=drain)
+        stopping = Unavailable("the node stopped before the answer came", retry_after=1.0)
+        for answer in list(self._in_flight):
+            if not answer.done():
+                answer.set_exception(stopping)
         for _server, task in self._servers:
             try:
-                await asyncio.wait_for(task, SHUTDOWN_GRACE * 2)
+                await asyncio.wait_for(task, drain + SHUTDOWN_GRACE)
             except (TimeoutError, asyncio.CancelledError):
-                logger.warning("an HTTP server did not stop within %.0f s", SHUTDOWN_GRACE * 2)
+                logger.warning("an HTTP server did not stop within %.0f s", drain + SHUTDOWN_GRACE)
             except Exception:
                 logger.exception("an HTTP server failed while it stopped")
         self._servers.clear()
+
+    def in_flight(self, answer: asyncio.Future[T]) -> asyncio.Future[T]:
+        """`answer`, failed with `Unavailable` if the node stops before it comes."""
+        self._in_flight.add(answer)
+        answer.add_done_callback(self._in_flight.discard)
+        return answer
 
     @property
     def url(self) -> str:
@@ -441,7 +465,7 @@ class HttpBridge:
         reply = self.runtime.ref(agent_type).ask_async(
             message, message_id=meta.id, priority=meta.priority, sender="http", cause=meta
         )
-        answer = _as_future(reply)
+        answer = self.in_flight(_as_future(reply))
         budget = max(meta.deadline - time.time(), 0) + HOP_MARGIN
         try:
             return await unless_gone(request, answer, budget=budget)

@@ -62,7 +62,8 @@ async def _generate(
 ) -> Any:
     pool = bridge.pool().pool
     # The pool answers by the deadline; leaving early cancels and frees the slot.
-    return await unless_gone(request, asyncio.ensure_future(pool.submit(data, meta)))
+    answer = bridge.in_flight(asyncio.ensure_future(pool.submit(data, meta)))
+    return await unless_gone(request, answer)
 
 
 def _generate_stream_route(bridge: Edge) -> Any:

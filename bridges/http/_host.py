@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    import asyncio
+
     from litestar import Request
     from litestar.connection import ASGIConnection
     from litestar.handlers import BaseRouteHandler
@@ -14,6 +16,7 @@ if TYPE_CHECKING:
     from bridges.http._metrics import Metrics
     from messages import Metadata
 
+T = TypeVar("T")
 Guard = Callable[["ASGIConnection[Any, Any, Any, Any]", "BaseRouteHandler"], None]
 
 
@@ -37,6 +40,10 @@ class Edge(Protocol):
 
     def metadata(self, request: Request[Any, Any, Any]) -> Metadata:
         """A request's metadata from its headers (raises `BadRequest`)."""
+        ...
+
+    def in_flight(self, answer: asyncio.Future[T]) -> asyncio.Future[T]:
+        """`answer`, failed with `Unavailable` if the node stops before it comes."""
         ...
 
     def pool(self) -> PoolClient:

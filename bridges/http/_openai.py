@@ -518,7 +518,7 @@ async def _answer(
         tier = generation.tier or AUTO
         events = _stream(run, first, identity, tier, chat=chat, usage=usage)
         return Stream(_sse(events), media_type=SSE_MEDIA_TYPE, headers=_NO_CACHE)
-    submitted = asyncio.ensure_future(pool.submit(generation, meta))
+    submitted = bridge.in_flight(asyncio.ensure_future(pool.submit(generation, meta)))
     result: GenerateResult = await unless_gone(request, submitted)
     return _completion(result, identity, chat=chat)
 

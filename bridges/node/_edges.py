@@ -45,8 +45,9 @@ logger: Final = logging.getLogger("actorfleet.nats.embedded")
 HTTP_START_TIMEOUT: Final = 5.0
 STANDBY_POLL: Final = 0.2
 """How often a node that does not own the embedded server tries to take it over (s)."""
-# A stopping HTTP bridge lets requests in progress finish, per server.
-HTTP_STOP_TIMEOUT: Final = 4 * SHUTDOWN_GRACE
+# A stopping HTTP bridge lets requests in progress finish (http.drain_timeout;
+# its servers drain at once); this bounds what comes on top.
+HTTP_STOP_MARGIN: Final = 2 * SHUTDOWN_GRACE
 # A graceful stop of the NATS bridge drains; this bounds what comes on top.
 _DRAIN_MARGIN: Final = 5.0
 
@@ -337,8 +338,8 @@ def _http_child(
         id="http",
         open_resource=open_http,
         timeout=HTTP_START_TIMEOUT,
-        shutdown=settings.supervision.shutdown_timeout,
-        stop_timeout=HTTP_STOP_TIMEOUT,
+        shutdown=settings.supervision.shutdown_timeout + settings.http.drain_timeout,
+        stop_timeout=settings.http.drain_timeout + HTTP_STOP_MARGIN,
     )
 
 

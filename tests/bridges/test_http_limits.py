@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
+from tests.bridges.http_agents import EchoAgent
 from tests.conftest import WAIT
 
 PROBLEM = "application/problem+json"
@@ -180,3 +183,48 @@ def test_a_body_that_stops_coming_gets_408_and_frees_its_connection(
         problem = assert_problem(parse(read_until_closed(sock)), 408, "timeout")
     assert "body" in problem["detail"]
     assert client.post("/v1/agents/echo", json={"type": "Say", "text": "next"}).status_code == 200
+
+
+def _stop_once_handling(node: Any) -> threading.Thread:
+    """Stop `node` (as SIGTERM would) once its echo agent has taken a request."""
+
+    def stop() -> None:
+        EchoAgent.started.wait(WAIT)
+        node.stop()
+        node.run(handle_signals=False)
+
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    return stopper
+
+
+@pytest.mark.slow
+def test_a_request_in_progress_finishes_within_the_drain_timeout_when_the_node_stops(
+    serve: Callable[..., Any],
+) -> None:
+    node, client = serve(drain_timeout=5.0)
+    stopper = _stop_once_handling(node)
+    try:
+        answer = client.post("/v1/agents/echo", json={"type": "Say", "text": "a", "delay": 0.5})
+    finally:
+        stopper.join(WAIT)
+    assert answer.status_code == 200
+    assert answer.json()["text"] == "a"
+
+
+@pytest.mark.slow
+def test_a_request_still_waiting_when_the_drain_runs_out_is_answered_503(
+    serve: Callable[..., Any],
+) -> None:
+    node, client = serve(drain_timeout=0.2)
+    stopper = _stop_once_handling(node)
+    started = time.monotonic()
+    try:
+        answer = client.post("/v1/agents/echo", json={"type": "Say", "text": "a", "delay": 1.5})
+        took = time.monotonic() - started
+    finally:
+        stopper.join(WAIT)
+    assert took < 1.5  # not when the handler was done
+    assert answer.status_code == 503
+    assert answer.json()["code"] == "unavailable"
+    assert answer.headers["retry-after"] == "1"
