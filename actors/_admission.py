@@ -319,18 +319,14 @@ def _choose(members: tuple[Member, ...], start: int, rank: int) -> tuple[Member,
     """
     count = len(members)
     chosen = members[start % count]
-    box = chosen.mailbox
-    total = box.ahead(_SHEDDABLE)
-    ahead = box.ahead(rank) if total and rank != _SHEDDABLE else total
+    ahead, total = chosen.mailbox.depths(rank)
     if count == 1:
         return chosen, ahead, total
     best = ahead + (chosen.busy_since is not None)
     for i in range(1, count):
         member = members[(start + i) % count]
-        box = member.mailbox
-        queued = box.ahead(_SHEDDABLE)
+        mine, queued = member.mailbox.depths(rank)
         total += queued
-        mine = queued if rank == _SHEDDABLE else box.ahead(rank)
         load = mine + (member.busy_since is not None)
         if load < best:
             chosen, ahead, best = member, mine, load

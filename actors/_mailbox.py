@@ -160,6 +160,13 @@ class Mailbox:
             return len(lanes[0]) + len(lanes[1])
         return len(lanes[0]) + len(lanes[1]) + len(lanes[2])
 
+    def depths(self, rank: int) -> tuple[int, int]:
+        """(requests a request of priority `rank` would wait behind, requests queued)."""
+        lanes = self._lanes
+        first, second = len(lanes[0]), len(lanes[1])
+        total = first + second + len(lanes[2])
+        return (first if rank == 0 else first + second if rank == 1 else total), total
+
     def displace(self, rank: int) -> Call | None:
         """Take out the newest queued request less important than `rank`, if any.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 import time
@@ -28,11 +27,11 @@ class Reply(Generic[T]):
 
     __slots__ = (
         "_callbacks",
-        "_done",
         "_error",
         "_guard",
-        "_once",
+        "_settled",
         "_value",
+        "_waiter",
         "deadline",
         "on_chunk",
     )
@@ -41,33 +40,26 @@ class Reply(Generic[T]):
         self.deadline = deadline
         # Set by a caller that takes the handler's intermediate chunks (`ctx.emit`).
         self.on_chunk: Callable[[Any], None] | None = None
-        self._once = itertools.count()
-        self._done = threading.Lock()
-        self._done.acquire()
+        # One lock per reply: a blocking waiter's lock is made only when
+        # someone waits (the bridges only add callbacks).
         self._guard = threading.Lock()
+        self._settled = False
+        self._waiter: threading.Lock | None = None
         self._value: T | None = None
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[Reply[T]], None]] | None = None
 
     def set(self, value: T) -> bool:
         """Settle with a value; return False if it was already settled."""
-        if next(self._once):
-            return False
-        self._value = value
-        self._finish()
-        return True
+        return self._settle(value, None)
 
     def fail(self, error: BaseException) -> bool:
         """Settle with an error; return False if it was already settled."""
-        if next(self._once):
-            return False
-        self._error = error
-        self._finish()
-        return True
+        return self._settle(None, error)
 
     def done(self) -> bool:
         """Whether the reply has been settled."""
-        return not self._done.locked()
+        return self._settled
 
     def get(self, *, timeout: float | None = None) -> T:
         """Wait for the reply and return it, or raise the error it was settled with.
@@ -77,15 +69,26 @@ class Reply(Generic[T]):
         Raises:
             RequestTimeout: If the wait ends before the reply.
         """
-        wait = self.deadline - time.time()
-        if timeout is not None:
-            wait = min(wait, timeout)
-        if not self._done.acquire(timeout=-1 if wait == math.inf else max(wait, 0.0)):
-            raise RequestTimeout(f"no reply within {max(wait, 0.0):.3f} s")
-        self._done.release()
+        if not self._settled:
+            wait = self.deadline - time.time()
+            if timeout is not None:
+                wait = min(wait, timeout)
+            self._wait(wait)
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]
+
+    def _wait(self, wait: float) -> None:
+        with self._guard:
+            if self._settled:
+                return
+            waiter = self._waiter
+            if waiter is None:
+                waiter = self._waiter = threading.Lock()
+                waiter.acquire()
+        if not waiter.acquire(timeout=-1 if wait == math.inf else max(wait, 0.0)):
+            raise RequestTimeout(f"no reply within {max(wait, 0.0):.3f} s")
+        waiter.release()  # the next waiter, if any, goes through too
 
     def add_done_callback(self, callback: Callable[[Reply[T]], None]) -> None:
         """Call `callback(self)` once settled (at once if it already is).
@@ -93,20 +96,33 @@ class Reply(Generic[T]):
         The callback runs on the thread that settles the reply; it must be
         quick and must not block (the bridge uses it to hop onto its loop).
         """
-        with self._guard:
-            if not self.done():
-                if self._callbacks is None:
-                    self._callbacks = []
+        guard = self._guard
+        guard.acquire()  # acquire/release, not `with`: on every request
+        if not self._settled:
+            if self._callbacks is None:
+                self._callbacks = [callback]
+            else:
                 self._callbacks.append(callback)
-                return
+            guard.release()
+            return
+        guard.release()
         callback(self)
 
-    def _finish(self) -> None:
-        with self._guard:
-            self._done.release()
-            callbacks, self._callbacks = self._callbacks, None
+    def _settle(self, value: T | None, error: BaseException | None) -> bool:
+        guard = self._guard
+        guard.acquire()
+        if self._settled:
+            guard.release()
+            return False
+        self._value, self._error, self._settled = value, error, True
+        callbacks, self._callbacks = self._callbacks, None
+        waiter = self._waiter
+        guard.release()
+        if waiter is not None:
+            waiter.release()
         for callback in callbacks or ():
             callback(self)
+        return True
 
     def result(self) -> Any:
         """Return the value or the error of a settled reply, without raising."""

@@ -1,4 +1,4 @@
-"""Over HTTP: an actorfleet agent endpoint vs a bare Litestar/uvicorn echo, same run.
+"""Over HTTP: an actorfleet agent endpoint vs bare Litestar and FastAPI echoes, same run.
 
     python bench/http.py [--quick]
 
@@ -6,14 +6,17 @@ Two servers in this process, each on its own uvloop thread: an actorfleet
 node (`[http]` on a free port, NATS off, two `ping` agents) answering
 `POST /v1/agents/ping` (JSON -> msgspec -> an agent's mailbox -> its thread
 -> JSON), and a bare Litestar app on uvicorn answering the same body at
-`POST /echo` with the same msgspec types, in the handler. The load comes from
+`POST /echo` with the same msgspec types, in the handler, and FastAPI on
+uvicorn (pydantic models, what a user would pick instead) answering it at
+`POST /echo` too. The load comes from
 a separate process: C concurrent keep-alive connections (a minimal HTTP/1.1
 client on uvloop, cheaper per request than the servers), each sending
 requests back to back for a fixed time per round; rounds
-alternate bare, actorfleet, bare, ... Figures are medians of the per-round
-rates and p99 latencies.
+alternate bare, fastapi, actorfleet, bare, ... Figures are medians of the
+per-round rates and p99 latencies.
 
-Target: `ratio_vs_bare >= 0.5` (actorfleet req/s over bare req/s).
+Targets: `ratio_vs_bare >= 0.5` (actorfleet req/s over bare req/s),
+`ratio_vs_fastapi >= 1.0` and `p99_ratio_vs_fastapi <= 1.5`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ sys.path[:] = [str(_BENCH.parent), *(p for p in sys.path if Path(p or ".").resol
 import httpx
 import uvicorn
 import uvloop
+from fastapi import FastAPI
 from litestar import Litestar, post
+from pydantic import BaseModel
 
 from bench._common import median, percentile, result, table
 from bridges import build_node, free_port
@@ -58,14 +63,37 @@ def start_node() -> tuple[Any, str]:
     return node, f"http://127.0.0.1:{port}/v1/agents/ping"
 
 
+class FastPing(BaseModel):
+    payload: str = ""
+
+
+class FastPong(BaseModel):
+    payload: str
+    responder: str
+
+
 def start_bare() -> tuple[uvicorn.Server, str]:
     @post("/echo", status_code=200)
     async def echo(data: Ping) -> Pong:
         return Pong(payload=data.payload, responder="bare")
 
+    return serve_app(Litestar([echo]), "/echo")
+
+
+def start_fastapi() -> tuple[uvicorn.Server, str]:
+    app = FastAPI()
+
+    @app.post("/echo")
+    async def echo(data: FastPing) -> FastPong:
+        return FastPong(payload=data.payload, responder="fastapi")
+
+    return serve_app(app, "/echo")
+
+
+def serve_app(app: Any, path: str) -> tuple[uvicorn.Server, str]:
     port = free_port()
     config = uvicorn.Config(
-        Litestar([echo]),
+        app,
         port=port,
         loop="none",
         lifespan="off",
@@ -77,7 +105,7 @@ def start_bare() -> tuple[uvicorn.Server, str]:
     thread.start()
     while not server.started:
         time.sleep(0.01)
-    return server, f"http://127.0.0.1:{port}/echo"
+    return server, f"http://127.0.0.1:{port}{path}"
 
 
 async def _connection(
@@ -177,13 +205,15 @@ def main() -> None:
     rounds, seconds = (2, 1.5) if args.quick else (5, 3.0)
     node, node_url = start_node()
     bare, bare_url = start_bare()
-    runs: dict[str, list[dict[str, float]]] = {"bare": [], "actorfleet": []}
+    fastapi, fastapi_url = start_fastapi()
+    urls = {"bare": bare_url, "fastapi": fastapi_url, "actorfleet": node_url}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
     try:
         for _ in range(rounds):
-            runs["bare"].append(load_process(bare_url, seconds, CONCURRENCY))
-            runs["actorfleet"].append(load_process(node_url, seconds, CONCURRENCY))
+            for name, url in urls.items():
+                runs[name].append(load_process(url, seconds, CONCURRENCY))
     finally:
-        bare.should_exit = True
+        bare.should_exit = fastapi.should_exit = True
         node.stop()
         node.run(handle_signals=False)
     rows = []
@@ -205,11 +235,19 @@ def main() -> None:
     print(f"HTTP POST, {CONCURRENCY} connections, {rounds} rounds x {seconds} s, medians")
     print(table(["server", "req/s", "p50 ms", "p99 ms", "non-200"], rows))
     ratio = summary["actorfleet"]["rps"] / summary["bare"]["rps"]
+    vs_fastapi = summary["actorfleet"]["rps"] / summary["fastapi"]["rps"]
+    p99_vs_fastapi = summary["actorfleet"]["p99_ms"] / summary["fastapi"]["p99_ms"]
     print(f"ratio_vs_bare = {ratio:.2f} (target >= 0.5)")
+    print(f"ratio_vs_fastapi = {vs_fastapi:.2f} (target >= 1.0)")
+    print(f"p99_ratio_vs_fastapi = {p99_vs_fastapi:.2f} (target <= 1.5)")
     print(
         result(
             {
                 "ratio_vs_bare": round(ratio, 3),
+                "ratio_vs_fastapi": round(vs_fastapi, 3),
+                "p99_ratio_vs_fastapi": round(p99_vs_fastapi, 3),
+                "fastapi_rps": round(summary["fastapi"]["rps"]),
+                "fastapi_p99_ms": round(summary["fastapi"]["p99_ms"], 2),
                 "actorfleet_rps": round(summary["actorfleet"]["rps"]),
                 "bare_rps": round(summary["bare"]["rps"]),
                 "actorfleet_p99_ms": round(summary["actorfleet"]["p99_ms"], 2),

@@ -11,8 +11,14 @@ and a JetStream pull consumer that fetches, decodes and acks). Every client
 `js.publish`) runs in this process on one uvloop loop.
 
 Requests: c tasks each send sequential requests of the same ~100-byte
-message; req/s and latency over interleaved rounds (raw, actorfleet, ...),
-medians of the per-round rates.
+message; req/s and latency over interleaved rounds (raw, actorfleet,
+faststream, ...), medians of the per-round rates. FastStream is what a user
+would pick instead: its NATS RPC (`broker.request`) to a subscriber that
+returns a pydantic model, in a third responder process (`--serve-faststream
+URL`), with its per-message logging off. CPU per request is each process's
+user+sys time over a round divided by its requests: this process (the
+client side), the contender's responder, and nats-server (psutil), so a
+change is judged on what it costs, not only on wall time.
 
 Events: PUBLISHERS tasks publish n events (each publish waits for JetStream's
 ack; actorfleet's carry a Nats-Msg-Id for deduplication, as do "raw+dedup"'s,
@@ -49,9 +55,12 @@ sys.path[:] = [str(_BENCH.parent), *(p for p in sys.path if Path(p or ".").resol
 
 import nats
 import nats.errors
+import psutil
 import uvloop
+from faststream.nats import NatsBroker
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from pydantic import BaseModel
 
 from actors import Agent, Context, Runtime, handler, make_metadata
 from actors._actor import stop_all
@@ -62,6 +71,7 @@ from messages import Event, Message, Metadata, decoder_for, encode
 
 PREFIX = "bench"
 RAW_SUBJECT = "raw.echo"
+FS_SUBJECT = "faststream.echo"
 RAW_DURABLE = "raw"
 AGENTS = 2
 CONCURRENCY = (1, 32)
@@ -78,11 +88,19 @@ TEXT = "My invoice for October shows two charges for the same seat; please refun
 # plain raw publishing without it is shown beside.
 RAW_DEDUP = "raw+dedup"
 EVENT_CONTENDERS = ("raw", RAW_DEDUP, "actorfleet")
-TARGETS = {"ratio_vs_raw_c1": 0.8, "ratio_vs_raw_c32": 0.8, "ratio_events_vs_raw": 0.7}
+REQUEST_CONTENDERS = ("raw", "actorfleet", "faststream")
+TARGETS = {
+    "ratio_vs_raw_c1": 0.85,
+    "ratio_vs_raw_c32": 0.9,
+    "ratio_vs_faststream_c32": 2.0,
+    "ratio_events_vs_raw": 0.7,
+}
+CPU_SIDES = ("client", "responder", "server")
 RECONNECT_TARGET_S = 2.0
 
 Send = Callable[[], Awaitable[object]]
-RequestStats = dict[tuple[int, str], list[tuple[float, list[float]]]]
+# Per round: req/s, latencies, CPU microseconds per request of each side.
+RequestStats = dict[tuple[int, str], list[tuple[float, list[float], dict[str, float]]]]
 EventStats = dict[str, list[tuple[float, float]]]
 
 
@@ -95,6 +113,14 @@ class Echoed(Message, frozen=True, kw_only=True):
 
 
 class TicketFiled(Event, frozen=True, kw_only=True):
+    text: str
+
+
+class FsEcho(BaseModel):
+    text: str
+
+
+class FsEchoed(BaseModel):
     text: str
 
 
@@ -216,6 +242,22 @@ async def serve_raw(url: str) -> None:
     await nc.drain()
 
 
+async def serve_faststream(url: str) -> None:
+    """FastStream's NATS RPC: a subscriber returning a pydantic model; stdin EOF stops it."""
+    broker = NatsBroker(url, logger=None)
+
+    @broker.subscriber(FS_SUBJECT, queue="echo")
+    async def echo(msg: FsEcho) -> FsEchoed:
+        return FsEchoed(text=msg.text)
+
+    await broker.start()
+    announce_ready()
+    loop = asyncio.get_running_loop()
+    while await loop.run_in_executor(None, sys.stdin.readline):
+        announce_ready()  # no events here: ready for the next round at once
+    await broker.stop()
+
+
 async def cancel(task: asyncio.Task[None] | None) -> None:
     if task is not None:
         task.cancel()
@@ -303,6 +345,36 @@ def raw_request(nc: Client) -> Send:
     return call
 
 
+def faststream_request(broker: NatsBroker) -> Send:
+    async def call() -> object:
+        msg = await broker.request(FsEcho(text=TEXT), FS_SUBJECT, timeout=5)
+        return FsEchoed.model_validate_json(msg.body)
+
+    return call
+
+
+class CpuMeter:
+    """User+sys CPU seconds of the processes on each side of a contender's requests."""
+
+    def __init__(self, server_pid: int, responders: dict[str, int]) -> None:
+        self.client = psutil.Process()
+        self.server = psutil.Process(server_pid)
+        self.responders = {name: psutil.Process(pid) for name, pid in responders.items()}
+
+    def read(self, contender: str) -> dict[str, float]:
+        processes = {
+            "client": self.client,
+            "responder": self.responders[contender],
+            "server": self.server,
+        }
+        return {side: _cpu_seconds(process) for side, process in processes.items()}
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 async def run_requests(call: Send, n: int, concurrency: int) -> tuple[float, list[float]]:
     """(req/s, latencies) of n requests sent by `concurrency` sequential tasks."""
     latencies: list[float] = []
@@ -322,7 +394,7 @@ async def run_requests(call: Send, n: int, concurrency: int) -> tuple[float, lis
 async def check_replies(calls: dict[str, Send]) -> None:
     for name, call in calls.items():
         reply = await call()
-        if reply != Echoed(text=TEXT):
+        if reply not in (Echoed(text=TEXT), FsEchoed(text=TEXT)):
             msg = f"{name} answered {reply!r}"
             raise RuntimeError(msg)
 
@@ -479,14 +551,24 @@ def reconnect_samples(
 
 def request_rows(
     stats: RequestStats,
-) -> tuple[list[list[object]], dict[int, float]]:
+) -> tuple[list[list[object]], dict[str, float]]:
+    """Rows, and the figures of the RESULT line (ratios, CPU per request)."""
     rows: list[list[object]] = []
-    ratios: dict[int, float] = {}
+    figures: dict[str, float] = {}
     for c in CONCURRENCY:
-        rps = {name: median([r for r, _ in stats[(c, name)]]) for name in ("raw", "actorfleet")}
-        ratios[c] = rps["actorfleet"] / rps["raw"]
-        for name in ("raw", "actorfleet"):
-            merged = [s for _, lat in stats[(c, name)] for s in lat]
+        rps = {name: median([r for r, _, _ in stats[(c, name)]]) for name in REQUEST_CONTENDERS}
+        figures[f"ratio_vs_raw_c{c}"] = rps["actorfleet"] / rps["raw"]
+        figures[f"ratio_vs_faststream_c{c}"] = rps["actorfleet"] / rps["faststream"]
+        for name in REQUEST_CONTENDERS:
+            merged = [s for _, lat, _ in stats[(c, name)] for s in lat]
+            cpu = {side: median([u[side] for _, _, u in stats[(c, name)]]) for side in CPU_SIDES}
+            total = sum(cpu.values())
+            figures[f"cpu_us_per_request_{name}_c{c}"] = total
+            target = ""
+            if name == "actorfleet":
+                target = f">= {TARGETS[f'ratio_vs_raw_c{c}']}"
+                if c == max(CONCURRENCY):
+                    target += f"; >= {TARGETS['ratio_vs_faststream_c32']} x faststream"
             rows.append(
                 [
                     f"request c={c}",
@@ -494,11 +576,13 @@ def request_rows(
                     rps[name],
                     percentile(merged, 50) * 1e6,
                     percentile(merged, 99) * 1e6,
+                    *(cpu[side] for side in CPU_SIDES),
+                    total,
                     rps[name] / rps["raw"],
-                    f">= {TARGETS[f'ratio_vs_raw_c{c}']}" if name == "actorfleet" else "",
+                    target,
                 ]
             )
-    return rows, ratios
+    return rows, figures
 
 
 def event_rows(events: EventStats) -> tuple[list[list[object]], float, float]:
@@ -526,8 +610,10 @@ def report(
     header: str,
 ) -> None:
     print(header)
-    req_rows, req_ratio = request_rows(requests)
-    print(table(["bench", "contender", "req/s", "p50 us", "p99 us", "vs raw", "target"], req_rows))
+    req_rows, req_figures = request_rows(requests)
+    cpu_columns = [f"cpu us/req {side}" for side in CPU_SIDES]
+    columns = ["bench", "contender", "req/s", "p50 us", "p99 us", *cpu_columns, "cpu total"]
+    print(table([*columns, "vs raw", "target"], req_rows))
     print()
     ev_rows, ev_ratio, ev_ratio_nodedup = event_rows(events)
     columns = ["bench", "contender", "events/s", "publish/s", "vs raw+dedup", "vs raw", "target"]
@@ -549,12 +635,11 @@ def report(
             ],
         )
     )
-    rps = {c: median([r for r, _ in requests[(c, "actorfleet")]]) for c in CONCURRENCY}
+    rps = {c: median([r for r, _, _ in requests[(c, "actorfleet")]]) for c in CONCURRENCY}
     print(
         result(
             {
-                "ratio_vs_raw_c1": round(req_ratio[1], 3),
-                "ratio_vs_raw_c32": round(req_ratio[32], 3),
+                **{name: round(value, 3) for name, value in req_figures.items()},
                 "ratio_events_vs_raw": round(ev_ratio, 3),
                 "ratio_events_vs_raw_nodedup": round(ev_ratio_nodedup, 3),
                 "reconnect_s": round(median(reconnect["actorfleet"]), 3),
@@ -570,7 +655,7 @@ def report(
 
 
 def bench_requests(
-    io: IoLoop, calls: dict[str, Send], sizes: dict[int, int], rounds: int
+    io: IoLoop, calls: dict[str, Send], sizes: dict[int, int], rounds: int, cpu: CpuMeter
 ) -> RequestStats:
     io.run(check_replies(calls), timeout=SETUP_TIMEOUT)
     for call in calls.values():  # warm-up
@@ -579,8 +664,12 @@ def bench_requests(
     for _ in range(rounds):
         for c in CONCURRENCY:
             for name, call in calls.items():
-                measured = io.run(run_requests(call, sizes[c], c), timeout=ROUND_TIMEOUT)
-                stats.setdefault((c, name), []).append(measured)
+                before = cpu.read(name)
+                rate, latencies = io.run(run_requests(call, sizes[c], c), timeout=ROUND_TIMEOUT)
+                after = cpu.read(name)
+                n = len(latencies)
+                used = {side: (after[side] - before[side]) / n * 1e6 for side in CPU_SIDES}
+                stats.setdefault((c, name), []).append((rate, latencies, used))
     return stats
 
 
@@ -603,14 +692,23 @@ def run_all(server: NatsServer, quick: bool) -> None:
     runtime = Runtime(node="bench-client")
     bridge = NatsBridge(runtime, io, nats_settings(server.url, PREFIX), event_settings(PREFIX))
     nc: Client | None = None
+    broker = NatsBroker(server.url, logger=None)
     events_bench: EventsBench | None = None
     try:
         responders["raw"] = Responder("--serve-raw", server.url)
         responders["actorfleet"] = Responder("--serve-agent", server.url)
+        responders["faststream"] = Responder("--serve-faststream", server.url)
         io.run(bridge.start(), timeout=SETUP_TIMEOUT)
         nc = io.run(raw_connect(server.url), timeout=SETUP_TIMEOUT)
-        calls = {"raw": raw_request(nc), "actorfleet": af_request(bridge)}
-        requests = bench_requests(io, calls, sizes, rounds)
+        io.run(broker.connect(), timeout=SETUP_TIMEOUT)
+        calls = {
+            "raw": raw_request(nc),
+            "actorfleet": af_request(bridge),
+            "faststream": faststream_request(broker),
+        }
+        pids = {name: r.process.pid for name, r in responders.items()}
+        cpu = CpuMeter(typing.cast("int", server.pid), pids)
+        requests = bench_requests(io, calls, sizes, rounds, cpu)
         events_bench = EventsBench(io, server.url, nc, responders)
         events = bench_events(events_bench, n_events, rounds)
         reconnect = reconnect_samples(server, bridge, io, reps)
@@ -621,6 +719,7 @@ def run_all(server: NatsServer, quick: bool) -> None:
             events_bench.close()
         if nc is not None:
             io.run(nc.close(), timeout=SETUP_TIMEOUT)
+        io.run(broker.stop(), timeout=SETUP_TIMEOUT)
         io.run(bridge.close(), timeout=SETUP_TIMEOUT)
         runtime.close()
         io.stop()
@@ -637,12 +736,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--serve-agent", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--serve-raw", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-faststream", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the reconnect bench breaks connections on purpose
     if args.serve_agent:
         serve_agent(args.serve_agent)
     elif args.serve_raw:
         uvloop.run(serve_raw(args.serve_raw))
+    elif args.serve_faststream:
+        uvloop.run(serve_faststream(args.serve_faststream))
     else:
         server = NatsServer().start()
         try:

@@ -44,6 +44,7 @@ from bridges.http._erasure import erasure_route
 from bridges.http._generate import generate_routes
 from bridges.http._headers import request_metadata
 from bridges.http._health import Health, health_routes
+from bridges.http._host import Guard
 from bridges.http._metrics import Metrics
 from bridges.http._openai import document_openai, openai_routes
 from bridges.http._problems import (
@@ -284,15 +285,25 @@ class HttpBridge:
             document_openai(app)
         return app
 
-    def guards(
-        self,
-    ) -> list[Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]]:
-        """Authentication, unless the edge is open (a closure: Litestar copies guards)."""
+    def guards(self) -> list[Guard]:
+        """Authentication, unless the edge is open (a closure: Litestar copies guards).
+
+        Coroutines, since Litestar runs a plain function guard on a worker
+        thread: a thread hop per request, for a check that takes a microsecond.
+        """
         auth = self.auth
         if auth.open:
-            return [same_machine]
 
-        def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+            async def loopback_only(
+                connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+            ) -> None:
+                same_machine(connection, _)
+
+            return [loopback_only]
+
+        async def guard(
+            connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+        ) -> None:
             remember(connection, auth.authenticate(connection.headers))
 
         return [guard]

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from messages import Metadata
 
 T = TypeVar("T")
-Guard = Callable[["ASGIConnection[Any, Any, Any, Any]", "BaseRouteHandler"], None]
+Guard = Callable[["ASGIConnection[Any, Any, Any, Any]", "BaseRouteHandler"], Awaitable[None]]
+"""A route guard: a coroutine function (Litestar runs a plain function on a worker thread)."""
 
 
 class Edge(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bridges.http._auth import Authenticator
 from config import decode
 from tests.bridges.http_agents import EchoAgent
 from tests.conftest import WAIT
@@ -273,3 +275,23 @@ def test_a_body_without_its_type_tag_is_told_the_tags_there_are(
         response = client.post("/v1/agents/echo", json=body)
         assert response.status_code == 422
         assert response.json()["detail"].endswith('"type" must be one of Say, FailWith')
+
+
+def test_authentication_runs_on_the_loop_not_a_worker_thread(
+    serve: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Litestar runs a plain-function guard on a worker thread: a hop per request.
+    key = "loop-guard-key-0123456789abcdef"
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    _node, client = serve(credentials=[{"name": "ops", "key_sha256": digest, "scope": "admin"}])
+    threads: list[str] = []
+    authenticate = Authenticator.authenticate
+
+    def recorded(self: Authenticator, headers: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return authenticate(self, headers)
+
+    monkeypatch.setattr(Authenticator, "authenticate", recorded)
+    answer = client.post("/v1/agents/ping", json={}, headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 200
+    assert threads == ["actorfleet-io-web"]  # the node's loop thread
