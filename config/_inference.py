@@ -15,6 +15,8 @@ from messages import ConfigError
 
 # An exllamav2 worker runs one generation at once until its engine says more.
 EXLLAMAV2_CAPACITY: Final = 1
+# exllamav2 allocates its cache in pages of this many tokens.
+EXLLAMAV2_PAGE: Final = 256
 LLAMACPP_CAPACITY: Final = 1
 
 
@@ -140,14 +142,15 @@ class ExLlamaV2BackendSettings(
     Attributes:
         model_dir: The model directory.
         cache_mode: KV cache precision: `FP16`, `Q4`, `Q6` or `Q8`.
-        max_seq_len: Context length; 0 keeps the model's.
+        max_seq_len: Context length, a multiple of 256 (exllamav2's cache
+            page, which it asserts); 0 keeps the model's.
     """
 
     process_default: ClassVar[bool] = True  # a CUDA fault takes down one worker, not the node
 
     model_dir: str
     cache_mode: Literal["FP16", "Q4", "Q6", "Q8"] = "FP16"
-    max_seq_len: Count = 0
+    max_seq_len: Annotated[int, msgspec.Meta(ge=0, multiple_of=EXLLAMAV2_PAGE)] = 0
 
     @property
     def model(self) -> str:

@@ -7,29 +7,32 @@ stream events go out through callbacks. `ExLlamaV2Backend` is the pool's
 and cancels the job when its task is cancelled (deadline passed, caller
 gone).
 
-exllamav2, torch and CUDA are imported only when an engine is built: on a
-machine without them, choosing this backend fails at start with a
-`ConfigError` that says what is missing.
+exllamav2, torch and CUDA are imported only when an engine is built
+(`inference/_exllamav2_load.py`): on a machine without them, or when the
+model does not load, choosing this backend fails at start with a
+`ConfigError` that says why.
 
-With flash-attn >= 2.5.7 the generator runs paged (continuous batching of
-many jobs); without it, unpaged, one job at a time, and the backend's
-`capacity` says so, so the pool never sends it more.
+Where exllamav2 finds paged attention (flash-attn >= 2.5.7 that loads) the
+generator runs paged, batching as many jobs as its cache has pages; without
+it, unpaged, one job at a time. The backend's `capacity` says which, so the
+pool never sends it more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
-import importlib.metadata
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from inference._backend import Emit, Generation, prompt_text
+from inference._exllamav2_load import CONFIG_KEY, load
 from messages import BadRequest, ConfigError, FinishReason, GenerateRequest, Metadata, OutputSchema
 
 if TYPE_CHECKING:
@@ -38,38 +41,10 @@ if TYPE_CHECKING:
 logger: Final = logging.getLogger("actorfleet.inference.exllamav2")
 
 NAME: Final = "exllamav2"
-CACHE_MODES: Final = ("FP16", "Q4", "Q6", "Q8")
-FLASH_ATTN_MIN: Final = (2, 5, 7)
-_CONFIG_KEY: Final = "inference.tiers.backend"
 
 Event = dict[str, Any]
 OnEvent = Callable[[Event], None]
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    """`2.5.7.post1` -> (2, 5, 7): the numeric release part of a version."""
-    parts: list[int] = []
-    for piece in version.split("."):
-        digits = ""
-        for char in piece:
-            if not char.isdigit():
-                break
-            digits += char
-        if not digits:
-            break
-        parts.append(int(digits))
-        if digits != piece:
-            break
-    return tuple(parts)
-
-
-def paged_attention_available() -> bool:
-    """Whether flash-attn >= 2.5.7 is installed (paged attention, batching)."""
-    try:
-        installed = importlib.metadata.version("flash-attn")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return version_tuple(installed) >= FLASH_ATTN_MIN
+T = TypeVar("T")
 
 
 def render_prompt(request: GenerateRequest) -> str:
@@ -87,72 +62,28 @@ class Engine:
     Args:
         model_dir: An EXL2 or GPTQ model directory.
         cache_mode: `FP16`, `Q4`, `Q6` or `Q8` (the KV cache's precision).
-        max_seq_len: Context length; None keeps the model's.
+        max_seq_len: Context length, a multiple of 256 (the tokens the cache
+            holds, shared by the jobs it runs); None keeps the model's.
 
     Raises:
         ConfigError: exllamav2 or torch is not installed, no CUDA device is
-            visible, or the cache mode is unknown.
+            visible, the cache mode or context length is not one exllamav2
+            takes, or the model does not load (a missing or bad directory,
+            a full GPU).
     """
 
     def __init__(
         self, model_dir: str, *, cache_mode: str = "FP16", max_seq_len: int | None = None
     ) -> None:
-        if cache_mode not in CACHE_MODES:
-            raise ConfigError(_CONFIG_KEY, f"cache_mode must be one of {CACHE_MODES}")
-        try:
-            import torch  # noqa: PLC0415 - optional, GPU only
-            from exllamav2 import (  # noqa: PLC0415
-                ExLlamaV2,
-                ExLlamaV2Cache,
-                ExLlamaV2Cache_Q4,
-                ExLlamaV2Cache_Q6,
-                ExLlamaV2Cache_Q8,
-                ExLlamaV2Config,
-                ExLlamaV2Tokenizer,
-            )
-            from exllamav2.generator import (  # noqa: PLC0415
-                ExLlamaV2DynamicGenerator,
-                ExLlamaV2DynamicJob,
-                ExLlamaV2Sampler,
-            )
-        except ImportError as exc:
-            msg = (
-                "the exllamav2 backend needs the 'gpu' extra "
-                f"(pip install 'actorfleet[gpu]'): {exc}"
-            )
-            raise ConfigError(_CONFIG_KEY, msg) from exc
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                _CONFIG_KEY, "the exllamav2 backend needs a CUDA GPU; none is visible"
-            )
-        caches = {
-            "FP16": ExLlamaV2Cache,
-            "Q4": ExLlamaV2Cache_Q4,
-            "Q6": ExLlamaV2Cache_Q6,
-            "Q8": ExLlamaV2Cache_Q8,
-        }
-        self._torch = torch
-        self._job_class = ExLlamaV2DynamicJob
-        self._sampler = ExLlamaV2Sampler
-        config = ExLlamaV2Config(model_dir)
-        if max_seq_len is not None:
-            config.max_seq_len = max_seq_len
-        self.paged = paged_attention_available()
-        if not self.paged:
-            config.no_flash_attn = True
-        self.model = ExLlamaV2(config)
-        cache = caches[cache_mode](self.model, max_seq_len=config.max_seq_len, lazy=True)
-        self.model.load_autosplit(cache)
-        self.tokenizer = ExLlamaV2Tokenizer(config)
-        self.generator = ExLlamaV2DynamicGenerator(
-            model=self.model,
-            cache=cache,
-            tokenizer=self.tokenizer,
-            paged=self.paged,
-            max_batch_size=None if self.paged else 1,
-        )
-        self.capacity = self.generator.max_batch_size if self.paged else 1
-        self.context_length: int = config.max_seq_len
+        loaded = load(model_dir, cache_mode=cache_mode, max_seq_len=max_seq_len)
+        self._job_class = loaded.job_class
+        self._sampler = loaded.sampler
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.generator = loaded.generator
+        self.paged = loaded.paged
+        self.capacity = loaded.capacity
+        self.context_length = loaded.context_length
         self.model_name = model_dir.rstrip("/").rsplit("/", 1)[-1]
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._callbacks: dict[int, OnEvent] = {}
@@ -175,9 +106,20 @@ class Engine:
         Raises:
             GeneratorFailed: If the engine has failed or been closed.
         """
-        if self.failure is not None or self._stopped:
-            msg = f"the exllamav2 engine is not running: {self.failure or 'closed'}"
-            raise GeneratorFailed(msg)
+        self._check_running()
+        with self._id_lock:
+            job_id = self._next_id
+            self._next_id += 1
+        job = self.make_job(request, job_id)
+        self._commands.put(("enqueue", (job_id, job, on_event)))
+        return job_id
+
+    def make_job(self, request: GenerateRequest, identifier: object) -> Any:
+        """The exllamav2 job that `submit` queues for `request` (a bench builds raw ones so).
+
+        Raises:
+            BadRequest: If the request's output schema cannot be enforced.
+        """
         settings = self._sampler.Settings()
         settings.temperature = request.sampling.temperature
         settings.top_p = request.sampling.top_p
@@ -185,20 +127,39 @@ class Engine:
         settings.token_repetition_penalty = request.sampling.repetition_penalty
         stops: list[int | str] = [self.tokenizer.eos_token_id, *request.stop]
         constrained = {} if request.output is None else self.schema_filters(request.output)
-        with self._id_lock:
-            job_id = self._next_id
-            self._next_id += 1
-        job = self._job_class(
+        return self._job_class(
             input_ids=self.encode(render_prompt(request)),
             max_new_tokens=request.max_tokens,
             gen_settings=settings,
             seed=request.seed,
             stop_conditions=stops,
-            identifier=job_id,
+            identifier=identifier,
             **constrained,
         )
-        self._commands.put(("enqueue", (job_id, job, on_event)))
-        return job_id
+
+    def run_exclusive(self, work: Callable[[Any], T], *, timeout: float) -> T:
+        """Run `work(generator)` on the engine thread between two steps; return its result.
+
+        Nothing else drives the generator meanwhile, so `work` may enqueue
+        and iterate jobs of its own (it must leave none behind). It runs only
+        while the engine has no job of its own: its iterations would advance
+        those too, and take their events.
+
+        Raises:
+            GeneratorFailed: If the engine has failed or been closed.
+            RuntimeError: If the engine had jobs of its own running.
+            TimeoutError: If `work` has not returned within `timeout` seconds
+                (it still runs to its end on the engine thread).
+        """
+        self._check_running()
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._commands.put(("call", (work, done)))
+        return done.result(timeout=timeout)
+
+    def _check_running(self) -> None:
+        if self.failure is not None or self._stopped:
+            msg = f"the exllamav2 engine is not running: {self.failure or 'closed'}"
+            raise GeneratorFailed(msg)
 
     def schema_filters(self, output: OutputSchema) -> dict[str, Any]:
         """The job arguments that keep its text to `output`'s JSON Schema.
@@ -279,6 +240,18 @@ class Engine:
             self._callbacks.pop(argument, None)
             if job is not None:
                 self.generator.cancel(job)
+        elif verb == "call":
+            work, done = argument
+            if not done.set_running_or_notify_cancel():
+                return
+            if self._jobs:
+                busy = f"the engine runs {len(self._jobs)} job(s) of its own"
+                done.set_exception(RuntimeError(busy))
+                return
+            try:
+                done.set_result(work(self.generator))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, who raises it
+                done.set_exception(exc)
 
     def _deliver(self, event: Event) -> None:
         """Hand one stream event to its job's callback (a failing callback drops that job)."""
@@ -291,11 +264,35 @@ class Engine:
         if event.get("eos"):
             self._callbacks.pop(job_id, None)
             self._jobs.pop(job_id, None)
+            event = self._with_held_text(event)
         try:
             callback(event)
         except Exception:
             logger.warning("job %d lost its listener; cancelling it", job_id, exc_info=True)
             self._apply("cancel", job_id)
+
+    def _with_held_text(self, event: Event) -> Event:
+        """The end event with the text exllamav2 still held, when a stop token ended the job.
+
+        exllamav2 holds back text that may still change: a partial UTF-8
+        character, a prefix of a stop string. At `max_new_tokens` (and at a
+        stop string, up to the string) the end event carries it as `text`;
+        at a stop token it stays in `held`, after the stop token's own piece.
+        """
+        if event.get("eos_reason") != "stop_token":
+            return event
+        held = event.get("held", {}).get("text", "")
+        if not held:
+            return event
+        token = event.get("eos_triggering_token_id")
+        piece = (
+            self.tokenizer.get_id_to_piece_list(include_special_tokens=False)[token]
+            if isinstance(token, int)
+            else ""
+        )
+        if piece and held.endswith(piece):
+            held = held[: -len(piece)]
+        return {**event, "text": event.get("text", "") + held}
 
     def _fail_all(self, error: Exception) -> None:
         callbacks, self._callbacks = self._callbacks, {}
@@ -330,7 +327,7 @@ def _schema_filter_class() -> Any:
         )
     except ImportError as exc:
         msg = f"schema-constrained output on exllamav2 needs the 'gpu' extra: {exc}"
-        raise ConfigError(_CONFIG_KEY, msg) from exc
+        raise ConfigError(CONFIG_KEY, msg) from exc
 
     class SchemaFilter(ExLlamaV2Filter):  # type: ignore[misc]
         """Allows only tokens that keep the text a prefix of a valid instance of a schema."""
@@ -460,8 +457,8 @@ def exllamav2_from_settings(settings: ExLlamaV2BackendSettings) -> ExLlamaV2Back
     """An exllamav2 backend over a new engine, as a tier's `[backend]` table describes it.
 
     Raises:
-        ConfigError: If torch or exllamav2 cannot be imported, or no CUDA
-            device is visible.
+        ConfigError: If torch or exllamav2 cannot be imported, no CUDA
+            device is visible, or the model does not load.
     """
     engine = Engine(
         settings.model_dir,

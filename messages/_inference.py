@@ -151,7 +151,8 @@ class GenerateRequest(Message, frozen=True, kw_only=True):
         max_tokens: Most tokens to generate.
         sampling: Sampling settings.
         seed: Seed for sampling, 0 to `MAX_SEED`; the same seed, prompt and
-            settings give the same text on the same model and backend.
+            settings give the same text on the same model with llama.cpp
+            and the scripted backend (exllamav2 does not promise it).
         stop: Strings that end the generation (not included in the text).
         tier: Preferred model tier (`large`, `small`, ...); None: the pool's default.
         may_degrade: Whether a smaller tier may answer when the preferred one

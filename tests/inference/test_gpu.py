@@ -99,10 +99,12 @@ async def test_a_token_filter_keeps_random_weights_to_the_schema(engine: object)
     assert isinstance(decode_output(result.text, SupportDecision), SupportDecision)
 
 
-async def test_the_same_seed_gives_the_same_text(engine: object) -> None:
+async def test_greedy_decoding_gives_the_same_text_twice(engine: object) -> None:
+    # exllamav2 does not promise that a seed repeats sampled text (its matrix
+    # kernels add with atomics): two runs are compared greedily.
     pool = _pool(engine)
     request = GenerateRequest(
-        prompt="ticket shipping", max_tokens=24, sampling=Sampling(temperature=1.0), seed=7
+        prompt="ticket shipping", max_tokens=24, sampling=Sampling(temperature=0.0)
     )
     first = await pool.submit(request, _meta())
     second = await pool.submit(request, _meta())
