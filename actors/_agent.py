@@ -215,7 +215,10 @@ class Agent(Actor):
     def _handler_crashed(self, call: Call, exc: Exception) -> None:
         logger.error("agent %s crashed", self.name, exc_info=exc)
         self._busy = None
-        self._die(ExitReason(ExitKind.CRASHED, f"{type(exc).__name__}: {exc}"))
+        # The exception's type only: its message may quote what the request
+        # carried, and the exit reason is shown by /healthz and the dashboard.
+        # The log above has the whole of it.
+        self._die(ExitReason(ExitKind.CRASHED, type(exc).__name__))
         if call.reply is not None:
             call.reply.fail(
                 InternalError(f"{self.name} failed handling {type(call.payload).__name__}")

@@ -51,6 +51,7 @@ from messages._events import (
     SupervisionEvent,
 )
 from messages._inference import (
+    MAX_SCHEMA_LENGTH,
     CancelGeneration,
     ChatMessage,
     FinishReason,
@@ -94,6 +95,7 @@ from messages._principal import (
 __all__ = [
     "ID_PATTERN",
     "MAX_ID_LENGTH",
+    "MAX_SCHEMA_LENGTH",
     "MAX_USER_LENGTH",
     "SENDER_PATTERN",
     "ActorfleetError",

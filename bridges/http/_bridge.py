@@ -203,7 +203,14 @@ class HttpBridge:
         self._servers.clear()
 
     def in_flight(self, answer: asyncio.Future[T]) -> asyncio.Future[T]:
-        """`answer`, failed with `Unavailable` if the node stops before it comes."""
+        """`answer`, failed with `Unavailable` if the node stops before it comes.
+
+        A task (a generation) cannot be failed from outside: it answers
+        through a future of its own, and is cancelled once that is settled
+        first (the drain ran out, the client left).
+        """
+        if isinstance(answer, asyncio.Task):
+            answer = _through_future(answer)
         self._in_flight.add(answer)
         answer.add_done_callback(self._in_flight.discard)
         return answer
@@ -503,6 +510,25 @@ class HttpBridge:
 async def _serve_until_exit(server: uvicorn.Server, sock: socket.socket) -> None:
     await server.main_loop()
     await server.shutdown(sockets=[sock])
+
+
+def _through_future(task: asyncio.Task[T]) -> asyncio.Future[T]:
+    """A future settled as `task` ends; settled (or cancelled) first, it cancels `task`."""
+    outer: asyncio.Future[T] = task.get_loop().create_future()
+
+    def relay(done: asyncio.Task[T]) -> None:
+        if outer.done():
+            return
+        if done.cancelled():
+            outer.cancel()
+        elif (error := done.exception()) is not None:
+            outer.set_exception(error)
+        else:
+            outer.set_result(done.result())
+
+    task.add_done_callback(relay)
+    outer.add_done_callback(lambda _outer: task.cancel())  # a no-op once the task is done
+    return outer
 
 
 def _as_future(reply: Reply[Any]) -> asyncio.Future[Any]:

@@ -137,7 +137,7 @@ class Metrics:
             if child is None:
                 child = children[status] = self.requests.labels(edge, agent_type, status)
             child.observe(seconds)
-            if failed(status):
+            if server_side(status):
                 journal.problem("request", source, f"answered {status} in {seconds * 1e3:.1f} ms")
             if otel is not None:
                 otel.record(seconds, {"edge": edge, "agent_type": agent_type, "status": status})
@@ -147,7 +147,7 @@ class Metrics:
     def observe(self, edge: str, agent_type: str, status: str, seconds: float) -> None:
         """Record one answered request."""
         self.requests.labels(edge, agent_type, status).observe(seconds)
-        if failed(status):
+        if server_side(status):
             self.journal.problem(
                 "request", f"{edge} {agent_type}", f"answered {status} in {seconds * 1e3:.1f} ms"
             )
@@ -187,6 +187,19 @@ class Metrics:
 def failed(status: str) -> bool:
     """Whether an edge's status is a failure (not NATS's `ok`, not an HTTP 2xx)."""
     return status != "ok" and not status.startswith("2")
+
+
+# NATS error codes that say the node failed, not the caller (as HTTP's 5xx do).
+_SERVER_SIDE_CODES: Final = frozenset({"internal", "unavailable", "timeout"})
+
+
+def server_side(status: str) -> bool:
+    """Whether a failure is the node's (an HTTP 5xx, a NATS internal error or timeout).
+
+    Only these go to the journal's problems: a caller's own mistakes (4xx)
+    are counted in the metrics, and would push the node's problems out.
+    """
+    return status.startswith("5") or status in _SERVER_SIDE_CODES
 
 
 class RequestTotals(msgspec.Struct, kw_only=True):

@@ -37,6 +37,7 @@ from bridges.http._schema import NOT_BLANK, document_zero_bounds
 from bridges.http._streams import SSE_MEDIA_TYPE
 from inference import prompt_text
 from messages import (
+    MAX_SCHEMA_LENGTH,
     AgentError,
     BadRequest,
     ChatMessage,
@@ -63,6 +64,7 @@ _COMPLETION_MAX_TOKENS: Final = 16  # OpenAI's default for /v1/completions
 _OWNER: Final = "actorfleet"
 _SERVER_ERRORS: Final = 500
 _TOO_MANY: Final = 429
+_UNAUTHORIZED: Final = 401
 _ERROR_TYPES: Final = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -75,7 +77,10 @@ _ERROR_TYPES: Final = {
 }
 
 _STOPS: Final = 4  # OpenAI's most stop sequences
-Stop = str | Annotated[list[str], msgspec.Meta(max_length=_STOPS)] | None
+_STOP_LENGTH: Final = 256  # characters of one stop sequence
+_UNSUPPORTED_ITEMS: Final = 128  # tools or functions read only to refuse them
+StopText = Annotated[str, msgspec.Meta(max_length=_STOP_LENGTH)]
+Stop = StopText | Annotated[list[StopText], msgspec.Meta(max_length=_STOPS)] | None
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 TopP = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Tokens = Annotated[int, msgspec.Meta(ge=1, le=1 << 20)]
@@ -153,6 +158,23 @@ class _Sampled(msgspec.Struct, frozen=True, kw_only=True):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    # Asked for, they cannot be honoured: refused (400), not silently dropped.
+    logprobs: bool | None = None
+    tools: Annotated[list[Any], msgspec.Meta(max_length=_UNSUPPORTED_ITEMS)] | None = None
+    functions: Annotated[list[Any], msgspec.Meta(max_length=_UNSUPPORTED_ITEMS)] | None = None
+
+    def refuse_unsupported(self) -> None:
+        """Raise for what was asked that no tier can do.
+
+        Raises:
+            BadRequest: Tools, functions or log probabilities were asked for.
+        """
+        if self.tools or self.functions:
+            msg = "tool and function calling is not supported: no tier calls tools"
+            raise BadRequest(msg)
+        if self.logprobs:
+            msg = "logprobs are not supported"
+            raise BadRequest(msg)
 
 
 class ChatCompletionRequest(_Sampled, frozen=True, kw_only=True):
@@ -439,6 +461,7 @@ def _stops(stop: str | list[str] | None) -> list[str]:
 
 
 def _from_chat(data: ChatCompletionRequest, degrade: bool) -> GenerateRequest:
+    data.refuse_unsupported()
     max_tokens = data.max_completion_tokens or data.max_tokens
     roles = {"developer": "system"}
     tier, may_degrade = _tier(data.model, degrade)
@@ -459,6 +482,7 @@ def _from_chat(data: ChatCompletionRequest, degrade: bool) -> GenerateRequest:
 
 
 def _from_completion(data: CompletionRequest, degrade: bool) -> GenerateRequest:
+    data.refuse_unsupported()
     prompt = data.prompt if isinstance(data.prompt, str) else data.prompt[0]
     tier, may_degrade = _tier(data.model, degrade)
     return GenerateRequest(
@@ -478,7 +502,11 @@ def _output(response_format: ResponseFormat | None) -> OutputSchema | None:
         return OutputSchema(name="json_object", json='{"type": "object"}')
     if isinstance(response_format, JsonSchemaResponseFormat):
         schema = response_format.json_schema
-        return OutputSchema(name=schema.name, json=json.dumps(schema.schema))
+        text = json.dumps(schema.schema)
+        if len(text) > MAX_SCHEMA_LENGTH:
+            msg = f"response_format.json_schema.schema is over {MAX_SCHEMA_LENGTH} characters"
+            raise BadRequest(msg)
+        return OutputSchema(name=schema.name, json=text)
     return None
 
 
@@ -513,7 +541,9 @@ async def _answer(
     if streamed != "no":
         prompt_text(generation)  # a bad prompt is a 400 here, not an event
         run = _Run(pool, generation, meta)
-        first = await run.first()  # a failure before any text is its status, not a stream
+        # A failure before any text is its status, not a stream; a client that
+        # leaves while it waits in the queue gives its place up at once.
+        first = await unless_gone(request, asyncio.ensure_future(run.first()))
         usage = streamed == "usage"
         tier = generation.tier or AUTO
         events = _stream(run, first, identity, tier, chat=chat, usage=usage)
@@ -659,6 +689,7 @@ def _usage_chunk(identity: str, created: int, result: GenerateResult, *, chat: b
 
 
 def _error_body(error: BaseException, status: int) -> ErrorBody:
+    code: str | None
     if isinstance(error, AgentError):
         message, code = error.message, str(error.code)
     elif isinstance(error, ValidationException):
@@ -673,7 +704,8 @@ def _error_body(error: BaseException, status: int) -> ErrorBody:
                 or message
             )
     elif isinstance(error, HTTPException):
-        message, code = str(error.detail), None
+        # OpenAI's code for a missing or bad key, which clients look for.
+        message, code = str(error.detail), "invalid_api_key" if status == _UNAUTHORIZED else None
     else:
         message, code = "internal error", "internal"
     fallback = "server_error" if status >= _SERVER_ERRORS else "invalid_request_error"

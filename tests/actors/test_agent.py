@@ -114,7 +114,7 @@ def test_a_crashing_handler_fails_its_caller_with_internal_error_and_kills_the_a
     with pytest.raises(InternalError):
         ref.ask(Crash(reason="boom"))
     assert not ref.alive
-    assert exits == [ExitReason(ExitKind.CRASHED, "RuntimeError: boom")]
+    assert exits == [ExitReason(ExitKind.CRASHED, "RuntimeError")]  # not its message
     with pytest.raises(AgentStopped):
         ref.ask(Echo(text="after"))
 

@@ -12,6 +12,7 @@ import pytest
 
 from bridges.http._dashboard import DASHBOARD
 from bridges.http._journal import TEXT_LIMIT, Journal
+from bridges.http._metrics import Metrics
 from messages import ChildRestarted
 from tests.conftest import EventRecorder
 
@@ -134,9 +135,18 @@ def test_the_journal_records_warnings_of_actorfleet_loggers_while_attached() -> 
 
 @pytest.mark.parametrize("status", ["ok", "200", "204"])
 def test_successes_are_not_problems(status: str) -> None:
-    from bridges.http._metrics import Metrics  # noqa: PLC0415
-
     metrics = Metrics()
     metrics.observe("nats", "echo", status, 0.001)
     metrics.recorder("http", "echo")(status, 0.001)
     assert metrics.journal.problems() == []
+
+
+@pytest.mark.parametrize("status", ["400", "404", "429", "bad_request", "not_found", "overloaded"])
+def test_a_callers_own_mistakes_are_not_the_nodes_problems(status: str) -> None:
+    # Else a caller could push the node's real problems out of the journal.
+    metrics = Metrics()
+    metrics.observe("http", "echo", status, 0.001)
+    metrics.recorder("nats", "echo")(status, 0.001)
+    assert metrics.journal.problems() == []
+    [totals, *_] = metrics.request_totals()
+    assert totals.failed == 1  # still counted as failed

@@ -80,10 +80,13 @@ def test_the_page_shows_the_tree_and_a_killed_childs_restart(
     page.wait_for_selector(f'{echo}[data-restarts="1"]', timeout=SHOWN_WITHIN_MS)
     assert "killed" in (page.locator(echo).text_content() or "")
     assert client.post("/v1/agents/echo", json={"type": "FailWith", "code": "x"}).status_code == 500
-    page.wait_for_selector("#problems li", timeout=SHOWN_WITHIN_MS)
-    assert "http echo" in (page.locator("#problems").text_content() or "")
+    page.wait_for_selector('#problems li:has-text("http echo")', timeout=SHOWN_WITHIN_MS)
     page.screenshot(path=_artifact("dashboard.png"), full_page=True)
     assert console.errors == []
+    node.stop()  # as SIGTERM would: the page must not go on saying "ready"
+    node.run(handle_signals=False)
+    page.wait_for_selector('#ready:has-text("unreachable")', timeout=SHOWN_WITHIN_MS)
+    assert page.locator("#offline").is_visible()
     page.close()
 
 

@@ -202,3 +202,20 @@ def test_healthz_never_shows_the_password_in_a_nats_url(nats_server: NatsServer)
     finally:
         node.stop()
         assert node.run(handle_signals=False) == 0
+
+
+def test_a_crashed_handlers_exit_names_its_exception_type_not_its_message(
+    serve: Callable[..., Any],
+) -> None:
+    # The message may quote the request; /healthz is read without a key.
+    node, client = serve()
+    recorder = EventRecorder()
+    node.runtime.events.subscribe(recorder)
+    assert client.post("/v1/agents/echo", json={"type": "FailWith", "code": "x"}).status_code == 500
+    recorder.wait_for(lambda e: isinstance(e, ChildRestarted) and e.supervisor == "agents.echo")
+    report = client.get("/healthz").json()
+    children = {c["componentId"]: c for c in report["checks"]["supervisor:children"]}
+    output = children["agents.echo/0"]["output"]
+    assert "last exit crashed: RuntimeError" in output
+    assert "secret" not in output
+    assert "secret" not in client.get("/healthz").text

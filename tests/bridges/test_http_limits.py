@@ -7,6 +7,8 @@ by the socket's timeout.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import select
 import socket
@@ -18,6 +20,13 @@ from typing import Any
 import httpx
 import pytest
 
+from actors import Runtime
+from bridges._held import Held, Resources
+from bridges.http import HttpBridge
+from bridges.http._health import Health
+from bridges.http._metrics import Metrics
+from config import decode
+from messages import Unavailable
 from tests.bridges.http_agents import EchoAgent
 from tests.conftest import WAIT
 
@@ -228,3 +237,31 @@ def test_a_request_still_waiting_when_the_drain_runs_out_is_answered_503(
     assert answer.status_code == 503
     assert answer.json()["code"] == "unavailable"
     assert answer.headers["retry-after"] == "1"
+
+
+async def test_a_generation_still_running_when_the_drain_runs_out_is_answered_unavailable(
+    runtime: Runtime,
+) -> None:
+    bridge = HttpBridge(
+        runtime,
+        decode({"http": {"drain_timeout": 0.01}}).http,
+        [],
+        health=Health(
+            "n",
+            lambda: None,  # type: ignore[arg-type,return-value]
+            needs_inference=False,
+            needs_nats=False,
+            nats=Held("the NATS bridge"),
+            pool=Held("the inference pool"),
+            resources=Resources(),
+        ),
+        metrics=Metrics(),
+        pool=Held("the inference pool"),
+    )
+    generation = asyncio.ensure_future(asyncio.sleep(60))  # a task, as the pool's submit is
+    answer = bridge.in_flight(generation)
+    await bridge.close()
+    assert isinstance(answer.exception(), Unavailable)
+    with contextlib.suppress(asyncio.CancelledError):
+        await generation
+    assert generation.cancelled()  # its slot is freed

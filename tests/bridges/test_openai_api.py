@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -38,6 +39,17 @@ def openai_node(**http: Any) -> Node:
         {
             "name": "small",
             "backend": {"kind": "scripted", "model": "scripted-small", "default_reply": JSON_REPLY},
+        },
+        {
+            "name": "single",  # one slot, one place in the queue, 3 s a generation
+            "queue_bound": 1,
+            "backend": {
+                "kind": "scripted",
+                "model": "scripted-single",
+                "default_reply": " ".join(["word"] * 100),
+                "token_delay": 0.03,
+                "capacity": 1,
+            },
         },
         {
             "name": "slow",  # 100 tokens, 3 s: still running when its stream is closed
@@ -84,11 +96,19 @@ def _close_clients() -> Iterator[None]:
         _OPEN.pop().close()
 
 
+# How soon a request that left its queue gives its place up.
+GIVE_UP_WITHIN = 1.0
+
+
 def in_flight(node: Node, tier: str = "large") -> int:
+    return tier_statistics(node, tier).in_flight
+
+
+def tier_statistics(node: Node, tier: str) -> Any:
     client = node.runtime.inference
     assert client is not None
     stats = client.pool.statistics()  # type: ignore[attr-defined]
-    return next(t.in_flight for t in stats.tiers if t.name == tier)
+    return next(t for t in stats.tiers if t.name == tier)
 
 
 def test_a_chat_completion_names_the_tier_that_answered_and_counts_tokens(
@@ -158,7 +178,7 @@ def test_the_async_client_and_the_legacy_completions_work_alike(served: tuple[No
 
 def test_the_models_are_the_tiers_and_auto(served: tuple[Node, str]) -> None:
     _node, url = served
-    assert [m.id for m in sdk(url).models.list()] == ["large", "small", "slow", "auto"]
+    assert [m.id for m in sdk(url).models.list()] == ["large", "small", "single", "slow", "auto"]
 
 
 def test_a_schema_constrains_the_reply_where_the_tier_can(served: tuple[Node, str]) -> None:
@@ -265,3 +285,77 @@ def test_the_routes_answers_are_counted_in_the_metrics_by_status(
         if line.startswith("actorfleet_requests_seconds_count") and 'agent_type="openai"' in line
     }
     assert counted == {"200": 1.0, "404": 1.0}
+
+
+@pytest.mark.slow
+def test_a_stream_whose_client_leaves_while_it_waits_in_the_queue_gives_its_place_up(
+    served: tuple[Node, str],
+) -> None:
+    node, url = served
+    running = sdk(url).chat.completions.create(
+        model="single", messages=[{"role": "user", "content": "hello"}], stream=True
+    )
+    next(iter(running))  # the tier's one slot is taken
+    body = json.dumps(
+        {"model": "single", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    ).encode()
+    parts = httpx.URL(url)
+    with socket.create_connection((parts.host, parts.port or 80)) as waiting:
+        waiting.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        deadline = time.monotonic() + WAIT
+        while tier_statistics(node, "single").queued != 1:
+            assert time.monotonic() < deadline, "the request never queued"
+            time.sleep(0.01)
+    # Well before the running generation ends (3 s), so not because it did.
+    deadline = time.monotonic() + GIVE_UP_WITHIN
+    while tier_statistics(node, "single").queued:
+        assert time.monotonic() < deadline, "the place in the queue was kept"
+        time.sleep(0.01)
+    assert in_flight(node, "single") == 1
+    running.close()
+
+
+def test_tools_and_logprobs_are_refused_not_ignored(served: tuple[Node, str]) -> None:
+    _node, url = served
+    client = sdk(url, max_retries=0)
+    message = [{"role": "user", "content": "x"}]
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError) as tools:
+        client.chat.completions.create(model="large", messages=message, tools=[tool])  # type: ignore[list-item]
+    assert "tool" in tools.value.message
+    with pytest.raises(openai.BadRequestError) as logprobs:
+        client.chat.completions.create(model="large", messages=message, logprobs=True)
+    assert "logprobs" in logprobs.value.message
+
+
+def test_a_schema_or_a_stop_over_its_bound_is_refused(served: tuple[Node, str]) -> None:
+    _node, url = served
+    client = sdk(url, max_retries=0)
+    message = [{"role": "user", "content": "x"}]
+    huge = {"type": "object", "description": "x" * 70_000}
+    with pytest.raises(openai.BadRequestError) as schema:
+        client.chat.completions.create(
+            model="small",
+            messages=message,
+            response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": huge}},  # type: ignore[typeddict-item]
+        )
+    assert "json_schema" in schema.value.message
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="large", messages=message, stop=["x" * 300])
+
+
+def test_a_missing_key_is_openais_invalid_api_key() -> None:
+    nodes = ServedNodes()
+    node, _client = nodes.start(openai_node(api_keys=["right-key-0123456789"]))
+    try:
+        with pytest.raises(openai.AuthenticationError) as refused:
+            sdk(base_url(node), api_key="wrong", max_retries=0).models.list()
+        assert refused.value.code == "invalid_api_key"
+    finally:
+        nodes.stop_all()

@@ -230,7 +230,11 @@ async function poll() {
     interval = state.interval || interval;
     draw(state);
   } catch (error) {
-    text("offline", `Cannot read the node: ${error.message}. Trying again.`);
+    // What is shown is the last state read: say at once that it is stale.
+    const ready = document.getElementById("ready");
+    ready.textContent = "unreachable";
+    ready.className = "badge fail";
+    text("offline", `Cannot read the node: ${error.message}. Showing what it said last; trying again.`);
     show("offline", true);
   }
   polls += 1;
