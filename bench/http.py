@@ -50,10 +50,10 @@ CONCURRENCY: Final = 32
 BODY: Final = {"payload": "x" * 64}
 
 
-def start_node() -> tuple[Any, str]:
+def start_node(*, gc_freeze: bool = True) -> tuple[Any, str]:
     port = free_port()
     raw = {
-        "node": {"name": "bench-http"},
+        "node": {"name": "bench-http", "gc_freeze": gc_freeze},
         "nats": {"enabled": False},
         "http": {"enabled": True, "port": port},
         "pools": [{"agent": "actors:PingAgent", "size": 2}],
@@ -192,6 +192,9 @@ def load_process(
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="~10 s instead of ~45 s")
+    parser.add_argument(
+        "--no-gc-freeze", action="store_true", help="the node with [node] gc_freeze = false"
+    )
     parser.add_argument("--load", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=3.0, help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help=argparse.SUPPRESS)
@@ -203,7 +206,7 @@ def main() -> None:
         print(json.dumps(figures))
         return
     rounds, seconds = (2, 1.5) if args.quick else (5, 3.0)
-    node, node_url = start_node()
+    node, node_url = start_node(gc_freeze=not args.no_gc_freeze)
     bare, bare_url = start_bare()
     fastapi, fastapi_url = start_fastapi()
     urls = {"bare": bare_url, "fastapi": fastapi_url, "actorfleet": node_url}

@@ -28,10 +28,15 @@ class NodeSettings(Section, frozen=True, kw_only=True):
     Attributes:
         name: Node name; empty means `<hostname>-<pid>`.
         cpus: CPUs to pin the node's threads to; empty leaves affinity alone.
+        gc_freeze: Once the tree is up, move what starting it made into the
+            garbage collector's permanent generation (`gc.freeze()`), so that
+            full collections no longer walk it: on the HTTP edge they were
+            the p99 (docs/benchmarks.md). Undone when the node stops.
     """
 
     name: str = ""
     cpus: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=list)
+    gc_freeze: bool = True
 
 
 class AgentSettings(Section, frozen=True, kw_only=True):

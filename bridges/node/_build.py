@@ -254,5 +254,5 @@ def build_node(settings: Settings, runtime: Runtime | None = None) -> Node:
             )
             specs.append(_supervisor(BRIDGES_NAME, children, settings))
     root = _supervisor(ROOT_NAME, [supervisor_child(spec, runtime) for spec in specs], settings)
-    node = Node(root, runtime)
+    node = Node(root, runtime, gc_freeze=settings.node.gc_freeze)
     return node

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import gc
 import threading
+
+import pytest
 
 from actors import Runtime
 from messages import Escalated
@@ -59,3 +62,16 @@ def test_on_ready_sees_the_running_tree_before_run_waits() -> None:
 
     assert node.run(handle_signals=False, on_ready=ready) == EXIT_OK
     assert seen == [True]
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_a_node_freezes_the_heap_it_started_with_while_it_runs_if_asked(
+    runtime: Runtime, asked: bool
+) -> None:
+    gc.unfreeze()
+    node = Node(SupervisorSpec(name="root", children=[]), runtime, gc_freeze=asked)
+    node.start()
+    assert (gc.get_freeze_count() > 0) is asked
+    node.stop()
+    assert node.run(handle_signals=False) == 0
+    assert gc.get_freeze_count() == 0  # what it held may be collected again
