@@ -78,7 +78,7 @@ _ERROR_TYPES: Final = {
 
 _STOPS: Final = 4  # OpenAI's most stop sequences
 _STOP_LENGTH: Final = 256  # characters of one stop sequence
-_UNSUPPORTED_ITEMS: Final = 128  # tools or functions read only to refuse them
+_NO_TOOLS: Final = "not supported (no tier calls tools): null or absent"
 StopText = Annotated[str, msgspec.Meta(max_length=_STOP_LENGTH)]
 Stop = StopText | Annotated[list[StopText], msgspec.Meta(max_length=_STOPS)] | None
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
@@ -158,23 +158,11 @@ class _Sampled(msgspec.Struct, frozen=True, kw_only=True):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: Annotated[str, msgspec.Meta(max_length=256)] | None = None
-    # Asked for, they cannot be honoured: refused (400), not silently dropped.
-    logprobs: bool | None = None
-    tools: Annotated[list[Any], msgspec.Meta(max_length=_UNSUPPORTED_ITEMS)] | None = None
-    functions: Annotated[list[Any], msgspec.Meta(max_length=_UNSUPPORTED_ITEMS)] | None = None
-
-    def refuse_unsupported(self) -> None:
-        """Raise for what was asked that no tier can do.
-
-        Raises:
-            BadRequest: Tools, functions or log probabilities were asked for.
-        """
-        if self.tools or self.functions:
-            msg = "tool and function calling is not supported: no tier calls tools"
-            raise BadRequest(msg)
-        if self.logprobs:
-            msg = "logprobs are not supported"
-            raise BadRequest(msg)
+    # Asked for, they cannot be honoured: refused (400), not silently dropped;
+    # the schema says so, so that a client generated from it knows.
+    logprobs: Literal[False] | None = None
+    tools: Annotated[None, msgspec.Meta(description=_NO_TOOLS)] = None
+    functions: Annotated[None, msgspec.Meta(description=_NO_TOOLS)] = None
 
 
 class ChatCompletionRequest(_Sampled, frozen=True, kw_only=True):
@@ -461,7 +449,6 @@ def _stops(stop: str | list[str] | None) -> list[str]:
 
 
 def _from_chat(data: ChatCompletionRequest, degrade: bool) -> GenerateRequest:
-    data.refuse_unsupported()
     max_tokens = data.max_completion_tokens or data.max_tokens
     roles = {"developer": "system"}
     tier, may_degrade = _tier(data.model, degrade)
@@ -482,7 +469,6 @@ def _from_chat(data: ChatCompletionRequest, degrade: bool) -> GenerateRequest:
 
 
 def _from_completion(data: CompletionRequest, degrade: bool) -> GenerateRequest:
-    data.refuse_unsupported()
     prompt = data.prompt if isinstance(data.prompt, str) else data.prompt[0]
     tier, may_degrade = _tier(data.model, degrade)
     return GenerateRequest(
