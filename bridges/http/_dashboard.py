@@ -28,7 +28,7 @@ from litestar.response import Redirect
 from bridges.http._auth import grant_of
 from bridges.http._metrics import LATENCY_BUCKETS, RequestTotals
 from inference import PoolStatistics
-from messages import Forbidden, Scope
+from messages import Forbidden, NotFound, Scope
 from supervisors import SupervisorStatistics
 
 if TYPE_CHECKING:
@@ -118,7 +118,8 @@ def dashboard_routes(
     async def asset(name: FromPath[str]) -> Response[bytes]:
         found = assets.get(name)
         if found is None:
-            return Response(b"", status_code=404)
+            msg = "the dashboard has no such asset"
+            raise NotFound(msg)
         body, media = found
         return Response(body, media_type=media, headers=_SECURITY_HEADERS)
 

@@ -64,6 +64,8 @@ def test_the_page_and_its_assets_come_from_the_node_under_a_strict_policy(
         assert "https://" not in asset.text  # nothing fetched from elsewhere
     assert "innerHTML" not in client.get(assets[1]).text
     assert client.get("/dashboard/assets/../_dashboard.py").status_code == 404
+    missing = client.get("/dashboard/assets/nothing.js")
+    assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
     assert 'data-needs-key="false"' in page.text
 
 
