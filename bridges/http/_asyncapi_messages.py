@@ -12,6 +12,7 @@ headers, under the names the bridge reads.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -22,6 +23,7 @@ from bridges.nats._wire import (
     CHUNK_TAG,
     CORRELATION_ID,
     DEADLINE,
+    ENVELOPE_METADATA,
     ENVELOPE_VERSION,
     ERROR_CODE,
     ERROR_MESSAGE,
@@ -40,11 +42,9 @@ from messages import (
     ErrorReply,
     Identifier,
     Message,
-    Principal,
     Priority,
     Sender,
     Traceparent,
-    Tracestate,
 )
 
 MSGPACK: Final = "application/msgpack"
@@ -54,18 +54,8 @@ REQUEST_HEADERS: Final = "NatsRequestHeaders"
 EVENT_HEADERS: Final = "NatsEventHeaders"
 DEAD_LETTER_HEADERS: Final = "NatsDeadLetterHeaders"
 
-EnvelopeMetadata = tuple[
-    int,
-    Identifier,
-    float,
-    Identifier | None,
-    Priority,
-    Sender | None,
-    str | None,
-    Tracestate | None,
-    Principal | None,
-]
-"""The envelope's fields before the message (`bridges.nats._wire.EnvelopeDecoder`, version 2)."""
+EnvelopeMetadata: Final = types.GenericAlias(tuple, ENVELOPE_METADATA)
+"""The envelope's fields before the message, as `EnvelopeDecoder` reads them (version 2)."""
 
 _ENVELOPE_FIELDS: Final = (
     f"Envelope version: this node writes {ENVELOPE_VERSION}; it also reads 1 (no principal).",

@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import types
 from typing import Any, Final
 
 import msgspec
@@ -291,6 +292,20 @@ def encode_request(payload: Any, meta: Metadata) -> bytes:
     )
 
 
+ENVELOPE_METADATA: Final = (
+    int,  # version
+    Identifier,  # message id
+    float,  # deadline
+    Identifier | None,  # correlation id
+    Priority,
+    Sender | None,
+    str | None,  # traceparent
+    Tracestate | None,
+    Principal | None,
+)
+"""The types of a version 2 envelope's fields before its message."""
+
+
 class EnvelopeDecoder:
     """Decodes request envelopes whose message is of one type, either version.
 
@@ -301,33 +316,10 @@ class EnvelopeDecoder:
     __slots__ = ("_first", "_second")
 
     def __init__(self, payload_type: Any) -> None:
-        self._second = msgspec.msgpack.Decoder(
-            tuple[
-                int,
-                Identifier,
-                float,
-                Identifier | None,
-                Priority,
-                Sender | None,
-                str | None,
-                Tracestate | None,
-                Principal | None,
-                payload_type,
-            ]
-        )
-        self._first = msgspec.msgpack.Decoder(
-            tuple[
-                int,
-                Identifier,
-                float,
-                Identifier | None,
-                Priority,
-                Sender | None,
-                str | None,
-                Tracestate | None,
-                payload_type,
-            ]
-        )
+        fields = (*ENVELOPE_METADATA, payload_type)
+        self._second = msgspec.msgpack.Decoder(types.GenericAlias(tuple, fields))
+        # Version 1: the same fields but the principal.
+        self._first = msgspec.msgpack.Decoder(types.GenericAlias(tuple, fields[:-2] + fields[-1:]))
 
     def decode(self, data: bytes) -> tuple[Any, ...]:
         """The envelope's fields, version 2's (a version 1 envelope gets no principal).

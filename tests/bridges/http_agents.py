@@ -14,6 +14,7 @@ from bridges import build_node
 from config import decode
 from messages import (
     BadRequest,
+    ChildRestarted,
     Forbidden,
     Message,
     NotFound,
@@ -22,7 +23,7 @@ from messages import (
     Unavailable,
 )
 from supervisors import Node
-from tests.conftest import WAIT
+from tests.conftest import WAIT, EventRecorder
 
 
 class Say(Message, frozen=True, kw_only=True):
@@ -190,3 +191,15 @@ class StoryAgent(Agent):
             time.sleep(msg.pause)
         StoryAgent.finished.set()
         return Story(text="".join(parts), streamed=ctx.streaming)
+
+
+def crash_echo(node: Node, client: httpx.Client) -> None:
+    """Crash the echo agent with a request (a 500) and wait until it is restarted."""
+    recorder = EventRecorder()
+    unsubscribe = node.runtime.events.subscribe(recorder)
+    try:
+        answer = client.post("/v1/agents/echo", json={"type": "FailWith", "code": "x"})
+        assert answer.status_code == 500
+        recorder.wait_for(lambda e: isinstance(e, ChildRestarted) and e.supervisor == "agents.echo")
+    finally:
+        unsubscribe()

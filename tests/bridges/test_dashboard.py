@@ -13,8 +13,7 @@ import pytest
 from bridges.http._dashboard import DASHBOARD
 from bridges.http._journal import TEXT_LIMIT, Journal
 from bridges.http._metrics import Metrics
-from messages import ChildRestarted
-from tests.conftest import EventRecorder
+from tests.bridges.http_agents import crash_echo
 
 ADMIN_KEY = "dashboard-admin-key-0123456789"
 SERVICE_KEY = "dashboard-service-key-0123456789"
@@ -73,11 +72,8 @@ def test_the_state_shows_the_tree_the_tiers_requests_and_problems(
     serve: Callable[..., Any],
 ) -> None:
     node, client = serve()
-    recorder = EventRecorder()
-    node.runtime.events.subscribe(recorder)
     assert client.post("/v1/agents/echo", json={"type": "Say", "text": "a"}).status_code == 200
-    assert client.post("/v1/agents/echo", json={"type": "FailWith", "code": "x"}).status_code == 500
-    recorder.wait_for(lambda e: isinstance(e, ChildRestarted) and e.supervisor == "agents.echo")
+    crash_echo(node, client)
     state = client.get(STATE).json()
     assert (state["node"], state["ready"], state["reason"]) == ("web", True, "ready")
     assert state["tree"]["name"] == "root"

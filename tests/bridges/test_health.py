@@ -13,10 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridges import NatsBridge, NatsServer, build_node, free_port
 from config import decode
-from messages import ChildRestarted, Ping
+from messages import Ping
 from supervisors import Node
-from tests.bridges.http_agents import base_url
-from tests.conftest import WAIT, EventRecorder
+from tests.bridges.http_agents import base_url, crash_echo
+from tests.conftest import WAIT
 
 HEALTH_JSON = "application/health+json"
 # How soon /healthz must show a child's restart.
@@ -69,11 +69,8 @@ def test_metrics_parse_as_prometheus_text_with_requests_restarts_and_tiers(
     serve: Callable[..., Any],
 ) -> None:
     node, client = serve()
-    recorder = EventRecorder()
-    node.runtime.events.subscribe(recorder)
     assert client.post("/v1/agents/echo", json={"type": "Say", "text": "a"}).status_code == 200
-    assert client.post("/v1/agents/echo", json={"type": "FailWith", "code": "x"}).status_code == 500
-    recorder.wait_for(lambda e: isinstance(e, ChildRestarted) and e.supervisor == "agents.echo")
+    crash_echo(node, client)
     assert client.post("/v1/generate", json={"prompt": "hi"}).status_code == 200
     response = client.get("/metrics")
     assert response.status_code == 200
@@ -209,10 +206,7 @@ def test_a_crashed_handlers_exit_names_its_exception_type_not_its_message(
 ) -> None:
     # The message may quote the request; /healthz is read without a key.
     node, client = serve()
-    recorder = EventRecorder()
-    node.runtime.events.subscribe(recorder)
-    assert client.post("/v1/agents/echo", json={"type": "FailWith", "code": "x"}).status_code == 500
-    recorder.wait_for(lambda e: isinstance(e, ChildRestarted) and e.supervisor == "agents.echo")
+    crash_echo(node, client)
     report = client.get("/healthz").json()
     children = {c["componentId"]: c for c in report["checks"]["supervisor:children"]}
     output = children["agents.echo/0"]["output"]
