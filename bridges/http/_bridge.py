@@ -189,10 +189,11 @@ class HttpBridge:
         drain = self.settings.drain_timeout
         if self._servers and self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=drain)
-        stopping = Unavailable("the node stopped before the answer came", retry_after=1.0)
         for answer in list(self._in_flight):
-            if not answer.done():
-                answer.set_exception(stopping)
+            if not answer.done():  # an error each: a raised error keeps its traceback
+                answer.set_exception(
+                    Unavailable("the node stopped before the answer came", retry_after=1.0)
+                )
         for _server, task in self._servers:
             try:
                 await asyncio.wait_for(task, drain + SHUTDOWN_GRACE)
