@@ -17,6 +17,7 @@ from actors._state import MAX_KEY_LENGTH, MemoryStore, check_key, state_key
 from actors._timers import TimerHandle, Timers
 from actors._tools import Tool, ToolCall, tool
 from actors._tracing import Tracing, tracing_from_settings, within
+from actors._wakeups import hold_wake_ups
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -55,6 +56,7 @@ __all__ = [
     "check_key",
     "end_erasure",
     "handler",
+    "hold_wake_ups",
     "make_metadata",
     "open_value",
     "seal",

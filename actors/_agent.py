@@ -19,6 +19,7 @@ from actors._context import Context
 from actors._lifecycle import ExitReason
 from actors._ref import LocalAgentRef
 from actors._tracing import within
+from actors._wakeups import release, settling
 from messages import (
     AgentDefinitionError,
     AgentError,
@@ -151,6 +152,7 @@ class Agent(Actor):
         return agent.ref
 
     def _on_call(self, call: Call) -> None:
+        release()  # the wake-ups held since the last reply go out before a handler runs
         call.taken = True
         now = time.time()
         handle = self._admit(call, now)
@@ -191,6 +193,9 @@ class Agent(Actor):
             # request is not taken for one that has to wait.
             self.busy_since = None
             if reply is not None:
+                # The wake-up of whoever answers the caller (the I/O loop) waits
+                # until this thread is about to run its next handler or to sleep.
+                settling()
                 reply.set(result)
         finally:
             self._busy = self.busy_since = None

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 from pykka import ActorDeadError
 
 from actors._call import Call
+from actors._wakeups import release, wake
 from messages import Priority
 
 if TYPE_CHECKING:
@@ -55,14 +56,24 @@ class Mailbox:
     a put that loses the race against close is handed to `reject`, so the
     sender learns at once instead of waiting for its deadline.
 
-    Each priority has its own FIFO lane. Every put also puts a token in a C
-    `SimpleQueue`, so the single consumer blocks in C; it then takes the
-    first item of the most important lane that has one. A call taken out
-    by `displace` leaves its token behind: the consumer finds nothing for
-    it and waits again.
+    Each priority has its own FIFO lane; the single consumer takes the first
+    item of the most important lane that has one. Only when every lane is
+    empty does it sleep, blocked in C on a `SimpleQueue`, and only a put
+    that finds it asleep puts a token there to wake it: a consumer that is
+    busy costs its producers nothing. A request's wake-up goes through
+    `actors._wakeups.wake`, which an event loop thread holds until it is
+    done with a burst (each agent is woken once per burst).
     """
 
-    __slots__ = ("_ahead_of_control", "_closed", "_lanes", "_lock", "_wake", "reject")
+    __slots__ = (
+        "_ahead_of_control",
+        "_closed",
+        "_lanes",
+        "_lock",
+        "_sleeping",
+        "_wake",
+        "reject",
+    )
 
     def __init__(self) -> None:
         self._lanes: tuple[collections.deque[Item], ...] = tuple(
@@ -71,6 +82,8 @@ class Mailbox:
         self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
+        # The consumer is (about to be) blocked on `_wake`: the next put wakes it.
+        self._sleeping = False
         # While a control envelope waits: how many requests may still be served before it.
         self._ahead_of_control: int | None = None
         self.reject: Callable[[Item], None] = _raise_dead
@@ -97,18 +110,23 @@ class Mailbox:
                 lanes = self._lanes
                 self._ahead_of_control = len(lanes[0]) + len(lanes[1]) + len(lanes[2])
             self._lanes[lane].append(envelope)
-            self._wake.put(None)
+            sleeping, self._sleeping = self._sleeping, False
         finally:
             self._lock.release()
+        if sleeping:
+            if lane == CONTROL:  # a stop is never held back
+                self._wake.put(None)
+            else:
+                wake(self._wake.put, None)
         return True
 
     def get(self) -> Item:
         """Take the next envelope, most important first (`WAKE_UP` once closed)."""
-        # Lock-free: only this consumer (and close) take from the left, each
-        # take is atomic, and an item is appended before its token is put.
-        wake, requests = self._wake, self._lanes[:CONTROL]
+        # Lock-free while there is work: only this consumer (and close) take
+        # from the left, and each take is atomic.
+        wake, lanes, lock = self._wake, self._lanes, self._lock
+        requests = lanes[:CONTROL]
         while not self._closed:
-            wake.get()
             if self._ahead_of_control is None:
                 for lane in requests:
                     if lane:
@@ -116,10 +134,18 @@ class Mailbox:
                             return lane.popleft()
                         except IndexError:  # displaced or closed meanwhile
                             continue
-            # A control envelope waits (or was queued just now): decide under the lock.
-            item = self._next_with_control_waiting()
-            if item is not None:
-                return item
+            else:  # a control envelope waits: decide under the lock
+                item = self._next_with_control_waiting()
+                if item is not None:
+                    return item
+            release()  # what this thread held back goes out before it sleeps
+            lock.acquire()
+            if self._closed or lanes[0] or lanes[1] or lanes[2] or lanes[CONTROL]:
+                lock.release()
+                continue
+            self._sleeping = True
+            lock.release()
+            wake.get()
         return WAKE_UP
 
     def _next_with_control_waiting(self) -> Item | None:

@@ -18,7 +18,11 @@ returns a pydantic model, in a third responder process (`--serve-faststream
 URL`), with its per-message logging off. CPU per request is each process's
 user+sys time over a round divided by its requests: this process (the
 client side), the contender's responder, and nats-server (psutil), so a
-change is judged on what it costs, not only on wall time.
+change is judged on what it costs, not only on wall time. "raw+thread"
+(`--serve-raw-thread URL`) is raw nats-py with each handler on a worker
+thread and nothing else: the floor of the thread hop that actorfleet's
+agents keep (a handler never runs on the I/O loop), so the table shows
+what the hop itself costs and what actorfleet adds to it.
 
 Events: PUBLISHERS tasks publish n events (each publish waits for JetStream's
 ack; actorfleet's carry a Nats-Msg-Id for deduplication, as do "raw+dedup"'s,
@@ -38,9 +42,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
+import queue
 import subprocess
 import sys
 import threading
@@ -71,6 +77,7 @@ from messages import Event, Message, Metadata, decoder_for, encode
 
 PREFIX = "bench"
 RAW_SUBJECT = "raw.echo"
+HOP_SUBJECT = "hop.echo"
 FS_SUBJECT = "faststream.echo"
 RAW_DURABLE = "raw"
 AGENTS = 2
@@ -88,7 +95,7 @@ TEXT = "My invoice for October shows two charges for the same seat; please refun
 # plain raw publishing without it is shown beside.
 RAW_DEDUP = "raw+dedup"
 EVENT_CONTENDERS = ("raw", RAW_DEDUP, "actorfleet")
-REQUEST_CONTENDERS = ("raw", "actorfleet", "faststream")
+REQUEST_CONTENDERS = ("raw", "raw+thread", "actorfleet", "faststream")
 TARGETS = {
     "ratio_vs_raw_c1": 0.85,
     "ratio_vs_raw_c32": 0.9,
@@ -242,6 +249,74 @@ async def serve_raw(url: str) -> None:
     await nc.drain()
 
 
+class ThreadHop:
+    """Replies made on worker threads, published by one task on the loop.
+
+    A worker queues its reply and wakes the loop only if it is not already
+    awake, so a burst of replies costs the loop one wake-up, as actorfleet's
+    outbox does.
+    """
+
+    def __init__(self, nc: Client, loop: asyncio.AbstractEventLoop) -> None:
+        self.nc = nc
+        self.loop = loop
+        self.replies: collections.deque[tuple[str, bytes]] = collections.deque()
+        self.woken = asyncio.Event()
+        self.armed = False
+
+    def work(self, inbox: queue.SimpleQueue[tuple[str, Echo]]) -> None:
+        """A worker thread: handle what the loop hands it, forever."""
+        while True:
+            reply_to, request = inbox.get()
+            self.replies.append((reply_to, encode(Echoed(text=request.text))))
+            if not self.armed:
+                self.armed = True
+                self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self.armed = False
+        self.woken.set()
+
+    async def publish(self) -> None:
+        """The loop's task: publish the replies queued since it last woke."""
+        while True:
+            await self.woken.wait()
+            self.woken.clear()
+            while self.replies:
+                reply_to, body = self.replies.popleft()
+                await self.nc.publish(reply_to, body)
+
+
+async def serve_raw_thread(url: str) -> None:
+    """Plain nats-py with each handler on a thread of its own: the floor of a thread hop.
+
+    What actorfleet's agents need at the least, and nothing else: the loop
+    decodes and hands each request to one of AGENTS worker threads (a C
+    `SimpleQueue` each, round robin); the workers' replies go out through
+    `ThreadHop`. Nothing is admitted, counted, traced or supervised. stdin
+    EOF stops it.
+    """
+    nc = await raw_connect(url)
+    loop = asyncio.get_running_loop()
+    decoder = decoder_for(Echo)
+    hop = ThreadHop(nc, loop)
+    inboxes = [queue.SimpleQueue[tuple[str, Echo]]() for _ in range(AGENTS)]
+    for inbox in inboxes:
+        threading.Thread(target=hop.work, args=(inbox,), daemon=True).start()
+    turn = itertools.cycle(inboxes)
+
+    async def on_request(msg) -> None:
+        next(turn).put((msg.reply, decoder.decode(msg.data)))
+
+    publisher = asyncio.ensure_future(hop.publish())
+    await nc.subscribe(HOP_SUBJECT, queue="echo", cb=on_request)
+    announce_ready()
+    while await loop.run_in_executor(None, sys.stdin.readline):
+        announce_ready()  # no events here: ready for the next round at once
+    await cancel(publisher)
+    await nc.drain()
+
+
 async def serve_faststream(url: str) -> None:
     """FastStream's NATS RPC: a subscriber returning a pydantic model; stdin EOF stops it."""
     broker = NatsBroker(url, logger=None)
@@ -335,11 +410,11 @@ def af_request(bridge: NatsBridge) -> Send:
     return call
 
 
-def raw_request(nc: Client) -> Send:
+def raw_request(nc: Client, subject: str = RAW_SUBJECT) -> Send:
     decoder = decoder_for(Echoed)
 
     async def call() -> object:
-        msg = await nc.request(RAW_SUBJECT, encode(PAYLOAD), timeout=5)
+        msg = await nc.request(subject, encode(PAYLOAD), timeout=5)
         return decoder.decode(msg.data)
 
     return call
@@ -558,12 +633,14 @@ def request_rows(
     for c in CONCURRENCY:
         rps = {name: median([r for r, _, _ in stats[(c, name)]]) for name in REQUEST_CONTENDERS}
         figures[f"ratio_vs_raw_c{c}"] = rps["actorfleet"] / rps["raw"]
+        figures[f"ratio_vs_raw_thread_c{c}"] = rps["actorfleet"] / rps["raw+thread"]
+        figures[f"floor_thread_vs_raw_c{c}"] = rps["raw+thread"] / rps["raw"]
         figures[f"ratio_vs_faststream_c{c}"] = rps["actorfleet"] / rps["faststream"]
         for name in REQUEST_CONTENDERS:
             merged = [s for _, lat, _ in stats[(c, name)] for s in lat]
             cpu = {side: median([u[side] for _, _, u in stats[(c, name)]]) for side in CPU_SIDES}
             total = sum(cpu.values())
-            figures[f"cpu_us_per_request_{name}_c{c}"] = total
+            figures[f"cpu_us_per_request_{name.replace('+', '_')}_c{c}"] = total
             target = ""
             if name == "actorfleet":
                 target = f">= {TARGETS[f'ratio_vs_raw_c{c}']}"
@@ -696,6 +773,7 @@ def run_all(server: NatsServer, quick: bool) -> None:
     events_bench: EventsBench | None = None
     try:
         responders["raw"] = Responder("--serve-raw", server.url)
+        responders["raw+thread"] = Responder("--serve-raw-thread", server.url)
         responders["actorfleet"] = Responder("--serve-agent", server.url)
         responders["faststream"] = Responder("--serve-faststream", server.url)
         io.run(bridge.start(), timeout=SETUP_TIMEOUT)
@@ -703,6 +781,7 @@ def run_all(server: NatsServer, quick: bool) -> None:
         io.run(broker.connect(), timeout=SETUP_TIMEOUT)
         calls = {
             "raw": raw_request(nc),
+            "raw+thread": raw_request(nc, HOP_SUBJECT),
             "actorfleet": af_request(bridge),
             "faststream": faststream_request(broker),
         }
@@ -736,6 +815,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--serve-agent", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--serve-raw", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-raw-thread", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--serve-faststream", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the reconnect bench breaks connections on purpose
@@ -743,6 +823,8 @@ def main() -> None:
         serve_agent(args.serve_agent)
     elif args.serve_raw:
         uvloop.run(serve_raw(args.serve_raw))
+    elif args.serve_raw_thread:
+        uvloop.run(serve_raw_thread(args.serve_raw_thread))
     elif args.serve_faststream:
         uvloop.run(serve_faststream(args.serve_faststream))
     else:

@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 
+from actors import hold_wake_ups
+
 logger: Final = logging.getLogger("actorfleet.loop")
 
 T = TypeVar("T")
@@ -61,6 +63,8 @@ class IoLoop:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
+        # Agents this loop hands requests to are woken once it is done with a burst.
+        hold_wake_ups(self.loop.call_soon)
         self.loop.call_soon(self._started.set)
         try:
             self.loop.run_forever()
