@@ -19,7 +19,7 @@ from actors._context import Context
 from actors._lifecycle import ExitReason
 from actors._ref import LocalAgentRef
 from actors._tracing import within
-from actors._wakeups import release, settling
+from actors._wakeups import held, release, settling
 from messages import (
     AgentDefinitionError,
     AgentError,
@@ -152,11 +152,14 @@ class Agent(Actor):
         return agent.ref
 
     def _on_call(self, call: Call) -> None:
-        release()  # the wake-ups held since the last reply go out before a handler runs
+        if held.settling:  # the wake-ups held since the last reply go out before a handler runs
+            release()
         call.taken = True
         now = time.time()
-        handle = self._admit(call, now)
-        if handle is None:
+        reply = call.reply
+        handle = self.handlers.get(type(call.payload))
+        if handle is None or call.meta.deadline <= now or (reply is not None and reply.done()):
+            self._refuse(call, now)
             return
         expiry = call.meta.deadline + self._margin
         self._busy = (call, expiry)
@@ -201,21 +204,17 @@ class Agent(Actor):
             self._busy = self.busy_since = None
             self._admission.learn(time.time() - started)
 
-    def _admit(self, call: Call, now: float) -> Handler | None:
-        """The handler for `call`, or None after answering it with a typed error."""
+    def _refuse(self, call: Call, now: float) -> None:
+        """Answer a call no handler will run for with a typed error (or skip it)."""
         error: AgentError
         if call.reply is not None and call.reply.done():
-            return None  # its caller gave up on it (an HTTP client went away): skip it
+            return  # its caller gave up on it (an HTTP client went away): skip it
         if call.meta.deadline <= now:
             error = RequestTimeout(f"deadline passed before {self.name} took the request")
         else:
-            handle = self.handlers.get(type(call.payload))
-            if handle is not None:
-                return handle
             error = BadRequest(f"{self.agent_type} does not handle {type(call.payload).__name__}")
         if call.reply is not None:
             call.reply.fail(error)
-        return None
 
     def _handler_crashed(self, call: Call, exc: Exception) -> None:
         logger.error("agent %s crashed", self.name, exc_info=exc)

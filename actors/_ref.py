@@ -376,8 +376,11 @@ class TypeRef(_RefBase):
         the caller bounds what it hands out itself (the event consumer), so
         the call is queued, never refused.
         """
-        outcome = self._place(call, admitted=admitted)
-        if isinstance(outcome, bool):
+        members = self._runtime.directory.members(self._agent_type)
+        if not members:
+            return False
+        outcome = self._admission.place(call, members, next(self._counter), admitted=admitted)
+        if outcome is True or outcome is False:
             return outcome
         if call.reply is not None:
             call.reply.fail(outcome)

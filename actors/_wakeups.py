@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 Wake = tuple[Callable[[Any], object], Any]
 
@@ -36,7 +36,9 @@ class _Held(threading.local):
     wakes: list[Wake] | None = None
 
 
-_held = _Held()
+held: Final = _Held()
+"""What the current thread holds back (read `held.settling` to skip a `release` call)."""
+_held = held
 
 
 def hold_wake_ups(schedule: Callable[[Callable[[], None]], object] | None) -> None:

@@ -10,6 +10,7 @@ bridge's outbox when the agent's `Reply` is settled.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import typing
@@ -71,6 +72,23 @@ class _Untyped(Message, frozen=True, kw_only=True, tag="actorfleet.untyped"):
     msgspec takes a map without the tag as the one Struct type it decodes
     into; a union of two tagged types requires the tag.
     """
+
+
+class Answer(Reply[Any]):
+    """The reply to a request that came over NATS, with where and how to answer it.
+
+    Once settled, the endpoint publishes it from the loop. One object per
+    request: the reply carries what the answer needs, so settling it makes
+    no closure.
+    """
+
+    __slots__ = ("enveloped", "reply_to", "started")
+
+    def __init__(self, reply_to: str, enveloped: bool, deadline: float) -> None:
+        super().__init__(deadline)
+        self.reply_to = reply_to
+        self.enveloped = enveloped
+        self.started = time.perf_counter()
 
 
 class EndpointCounters:
@@ -155,6 +173,8 @@ class AgentEndpoint:
         self.counters = EndpointCounters()
         self.service: Service | None = None
         self._lock = asyncio.Lock()
+        # Handed to every reply: once settled, it is answered from the loop.
+        self._settled = functools.partial(bridge.outbox.put, self._answer)
 
     async def resync(self) -> None:
         """Be in the type's queue group exactly while this node has live agents of it.
@@ -231,7 +251,7 @@ class AgentEndpoint:
                     msg.headers, default_timeout=self.bridge.runtime.defaults.ask_timeout
                 )
                 payload = self.decoders[0].decode(msg.data)
-            if isinstance(payload, _Untyped):
+            if type(payload) is _Untyped:
                 error = f"{local.name} does not take {_Untyped.__struct_config__.tag!r}"
                 raise BadRequest(error)
         except msgspec.DecodeError as exc:
@@ -245,39 +265,35 @@ class AgentEndpoint:
             late = RequestTimeout("deadline passed before the request arrived")
             self._respond_error(msg, late, enveloped=enveloped)
             return
-        started = time.perf_counter()
-        reply: Reply[Any] | None = Reply(meta.deadline) if msg.reply else None
+        reply = Answer(msg.reply, enveloped, meta.deadline) if msg.reply else None
         if reply is not None and streamed and enveloped:
-            bridge = self.bridge
+            bridge, reply_to = self.bridge, reply.reply_to
             reply.on_chunk = lambda chunk: bridge.outbox.put(
-                bridge.send, msg.reply, encode_chunk_frame(chunk), None
+                bridge.send, reply_to, encode_chunk_frame(chunk), None
             )
         if not local.deliver_local(Call(payload, meta, reply)):
             gone = Unavailable(f"no agent of type {local.name} on this node", retry_after=0.0)
             self._respond_error(msg, gone, enveloped=enveloped)
             return
         if reply is not None:
-            bridge = self.bridge
-            bridge.track(+1)
-            reply.add_done_callback(
-                lambda r: bridge.outbox.put(self._answer, msg, r, enveloped, started)
-            )
+            self.bridge.track(+1)
+            reply.add_done_callback(self._settled)
 
-    async def _answer(self, msg: Msg, reply: Reply[Any], enveloped: bool, started: float) -> None:
+    async def _answer(self, reply: Answer) -> None:
         bridge = self.bridge
         outcome = reply.result()
         failed = outcome if isinstance(outcome, BaseException) else None
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - reply.started
         self.counters.count(failed, elapsed)
         if self._record is not None:
             self._record("ok" if failed is None else error_code_of(failed), elapsed)
         try:
-            body, headers = encode_answer(reply.result(), enveloped=enveloped)
+            body, headers = encode_answer(outcome, enveloped=reply.enveloped)
             size = len(body) + headers_size(headers)
             if size > bridge.max_payload:
                 too_large = PayloadTooLarge(size, bridge.max_payload)
-                body, headers = encode_answer(too_large, enveloped=enveloped)
-            await bridge.send(msg.reply, body, headers)
+                body, headers = encode_answer(too_large, enveloped=reply.enveloped)
+            await bridge.send(reply.reply_to, body, headers)
         finally:
             bridge.track(-1)
 

@@ -365,9 +365,16 @@ def open_envelope(envelope: tuple[Any, ...]) -> tuple[Any, Metadata]:
     return payload, meta
 
 
+_tags: dict[type, str] = {}
+
+
 def _tag_of(value: Any) -> str:
-    tag = type(value).__struct_config__.tag if isinstance(value, Message) else ""
-    return tag if isinstance(tag, str) else ""
+    kind = type(value)
+    tag = _tags.get(kind)
+    if tag is None:
+        found = kind.__struct_config__.tag if isinstance(value, Message) else ""
+        tag = _tags[kind] = found if isinstance(found, str) else ""
+    return tag
 
 
 def encode_reply_envelope(value: Any) -> bytes:
