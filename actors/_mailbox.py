@@ -113,11 +113,13 @@ class Mailbox:
             sleeping, self._sleeping = self._sleeping, False
         finally:
             self._lock.release()
-        if sleeping:
-            if lane == CONTROL:  # a stop is never held back
-                self._wake.put(None)
-            else:
-                wake(self._wake.put, None)
+        if lane == CONTROL:
+            # A stop is never held back, and wakes the consumer even if a
+            # request's wake-up is still held (a spare token only makes it
+            # look again).
+            self._wake.put(None)
+        elif sleeping:
+            wake(self._wake.put, None)
         return True
 
     def get(self) -> Item:

@@ -31,6 +31,8 @@ class _Held(threading.local):
 
     # Schedules the release on an event loop thread (its `call_soon`).
     schedule: Callable[[Callable[[], None]], object] | None = None
+    # An actor's own thread (`serving`): only there does settling hold anything.
+    actor: bool = False
     # An actor thread settling a reply holds its wake-ups until `release`.
     settling: bool = False
     wakes: list[Wake] | None = None
@@ -66,14 +68,29 @@ def wake(callback: Callable[[Any], object], argument: Any) -> None:
         return
     if held.wakes is None:
         held.wakes = [(callback, argument)]
-        schedule(release)
+        try:
+            schedule(release)
+        except BaseException:  # the loop is closed: nothing would give them
+            release()
+            raise
     else:
         held.wakes.append((callback, argument))
 
 
+def serving() -> None:
+    """Mark this thread as an actor's own, which releases what it holds before it waits."""
+    _held.actor = True
+
+
 def settling() -> None:
-    """Hold this thread's wake-ups from now until `release` (an actor settling a reply)."""
-    _held.settling = True
+    """Hold this thread's wake-ups from now until `release` (an actor settling a reply).
+
+    Only on an actor's own thread (`serving`): a handler called from any
+    other thread (a test, a bench) holds nothing.
+    """
+    held = _held
+    if held.actor:
+        held.settling = True
 
 
 def release() -> None:

@@ -111,15 +111,16 @@ RequestStats = dict[tuple[int, str], list[tuple[float, list[float], dict[str, fl
 EventStats = dict[str, list[tuple[float, float]]]
 
 
-class Echo(Message, frozen=True, kw_only=True):
+# Tags of their own: the tests' messages of the same names must not be taken for these.
+class Echo(Message, frozen=True, kw_only=True, tag="bench.Echo"):
     text: str
 
 
-class Echoed(Message, frozen=True, kw_only=True):
+class Echoed(Message, frozen=True, kw_only=True, tag="bench.Echoed"):
     text: str
 
 
-class TicketFiled(Event, frozen=True, kw_only=True):
+class TicketFiled(Event, frozen=True, kw_only=True, tag="bench.TicketFiled"):
     text: str
 
 

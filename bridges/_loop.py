@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 
-from actors import hold_wake_ups
+from actors import hold_wake_ups, release_wake_ups
 
 logger: Final = logging.getLogger("actorfleet.loop")
 
@@ -69,8 +69,11 @@ class IoLoop:
         try:
             self.loop.run_forever()
         finally:
-            self._cancel_remaining()
-            self.loop.close()
+            try:
+                self._cancel_remaining()
+            finally:
+                release_wake_ups()  # wake-ups held for a release the stopped loop did not run
+                self.loop.close()
 
     def _cancel_remaining(self) -> None:
         tasks = asyncio.all_tasks(self.loop)

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from actors._wakeups import wake
+from actors import wake
 
 if TYPE_CHECKING:
     from bridges._loop import IoLoop

@@ -183,3 +183,17 @@ def test_an_agent_holds_its_reply_wake_up_only_until_it_runs_or_sleeps(
     finally:
         GATES["second"].set()
     assert second.reply.get(timeout=WAIT) == Done(name="second")
+
+
+def test_a_handler_called_outside_an_actor_thread_holds_nothing(runtime: Runtime) -> None:
+    # A test or a bench may run an agent's turn on its own thread: nothing it
+    # causes afterwards may be held for an actor loop that will never release it.
+    agent = GatedAgent(runtime)
+    reply: Reply[Any] = Reply()
+    woken: list[object] = []
+    reply.add_done_callback(lambda _reply: wake(woken.append, "loop"))
+    agent._on_call(Call(Job(name="direct"), meta("direct"), reply))
+    assert reply.get(timeout=WAIT) == Done(name="direct")
+    assert woken == ["loop"]
+    wake(woken.append, "later")
+    assert woken == ["loop", "later"]
