@@ -17,8 +17,6 @@ from actors._state import MAX_KEY_LENGTH, MemoryStore, check_key, state_key
 from actors._timers import TimerHandle, Timers
 from actors._tools import Tool, ToolCall, tool
 from actors._tracing import Tracing, tracing_from_settings, within
-from actors._wakeups import hold_wake_ups, wake
-from actors._wakeups import release as release_wake_ups
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -57,16 +55,13 @@ __all__ = [
     "check_key",
     "end_erasure",
     "handler",
-    "hold_wake_ups",
     "make_metadata",
     "open_value",
-    "release_wake_ups",
     "seal",
     "seal_value",
     "state_key",
     "tool",
     "tracing_from_settings",
     "unseal",
-    "wake",
     "within",
 ]

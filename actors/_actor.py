@@ -30,7 +30,6 @@ import pykka
 from actors._call import Call
 from actors._lifecycle import NORMAL, ExitLink, ExitReason
 from actors._mailbox import WAKE_UP, Envelope, Item, Mailbox
-from actors._wakeups import release, serving
 from messages import AgentStopped, ExitKind
 
 if TYPE_CHECKING:
@@ -170,7 +169,6 @@ class Actor:
         raise TypeError(msg)
 
     def _live(self) -> None:
-        serving()
         try:
             self.on_start()
             self._serve()
@@ -180,7 +178,6 @@ class Actor:
             self._crash(error)
             raise
         finally:
-            release()  # what its last reply held back goes out before the thread ends
             self._die(self._leaving or NORMAL)
             for reply in self._stop_replies:
                 reply.set(True)

@@ -19,7 +19,6 @@ from actors._context import Context
 from actors._lifecycle import ExitReason
 from actors._ref import LocalAgentRef
 from actors._tracing import within
-from actors._wakeups import held, release, settling
 from messages import (
     AgentDefinitionError,
     AgentError,
@@ -152,8 +151,6 @@ class Agent(Actor):
         return agent.ref
 
     def _on_call(self, call: Call) -> None:
-        if held.settling:  # the wake-ups held since the last reply go out before a handler runs
-            release()
         call.taken = True
         now = time.time()
         reply = call.reply
@@ -196,9 +193,6 @@ class Agent(Actor):
             # request is not taken for one that has to wait.
             self.busy_since = None
             if reply is not None:
-                # The wake-up of whoever answers the caller (the I/O loop) waits
-                # until this thread is about to run its next handler or to sleep.
-                settling()
                 reply.set(result)
         finally:
             self._busy = self.busy_since = None

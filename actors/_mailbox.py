@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any, Final, final
 from pykka import ActorDeadError
 
 from actors._call import Call
-from actors._wakeups import release, wake
 from messages import Priority
 
 if TYPE_CHECKING:
@@ -60,9 +59,8 @@ class Mailbox:
     item of the most important lane that has one. Only when every lane is
     empty does it sleep, blocked in C on a `SimpleQueue`, and only a put
     that finds it asleep puts a token there to wake it: a consumer that is
-    busy costs its producers nothing. A request's wake-up goes through
-    `actors._wakeups.wake`, which an event loop thread holds until it is
-    done with a burst (each agent is woken once per burst).
+    busy costs its producers nothing, and a call taken out by `displace`
+    leaves no token behind.
     """
 
     __slots__ = (
@@ -113,13 +111,8 @@ class Mailbox:
             sleeping, self._sleeping = self._sleeping, False
         finally:
             self._lock.release()
-        if lane == CONTROL:
-            # A stop is never held back, and wakes the consumer even if a
-            # request's wake-up is still held (a spare token only makes it
-            # look again).
+        if sleeping:
             self._wake.put(None)
-        elif sleeping:
-            wake(self._wake.put, None)
         return True
 
     def get(self) -> Item:
@@ -140,7 +133,6 @@ class Mailbox:
                 item = self._next_with_control_waiting()
                 if item is not None:
                     return item
-            release()  # what this thread held back goes out before it sleeps
             lock.acquire()
             if self._closed or lanes[0] or lanes[1] or lanes[2] or lanes[CONTROL]:
                 lock.release()

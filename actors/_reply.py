@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from actors._wakeups import release
 from messages import RequestTimeout
 
 T = TypeVar("T")
@@ -80,7 +79,6 @@ class Reply(Generic[T]):
         return self._value  # type: ignore[return-value]
 
     def _wait(self, wait: float) -> None:
-        release()  # a request this thread handed out, and still holds the wake-up of
         with self._guard:
             if self._settled:
                 return

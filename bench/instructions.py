@@ -175,11 +175,17 @@ def run_child(stage: str, n: int) -> None:
         close()
 
 
+def child_env() -> dict[str, str]:
+    """The children's environment: bytecode cached, one hash seed, malloc valgrind can see."""
+    env = {**os.environ, "PYTHONMALLOC": "malloc", "PYTHONHASHSEED": "0"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # compiled once, not parsed in every run
+    return env
+
+
 def instructions(stage: str, n: int, folder: Path) -> int:
     """Instructions callgrind counts for a child that runs `stage` n times."""
     out = folder / f"{stage}.{n}.out"
-    env = {**os.environ, "PYTHONMALLOC": "malloc"}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # compiled once, not parsed in every run
+    env = child_env()
     command = [
         "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
         sys.executable, str(Path(__file__).resolve()), "--child", stage, str(n),
@@ -210,7 +216,8 @@ def main() -> None:
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
     # Compiled once beforehand: a run that compiled the modules would count that too.
-    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--dry-run"], check=True)
+    warm = [sys.executable, str(Path(__file__).resolve()), "--dry-run"]
+    subprocess.run(warm, check=True, env=child_env())
     with tempfile.TemporaryDirectory(prefix="af-instructions-") as folder:
         counts = {}
         for stage in STAGES:

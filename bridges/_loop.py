@@ -9,8 +9,6 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 
-from actors import hold_wake_ups, release_wake_ups
-
 logger: Final = logging.getLogger("actorfleet.loop")
 
 T = TypeVar("T")
@@ -63,17 +61,12 @@ class IoLoop:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        # Agents this loop hands requests to are woken once it is done with a burst.
-        hold_wake_ups(self.loop.call_soon)
         self.loop.call_soon(self._started.set)
         try:
             self.loop.run_forever()
         finally:
-            try:
-                self._cancel_remaining()
-            finally:
-                release_wake_ups()  # wake-ups held for a release the stopped loop did not run
-                self.loop.close()
+            self._cancel_remaining()
+            self.loop.close()
 
     def _cancel_remaining(self) -> None:
         tasks = asyncio.all_tasks(self.loop)

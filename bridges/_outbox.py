@@ -17,8 +17,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from actors import wake
-
 if TYPE_CHECKING:
     from bridges._loop import IoLoop
 
@@ -63,9 +61,7 @@ class Outbox:
             # A lost race only wakes the loop once more; the flag is cleared
             # by the loop before it drains, so no job is left behind.
             self._armed = True
-            # An actor settling a reply holds this until it is about to sleep
-            # or to run its next handler (`actors._wakeups`).
-            wake(self._io.call_soon, self._wake.set)
+            self._io.call_soon(self._wake.set)
 
     async def _drain(self) -> None:
         while True:

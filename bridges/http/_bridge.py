@@ -33,7 +33,7 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import ServerSentEvent
 from opentelemetry.trace import SpanKind
 
-from actors import wake, within
+from actors import within
 from bridges._seam import Cancelled, PoolClient
 from bridges.http._asyncapi import asyncapi_routes
 from bridges.http._auth import Authenticator, grant_of, remember, same_machine
@@ -538,8 +538,7 @@ def _as_future(reply: Reply[Any]) -> asyncio.Future[Any]:
     future: asyncio.Future[Any] = loop.create_future()
 
     def settled(done: Reply[Any]) -> None:
-        # Held while an agent settles its reply, as the NATS bridge's answers are.
-        wake(loop.call_soon_threadsafe, functools.partial(_settle, future, done))
+        loop.call_soon_threadsafe(functools.partial(_settle, future, done))
 
     reply.add_done_callback(settled)
     return future

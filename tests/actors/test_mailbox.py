@@ -149,3 +149,35 @@ def test_a_stop_comes_after_the_calls_queued_before_it_not_after_those_that_keep
     assert box.get() is stop
     rest = [box.get().payload for _ in range(5)]  # type: ignore[union-attr]
     assert rest == ["late-2", "late-3", "late-4", "a", "b"]
+
+
+def _wait_until_sleeping(box: Mailbox) -> None:
+    pause = threading.Event()
+    for _ in range(500):
+        if box._sleeping:  # the consumer's own flag, set under the lock before it blocks
+            return
+        pause.wait(0.01)
+    pytest.fail("the consumer never went to sleep")
+
+
+def test_a_consumer_that_is_not_asleep_is_not_woken() -> None:
+    box = Mailbox()
+    for i in range(3):
+        assert box.queue(call(str(i)), 1)
+    assert box._wake.qsize() == 0  # no token: nobody sleeps
+    assert [box.get().payload for _ in range(3)] == ["0", "1", "2"]  # type: ignore[union-attr]
+
+
+def test_a_put_wakes_a_sleeping_consumer_once() -> None:
+    box = Mailbox()
+    got: list[object] = []
+    consumer = threading.Thread(target=lambda: got.append(box.get()))
+    consumer.start()
+    _wait_until_sleeping(box)
+    first, second = call("first"), call("second")
+    box.queue(first, 1)
+    box.queue(second, 1)
+    consumer.join(5)
+    assert got == [first]
+    assert box._wake.qsize() == 0  # the second put found it awake
+    assert box.get() is second
